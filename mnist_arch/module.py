@@ -1,0 +1,122 @@
+"""One LightningModule for every architecture: the net is injected, the recipe comes from the config."""
+import time
+from typing import Any, Dict, List
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class Classifier(pl.LightningModule):
+    """Trains `net`, which maps (N, 1, 28, 28) images to (N, 10) log-probabilities, with NLL loss.
+
+    `optimizer` and `scheduler` are the plain dicts of the `optimizer` and `scheduler` config groups.
+    The per-epoch history (val acc/loss, train loss, lr at epoch start, epoch wall time) is kept here and saved in checkpoints, so
+    `summary.json` can be written from it and a resumed run keeps its past epochs.
+    """
+
+    def __init__(self, net: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any]):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.val_acc_best = MaxMetric()
+        self.history: Dict[str, List[float]] = {"val_acc": [], "val_loss": [], "train_loss": [], "lr": [],
+                                              "epoch_time_s": []}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy) -> torch.Tensor:
+        x, y = batch
+        log_probs = self(x)
+        loss = F.nll_loss(log_probs, y)
+        loss_metric.update(loss.detach(), weight=len(y))
+        acc_metric.update(log_probs.detach(), y)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, self.train_loss, self.train_acc)
+        self.log("train/loss_step", loss, prog_bar=True)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.history["lr"].append(self.trainer.optimizers[0].param_groups[0]["lr"])
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        loss = self.train_loss.compute()
+        self.log_dict({"train/loss": loss, "train/acc": self.train_acc.compute()})
+        self.history["train_loss"].append(loss.item())
+        # Lightning validates before this hook, so this is the epoch's train + val wall time.
+        self.history["epoch_time_s"].append(round(time.perf_counter() - self._epoch_started, 3))
+        self.train_loss.reset()
+        self.train_acc.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, self.val_loss, self.val_acc)
+
+    def on_validation_epoch_end(self) -> None:
+        loss, acc = self.val_loss.compute(), self.val_acc.compute()
+        self.val_loss.reset()
+        self.val_acc.reset()
+        if self.trainer.sanity_checking:  # the pre-fit sanity batches are not an epoch
+            return
+        self.val_acc_best.update(acc)
+        self.log_dict({"val/loss": loss, "val/acc": acc, "val/acc_best": self.val_acc_best.compute()},
+                      prog_bar=True)
+        self.history["val_acc"].append(acc.item())
+        self.history["val_loss"].append(loss.item())
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, self.test_loss, self.test_acc)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({"test/loss": self.test_loss.compute(), "test/acc": self.test_acc.compute()})
+        self.test_loss.reset()
+        self.test_acc.reset()
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        self.history = checkpoint.get("history", self.history)
+
+    def configure_optimizers(self):
+        opt, sch = self.hparams.optimizer, self.hparams.scheduler
+        params = self.net.parameters()
+        if opt["name"] == "sgd":
+            optimizer = torch.optim.SGD(params, lr=opt["lr"], momentum=opt["momentum"],
+                                        nesterov=opt["nesterov"], weight_decay=opt["weight_decay"])
+        elif opt["name"] == "adam":
+            optimizer = torch.optim.Adam(params, lr=opt["lr"], betas=tuple(opt["betas"]),
+                                         weight_decay=opt["weight_decay"])
+        else:  # adamw; the schema allows no other name
+            optimizer = torch.optim.AdamW(params, lr=opt["lr"], betas=tuple(opt["betas"]),
+                                          weight_decay=opt["weight_decay"])
+
+        name, epochs = sch["name"], self.trainer.max_epochs
+        if name == "none":
+            return optimizer
+        if name == "step":
+            scheduler = {"scheduler": torch.optim.lr_scheduler.StepLR(
+                optimizer, step_size=sch["step_size"], gamma=sch["gamma"]), "interval": "epoch"}
+        elif name == "plateau":
+            scheduler = {"scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", patience=sch["patience"], factor=sch["factor"]),
+                "monitor": "val/loss", "interval": "epoch"}
+        elif name == "onecycle":
+            scheduler = {"scheduler": torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=opt["lr"], total_steps=self.trainer.estimated_stepping_batches,
+                pct_start=sch["pct_start"], div_factor=sch["div_factor"],
+                final_div_factor=sch["final_div_factor"]), "interval": "step"}
+        else:  # cosine
+            scheduler = {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=epochs, eta_min=sch["eta_min"]), "interval": "epoch"}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,87 @@
+"""Shared fixtures: small IDX files written by the test, and the real Hydra composition."""
+import hashlib
+import struct
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from mnist_arch.data import fetch
+from mnist_arch.config import register_schema
+
+N_TRAIN, N_TEST = 320, 80
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """IDX encoding: magic (0x08 = ubyte, then the number of dims), big-endian dims, raw bytes."""
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def synthetic_split(n: int, seed: int):
+    """Learnable fake digits: class k lights up row band k, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n)
+    images = rng.integers(0, 60, size=(n, 28, 28))
+    for i, k in enumerate(labels):
+        images[i, 2 + 2 * k: 4 + 2 * k, 4:24] = 255
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def synthetic_files(seed: int = 0) -> dict:
+    (x_tr, y_tr), (x_te, y_te) = synthetic_split(N_TRAIN, seed), synthetic_split(N_TEST, seed + 1)
+    return {
+        "train-images-idx3-ubyte": idx_bytes(x_tr),
+        "train-labels-idx1-ubyte": idx_bytes(y_tr),
+        "t10k-images-idx3-ubyte": idx_bytes(x_te),
+        "t10k-labels-idx1-ubyte": idx_bytes(y_te),
+    }
+
+
+@pytest.fixture
+def synthetic_md5(monkeypatch) -> dict:
+    """The synthetic files' bytes; their MD5s replace the canonical ones for this test."""
+    files = synthetic_files()
+    monkeypatch.setattr(fetch, "MD5", {name: hashlib.md5(data).hexdigest() for name, data in files.items()})
+    return files
+
+
+@pytest.fixture
+def mnist_root(tmp_path, synthetic_md5) -> Path:
+    """A data root whose raw folder holds the four synthetic IDX files (verified by their MD5)."""
+    raw = fetch.raw_folder(tmp_path / "data")
+    raw.mkdir(parents=True)
+    for name, data in synthetic_md5.items():
+        (raw / name).write_bytes(data)
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def make_cfg():
+    """compose(overrides) with the real config tree, as `python -m mnist_arch.run` would see it."""
+    register_schema()
+
+    def make(overrides: List[str] = ()):
+        GlobalHydra.instance().clear()
+        with initialize_config_module(config_module="mnist_arch.conf", version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    return make
+
+
+def fast_overrides(root: Path) -> List[str]:
+    """A CPU run of two short epochs on the synthetic data, no network."""
+    return [
+        f"data.root={root}",
+        "data.download=false",
+        "data.batch_size=32",
+        "data.eval_batch_size=40",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+    ]

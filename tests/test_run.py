@@ -1,0 +1,96 @@
+"""End-to-end runs: the real composed config, DataModule, Trainer and loggers, on synthetic IDX files."""
+import json
+import sys
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mnist_arch import run
+from tests.conftest import fast_overrides
+
+SUMMARY_KEYS = {"model", "params", "epochs_run", "best_val_acc", "best_epoch", "val_acc", "test_acc", "seed",
+                "device", "wall_time_s", "git_commit", "versions", "status"}
+
+
+def test_run_writes_summary_checkpoints_config_and_events(make_cfg, mnist_root, tmp_path):
+    run_dir = tmp_path / "run"
+    summary = run.train(make_cfg(fast_overrides(mnist_root) + ["model=s6", "seed=5"]), run_dir)
+
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk == summary and SUMMARY_KEYS <= set(on_disk)
+    assert on_disk["status"] == "completed" and on_disk["model"] == "s6" and on_disk["params"] == 19_866
+    assert on_disk["epochs_run"] == 2 and len(on_disk["val_acc"]) == 2 and on_disk["seed"] == 5
+    assert on_disk["best_val_acc"] == max(on_disk["val_acc"])
+    assert on_disk["val_acc"][on_disk["best_epoch"] - 1] == on_disk["best_val_acc"]
+    assert 0 <= on_disk["test_acc"] <= 1 and on_disk["test_ckpt"] == "final"
+    assert on_disk["device"].startswith("cpu") and on_disk["versions"]["torch"]
+
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "max_epochs: 2" in (run_dir / "config.yaml").read_text()
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= set(scalars)
+    assert [round(e.value, 6) for e in events.Scalars("val/acc")] == on_disk["val_acc"]
+    assert any(tag.startswith("lr-") for tag in scalars)
+
+
+def test_holdout_run_tests_the_best_checkpoint_and_csv_logger(make_cfg, mnist_root, tmp_path):
+    overrides = fast_overrides(mnist_root) + ["data.val=holdout", "data.holdout_size=64", "logger=csv"]
+    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    assert summary["val_split"] == "holdout" and summary["test_ckpt"] == "best"
+    assert summary["test_acc"] is not None
+    assert "val/acc" in (tmp_path / "run" / "csv" / "metrics.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    "scheduler, check",
+    [
+        ("none", lambda lr: lr == [0.01, 0.01]),
+        ("step", lambda lr: lr == [0.01, 0.005]),
+        ("plateau", lambda lr: lr[0] == 0.01),
+        ("onecycle", lambda lr: lr[0] == pytest.approx(0.01 / 25) and lr[1] > lr[0]),
+        ("cosine", lambda lr: lr[0] == 0.01 and lr[1] < lr[0]),
+    ],
+)
+def test_each_scheduler_drives_the_learning_rate(make_cfg, mnist_root, tmp_path, scheduler, check):
+    overrides = fast_overrides(mnist_root) + [f"scheduler={scheduler}", "callbacks.checkpoint=false"]
+    if scheduler == "step":
+        overrides += ["scheduler.step_size=1", "scheduler.gamma=0.5"]
+    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    assert summary["status"] == "completed"
+    assert check(summary["lr"]), summary["lr"]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_other_optimizers_train(make_cfg, mnist_root, tmp_path, optimizer):
+    overrides = fast_overrides(mnist_root) + [f"optimizer={optimizer}", "trainer.max_epochs=1"]
+    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    assert summary["status"] == "completed" and summary["lr"] == [0.001]
+
+
+def test_same_seed_deterministic_runs_agree(make_cfg, mnist_root, tmp_path):
+    overrides = fast_overrides(mnist_root) + ["trainer.deterministic=true", "seed=11", "data.rotation=10"]
+    first = run.train(make_cfg(overrides), tmp_path / "a")
+    second = run.train(make_cfg(overrides), tmp_path / "b")
+    other = run.train(make_cfg(overrides[:-2] + ["seed=12", "data.rotation=10"]), tmp_path / "c")
+    assert first["val_loss"] == second["val_loss"] and first["train_loss"] == second["train_loss"]
+    assert other["train_loss"] != first["train_loss"]
+
+
+def test_cli_entry_point_prints_the_headline_last(mnist_root, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "hydra_run"
+    argv = ["mnist_arch.run", *fast_overrides(mnist_root), f"hydra.run.dir={run_dir}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    try:
+        run.main()
+    finally:
+        GlobalHydra.instance().clear()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert last.startswith(f"s4 · 17,120 params · best val acc {summary['best_val_acc']:.2%} at epoch ")
+    assert f"at epoch {summary['best_epoch']}/2" in last
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert summary["overrides"][-1] == "trainer.log_every_n_steps=1"
