@@ -69,19 +69,19 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     started = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule)
-        status = "interrupted" if trainer.interrupted else "completed"
-        test_acc, test_ckpt = None, None
-        if status == "completed":
-            # With val=holdout the best-on-holdout checkpoint is a fair pick; with val=test the test set
-            # already chose nothing, so it is evaluated on the final weights.
-            use_best = conf.data.val == "holdout" and checkpoint is not None and checkpoint.best_model_path
-            test_ckpt = "best" if use_best else "final"
-            results = trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None)
-            test_acc = results[0]["test/acc"] if results else None
-        summary.update(status=status, test_acc=test_acc, test_ckpt=test_ckpt)
-    except Exception as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-        raise
+        # With val=holdout the best-on-holdout checkpoint is a fair pick; with val=test the test set
+        # must not pick weights, so the final weights are tested.
+        use_best = conf.data.val == "holdout" and checkpoint is not None and bool(checkpoint.best_model_path)
+        results = trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None)
+        summary.update(status="completed", test_acc=results[0]["test/acc"] if results else None,
+                       test_ckpt="best" if use_best else "final")
+    except BaseException as e:
+        # Lightning answers Ctrl-C with a graceful stop and sys.exit(1) raised while handling the
+        # KeyboardInterrupt; the epochs completed so far (and their checkpoints) are kept.
+        if not (isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt)):
+            summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+            raise
+        summary.update(status="interrupted", test_acc=None, test_ckpt=None)
     finally:
         summary.update(_history(model.history), wall_time_s=round(time.perf_counter() - started, 2),
                        device=_device(trainer.strategy.root_device, torch), git_commit=_git_commit(),
@@ -99,7 +99,9 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, DataError) as e:
         sys.exit(f"error: {e}")
     if summary["status"] == "interrupted":
-        sys.exit(f"interrupted after {summary['epochs_run']} epoch(s); summary in {summary['run_dir']}")
+        print(f"interrupted after {summary['epochs_run']} epoch(s); summary in {summary['run_dir']}",
+              file=sys.stderr)
+        sys.exit(130)  # the shell's code for a Ctrl-C
     print(_headline(summary))
 
 

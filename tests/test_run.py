@@ -1,5 +1,6 @@
 """End-to-end runs: the real composed config, DataModule, Trainer and loggers, on synthetic IDX files."""
 import json
+import signal
 import sys
 
 import pytest
@@ -94,3 +95,36 @@ def test_cli_entry_point_prints_the_headline_last(mnist_root, tmp_path, monkeypa
     assert f"at epoch {summary['best_epoch']}/2" in last
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert summary["overrides"][-1] == "trainer.log_every_n_steps=1"
+
+
+def test_ctrl_c_keeps_completed_epochs_and_says_interrupted(make_cfg, mnist_root, tmp_path, monkeypatch):
+    from mnist_arch.module import Classifier
+
+    real_step = Classifier.training_step
+
+    def interrupt_in_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(Classifier, "training_step", interrupt_in_second_epoch)
+    # Lightning ignores further Ctrl-C during its shutdown; give the test process its handler back.
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    summary = run.train(make_cfg(fast_overrides(mnist_root)), tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == on_disk["status"] == "interrupted"
+    assert on_disk["epochs_run"] == 1 and on_disk["test_acc"] is None
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_crash_is_recorded_as_failed_and_raised(make_cfg, mnist_root, tmp_path, monkeypatch):
+    from mnist_arch.module import Classifier
+
+    def broken(self, batch, batch_idx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Classifier, "training_step", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        run.train(make_cfg(fast_overrides(mnist_root)), tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["status"] == "failed" and on_disk["error"] == "RuntimeError: boom"
