@@ -15,6 +15,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "plateau", "onecycle", "cosine")
 LOGGERS = ("tensorboard", "csv")
 VAL_SPLITS = ("test", "holdout")
+PIPELINES = ("tensor", "torchvision")
 MNIST_TRAIN_SIZE = 60_000
 
 
@@ -43,16 +44,22 @@ class ModelConf:
 @dataclass
 class DataConf:
     root: Optional[str] = None
+    pipeline: str = "tensor"
     val: str = "test"
     holdout_size: int = 5000
     batch_size: int = 64
     eval_batch_size: int = 1000
+    drop_last: bool = False
     rotation: float = 0.0
+    translate: float = 0.0
+    scale: float = 0.0
+    erasing: float = 0.0
     num_workers: int = 0
     download: bool = True
     fetch_timeout_s: float = 30.0
 
     def __post_init__(self):
+        _one_of("data.pipeline", self.pipeline, PIPELINES)
         _one_of("data.val", self.val, VAL_SPLITS)
         _check(
             0 < self.holdout_size < MNIST_TRAIN_SIZE,
@@ -61,6 +68,9 @@ class DataConf:
         _check(self.batch_size > 0, f"data.batch_size={self.batch_size} must be > 0")
         _check(self.eval_batch_size > 0, f"data.eval_batch_size={self.eval_batch_size} must be > 0")
         _check(0 <= self.rotation <= 180, f"data.rotation={self.rotation} must be in [0, 180] degrees")
+        _check(0 <= self.translate <= 0.5, f"data.translate={self.translate} must be in [0, 0.5] (image fraction)")
+        _check(0 <= self.scale < 1, f"data.scale={self.scale} must be in [0, 1)")
+        _check(0 <= self.erasing <= 1, f"data.erasing={self.erasing} must be a probability in [0, 1]")
         _check(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
         _check(self.fetch_timeout_s > 0, f"data.fetch_timeout_s={self.fetch_timeout_s} must be > 0")
 
@@ -160,6 +170,8 @@ class Config:
     callbacks: CallbacksConf = field(default_factory=CallbacksConf)
     logger: LoggerConf = field(default_factory=LoggerConf)
     seed: int = 1234
+    channels_last: bool = False  # NHWC activations and weights
+    compile: bool = False  # torch.compile the net (first epoch pays the compile time)
 
 
 def register_schema() -> None:

@@ -44,7 +44,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     datamodule = MNISTDataModule(**asdict(conf.data), seed=conf.seed)
     net = build_model(conf.model.name, **conf.model.net)
-    model = Classifier(net, optimizer=asdict(conf.optimizer), scheduler=asdict(conf.scheduler))
+    model = Classifier(net, optimizer=asdict(conf.optimizer), scheduler=asdict(conf.scheduler),
+                       channels_last=conf.channels_last, compile=conf.compile)
     params = sum(p.numel() for p in net.parameters() if p.requires_grad)
 
     callbacks = []

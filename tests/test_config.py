@@ -51,6 +51,9 @@ def test_defaults_are_the_reference_protocol(make_cfg):
         ("data.val=train", "data.val='train' is not one of: test, holdout"),
         ("data.holdout_size=0", "data.holdout_size=0 must be between 1 and 59999"),
         ("data.holdout_size=60000", "data.holdout_size=60000 must be between 1 and 59999"),
+        ("data.pipeline=dali", "data.pipeline='dali' is not one of: tensor, torchvision"),
+        ("data.erasing=1.5", "data.erasing=1.5 must be a probability in [0, 1]"),
+        ("data.translate=0.6", "data.translate=0.6 must be in [0, 0.5] (image fraction)"),
     ],
 )
 def test_schema_refuses_bad_values(make_cfg, override, message):

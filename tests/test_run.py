@@ -47,6 +47,18 @@ def test_holdout_run_tests_the_best_checkpoint_and_csv_logger(make_cfg, mnist_ro
 
 
 @pytest.mark.parametrize(
+    "extra",
+    [["data.pipeline=torchvision", "data.rotation=10", "data.erasing=0.2"],
+     ["channels_last=true", "data.rotation=10", "data.translate=0.1", "data.scale=0.1", "data.erasing=0.2"]],
+    ids=["torchvision-pipeline", "tensor-pipeline-nhwc"],
+)
+def test_pipelines_and_speed_flags_train_end_to_end(make_cfg, mnist_root, tmp_path, extra):
+    summary = run.train(make_cfg(fast_overrides(mnist_root) + extra), tmp_path / "run")
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    assert all(0 <= acc <= 1 for acc in summary["val_acc"])
+
+
+@pytest.mark.parametrize(
     "scheduler, check",
     [
         ("none", lambda lr: lr == [0.01, 0.01]),

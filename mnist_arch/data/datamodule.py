@@ -1,4 +1,10 @@
-"""MNIST as a LightningDataModule: verified files in, normalised batches out.
+"""MNIST as a LightningDataModule: verified files in, normalised (and augmented) batches out.
+
+Two pipelines give the same normalised values for the same image:
+- `tensor` (default): the whole split lives as one uint8 tensor on the training device; batches are
+  sliced from a seeded permutation and augmented there, vectorised (`device_loader.py`);
+- `torchvision`: the usual `datasets.MNIST` + transforms + `DataLoader`, for comparison and for your
+  own PIL-level transforms.
 
 Validation follows the references by default (`val="test"`: the official 10k test set is the
 validation set). `val="holdout"` carves `holdout_size` images out of the 60k training set with a fixed
@@ -9,12 +15,12 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from mnist_arch.data.device_loader import MEAN, STD, Augment, DeviceLoader
 from mnist_arch.data.fetch import DataError, default_root, ensure_mnist
 
-MEAN, STD = 0.1307, 0.3081  # of the 60k training images, pixels scaled to [0, 1]
 HOLDOUT_SEED = 0  # fixed, so the holdout split does not move with the run's seed
 
 
@@ -22,11 +28,16 @@ class MNISTDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: Optional[str] = None,
+        pipeline: str = "tensor",
         val: str = "test",
         holdout_size: int = 5000,
         batch_size: int = 64,
         eval_batch_size: int = 1000,
+        drop_last: bool = False,
         rotation: float = 0.0,
+        translate: float = 0.0,
+        scale: float = 0.0,
+        erasing: float = 0.0,
         num_workers: int = 0,
         download: bool = True,
         fetch_timeout_s: float = 30.0,
@@ -34,55 +45,74 @@ class MNISTDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.root = Path(root).expanduser() if root else default_root()
-        self.val, self.holdout_size = val, holdout_size
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.rotation, self.num_workers = rotation, num_workers
-        self.download, self.fetch_timeout_s, self.seed = download, fetch_timeout_s, seed
-        self.train_set: Optional[Dataset] = None
-        self.val_set: Optional[Dataset] = None
-        self.test_set: Optional[Dataset] = None
+        self.pipeline, self.val, self.holdout_size = pipeline, val, holdout_size
+        self.batch_size, self.eval_batch_size, self.drop_last = batch_size, eval_batch_size, drop_last
+        self.augment = Augment(rotation=rotation, translate=translate, scale=scale, erasing=erasing)
+        self.num_workers, self.download, self.fetch_timeout_s, self.seed = num_workers, download, fetch_timeout_s, seed
+        self.splits = None  # name -> (uint8 images, int64 labels), or (Dataset, None) for torchvision
 
     def prepare_data(self) -> None:
         ensure_mnist(self.root, download=self.download, timeout=self.fetch_timeout_s)
 
     def setup(self, stage: Optional[str] = None) -> None:
-        if self.train_set is not None:
+        if self.splits is not None:
             return
         # prepare_data runs on one process per node; every process re-checks before reading.
         ensure_mnist(self.root, download=False)
-        normalise = [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
-        augment = [transforms.RandomRotation(self.rotation, fill=0)] if self.rotation > 0 else []
-        train_tf = transforms.Compose(augment + normalise)
-        eval_tf = transforms.Compose(normalise)
-
-        train_full = datasets.MNIST(self.root, train=True, transform=train_tf, download=False)
-        self.test_set = datasets.MNIST(self.root, train=False, transform=eval_tf, download=False)
-        if self.val == "test":
-            self.train_set, self.val_set = train_full, self.test_set
-            return
-        n = len(train_full)
-        if not 0 < self.holdout_size < n:
+        train = datasets.MNIST(self.root, train=True, download=False)
+        test = datasets.MNIST(self.root, train=False, download=False)
+        n = len(train)
+        if self.val == "holdout" and not 0 < self.holdout_size < n:
             raise DataError(f"data.holdout_size={self.holdout_size} must be between 1 and {n - 1}")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED)).tolist()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+        train_idx, holdout_idx = order[self.holdout_size:], order[: self.holdout_size]
+        if self.pipeline == "torchvision":
+            self.splits = self._torchvision_splits(train_idx, holdout_idx)
+            return
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        images, labels = train.data.to(device), train.targets.to(device)
+        test_split = (test.data.to(device), test.targets.to(device))
+        if self.val == "test":
+            self.splits = {"train": (images, labels), "val": test_split, "test": test_split}
+        else:
+            train_idx, holdout_idx = train_idx.to(device), holdout_idx.to(device)
+            self.splits = {"train": (images[train_idx], labels[train_idx]),
+                           "val": (images[holdout_idx], labels[holdout_idx]), "test": test_split}
+
+    def _torchvision_splits(self, train_idx: torch.Tensor, holdout_idx: torch.Tensor) -> dict:
+        a = self.augment
+        normalise = [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
+        warp = [transforms.RandomAffine(a.rotation, translate=(a.translate, a.translate) if a.translate else None,
+                                        scale=(1 - a.scale, 1 + a.scale) if a.scale else None, fill=0)]
+        erase = [transforms.RandomErasing(p=a.erasing, value=0)] if a.erasing > 0 else []
+        train_tf = transforms.Compose((warp if a.warps else []) + normalise + erase)
+        eval_tf = transforms.Compose(normalise)
+        train = datasets.MNIST(self.root, train=True, transform=train_tf, download=False)
+        test = datasets.MNIST(self.root, train=False, transform=eval_tf, download=False)
+        if self.val == "test":
+            return {"train": (train, None), "val": (test, None), "test": (test, None)}
         holdout_view = datasets.MNIST(self.root, train=True, transform=eval_tf, download=False)
-        self.train_set = Subset(train_full, order[self.holdout_size:])
-        self.val_set = Subset(holdout_view, order[: self.holdout_size])
+        return {"train": (Subset(train, train_idx.tolist()), None),
+                "val": (Subset(holdout_view, holdout_idx.tolist()), None), "test": (test, None)}
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+    def _loader(self, split: str):
+        train = split == "train"
+        batch_size = self.batch_size if train else self.eval_batch_size
+        if self.pipeline == "torchvision":
+            return DataLoader(self.splits[split][0], batch_size=batch_size, shuffle=train,
+                              drop_last=self.drop_last and train,
+                              generator=torch.Generator().manual_seed(self.seed) if train else None,
+                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        images, labels = self.splits[split]
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return DeviceLoader(images, labels, batch_size, shuffle=train, drop_last=self.drop_last and train,
+                            seed=self.seed, augment=self.augment if train else None, rank=rank, world_size=world)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+    def train_dataloader(self):
+        return self._loader("train")
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+    def val_dataloader(self):
+        return self._loader("val")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
+    def test_dataloader(self):
+        return self._loader("test")

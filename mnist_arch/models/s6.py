@@ -8,6 +8,10 @@ Order as written: conv -> ReLU -> BN -> Dropout2d(0.25) twice, conv -> ReLU -> B
 Dropout2d, conv -> ReLU -> BN, strided conv -> ReLU (no BN: the write-up defines `bn6` but never calls
 it, so it holds no trained parameter and is left out), last 3x3 conv -> ReLU, log-softmax.
 
+Known failure mode, kept because it is the write-up's: the ReLU after the last conv clips logits at 0,
+so a class whose logit turns negative for (nearly) every image gets no gradient and stays dead; such a
+run sticks near 89-90% (seen on seed 1, class 9, see BENCHMARKS.md).
+
 Comments give the output shape (C x H x W), the receptive field (RF) and the jump. The write-up
 annotates RF 45 at the end; the arithmetic (RF += (k - 1) * jump) gives 43, which is what we write.
 """

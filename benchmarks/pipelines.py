@@ -1,0 +1,228 @@
+"""The usual data pipeline against ours, measured side by side in one process on one machine.
+
+    python benchmarks/pipelines.py speed                 # s4 @ batch 128, s6 @ batch 64, + time-to-target
+    python benchmarks/pipelines.py speed --models s6 --epochs 4 --no-ttt
+    python benchmarks/pipelines.py accuracy              # s6, seeds 1-3, 3 epochs, on each pipeline
+
+`speed`: each variant is a real `mnist_arch.run` training run (real MNIST, real Trainer, validation
+every epoch):
+Each variant is a real `mnist_arch.run` training run (real MNIST, real Trainer, validation every epoch):
+  usual         torchvision MNIST + ToTensor/Normalize, DataLoader(num_workers=0), progress bar every step
+  ours          the default: tensor-resident data, batches sliced and normalised on the device
+  ours+nhwc     ours with channels_last=true
+  ours+compile  ours with compile=true (torch.compile; the first epoch pays the compile time)
+  floor         no Lightning, no metrics, no logging: a bare PyTorch loop over the same resident
+                tensors (forward, backward, SGD step, then one eval pass over the 10k) -- the compute floor
+The table gives, per variant, the median epoch time (train + val) over the epochs after the first (the
+first, which pays warm-up, is shown apart), training images/s, training FLOP/s (forward + backward over
+the 60k training images, counted by torch's FlopCounterMode) and its share of this machine's measured
+float32 matmul peak, and the speed-up against `usual`. Time-to-target trains the s6 reference recipe
+(SGD 0.01 momentum 0.9, batch 64, ReduceLROnPlateau) until val acc >= --target on the 10k test set.
+
+`accuracy`: the same recipe on both pipelines over several seeds; val acc (10k test set) per epoch as
+mean +- std, to show the fast path learns what the usual one learns.
+"""
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from torch.utils.flop_counter import FlopCounterMode
+
+from mnist_arch import run
+from mnist_arch.config import register_schema
+from mnist_arch.models import build_model
+
+REFERENCE_BATCH = {"s4": 128, "s6": 64}  # s6: its write-up; s4: silent, the course's usual 128
+VARIANTS = {
+    "usual": ["data.pipeline=torchvision", "callbacks.progress_refresh=1"],
+    "ours": [],
+    "ours+nhwc": ["channels_last=true"],
+    "ours+compile": ["compile=true"],
+}
+TRAIN_IMAGES = 60_000
+S6_RECIPE = ["model=s6", "data.batch_size=64", "optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.9",
+             "scheduler=plateau", "scheduler.patience=2", "scheduler.factor=0.5"]
+
+
+def train(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="mnist_arch.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    # Lightning's progress bars and tables print to stdout: send them to stderr, keep stdout the report.
+    with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(sys.stderr):
+        return run.train(cfg, Path(run_dir))
+
+
+def floor_epochs(model: str, batch: int, epochs: int, seed: int) -> list:
+    """Epoch times of a bare training loop on the resident tensors: what the kernels alone cost."""
+    from torchvision import datasets
+
+    from mnist_arch.data import DeviceLoader, default_root, ensure_mnist
+
+    root = ensure_mnist(default_root()).parent.parent
+    train_set, test_set = datasets.MNIST(root, train=True), datasets.MNIST(root, train=False)
+    torch.manual_seed(seed)
+    net = build_model(model)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    train_loader = DeviceLoader(train_set.data, train_set.targets, batch, shuffle=True, seed=seed)
+    test_loader = DeviceLoader(test_set.data, test_set.targets, 1000)
+    times = []
+    for epoch in range(epochs):
+        train_loader.sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        net.train()
+        for x, y in train_loader:
+            opt.zero_grad(set_to_none=True)
+            F.nll_loss(net(x), y).backward()
+            opt.step()
+        net.eval()
+        with torch.inference_mode():
+            for x, y in test_loader:
+                net(x)
+        times.append(round(time.perf_counter() - start, 3))
+    return times
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def train_flops_per_image(model: str, batch: int) -> float:
+    net = build_model(model).train()
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        F.nll_loss(net(x), y).backward()
+    return counter.get_total_flops() / batch
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {torch.get_num_threads()} torch threads{gpu}; torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def speed(args) -> None:
+    peak = matmul_peak_gflops()
+    print(f"machine: {machine()}", flush=True)
+    print(f"float32 matmul peak (2048x2048, best of 10): {peak:.0f} GFLOP/s", flush=True)
+    common = ["callbacks.checkpoint=false", f"seed={args.seed}"]
+    rows, raw = [], {"machine": machine(), "peak_gflops": peak, "runs": {}, "ttt": {}}
+    for model in args.models:
+        batch = REFERENCE_BATCH[model]
+        flops = train_flops_per_image(model, batch) * TRAIN_IMAGES
+        baseline = None
+        for variant in args.variants:
+            overrides = [f"model={model}", f"data.batch_size={batch}", f"trainer.max_epochs={args.epochs}",
+                         *common, *VARIANTS[variant]]
+            print(f"-- python -m mnist_arch.run {' '.join(overrides)}", flush=True)
+            times = train(overrides)["epoch_time_s"]
+            steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
+            baseline = baseline or (steady if variant == "usual" else None)
+            raw["runs"][f"{model}/{variant}"] = times
+            rows.append((model, batch, variant, steady, min(times[1:] or times), max(times[1:] or times), times[0],
+                         TRAIN_IMAGES / steady, flops / steady / 1e9, baseline / steady if baseline else None))
+            print(f"   {model} {variant}: epochs {times}", flush=True)
+        if args.floor:
+            times = floor_epochs(model, batch, args.epochs, args.seed)
+            steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
+            raw["runs"][f"{model}/floor"] = times
+            rows.append((model, batch, "floor", steady, min(times[1:] or times), max(times[1:] or times), times[0],
+                         TRAIN_IMAGES / steady, flops / steady / 1e9, baseline / steady if baseline else None))
+            print(f"   {model} floor: epochs {times}", flush=True)
+
+    print("\nTraining FLOP per epoch: " + ", ".join(
+        f"{m} {train_flops_per_image(m, REFERENCE_BATCH[m]) * TRAIN_IMAGES / 1e12:.3f} TFLOP" for m in args.models))
+    print("\n| model | batch | pipeline | epoch s (median) | range | 1st epoch s | train img/s | train GFLOP/s "
+          "| % of matmul peak | speed-up vs usual |")
+    print("|---|---:|---|---:|---|---:|---:|---:|---:|---:|")
+    for model, batch, variant, med, lo, hi, first, ips, gflops, ratio in rows:
+        speedup = f"{ratio:.2f}x" if ratio else "-"
+        print(f"| {model} | {batch} | {variant} | {med:.2f} | {lo:.2f}-{hi:.2f} | {first:.2f} | {ips:,.0f} | "
+              f"{gflops:.1f} | {100 * gflops / peak:.1f}% | {speedup} |")
+
+    if not args.no_ttt:
+        print(f"\nTime to target: s6 reference recipe, first epoch with val acc >= {args.target:.2%} (10k test set)")
+        print("| pipeline | epoch reached | wall time to it, s | val acc then |")
+        print("|---|---:|---:|---:|")
+        for variant in [v for v in ("usual", "ours") if v in args.variants]:
+            summary = train([*S6_RECIPE, f"trainer.max_epochs={args.ttt_epochs}", *common, *VARIANTS[variant]])
+            hit = next((i for i, acc in enumerate(summary["val_acc"]) if acc >= args.target), None)
+            raw["ttt"][variant] = {"val_acc": summary["val_acc"], "epoch_time_s": summary["epoch_time_s"]}
+            if hit is None:
+                print(f"| {variant} | not within {args.ttt_epochs} | - | best {max(summary['val_acc']):.2%} |")
+            else:
+                print(f"| {variant} | {hit + 1} | {sum(summary['epoch_time_s'][:hit + 1]):.1f} | "
+                      f"{summary['val_acc'][hit]:.2%} |")
+    if args.json:
+        args.json.write_text(json.dumps(raw, indent=2) + "\n")
+
+
+def accuracy(args) -> None:
+    print(f"machine: {machine()}; s6 reference recipe, seeds {args.seeds}, {args.epochs} epochs", flush=True)
+    curves = {}
+    for variant in ("usual", "ours"):
+        for seed in args.seeds:
+            overrides = [*S6_RECIPE, f"trainer.max_epochs={args.epochs}", "callbacks.checkpoint=false",
+                         f"seed={seed}", *VARIANTS[variant]]
+            print(f"-- python -m mnist_arch.run {' '.join(overrides)}", flush=True)
+            curves.setdefault(variant, []).append(train(overrides)["val_acc"])
+    print("\n| epoch | " + " | ".join(f"{v}: val acc mean ± std (n={len(args.seeds)})" for v in curves) + " |")
+    print("|---:|" + "---:|" * len(curves))
+    for epoch in range(args.epochs):
+        cells = []
+        for runs in curves.values():
+            accs = [run_[epoch] for run_ in runs]
+            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            cells.append(f"{100 * statistics.mean(accs):.2f}% ± {100 * spread:.2f}")
+        print(f"| {epoch + 1} | " + " | ".join(cells) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(curves, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    fast = commands.add_parser("speed", help="epoch time, images/s, FLOP/s, time-to-target")
+    fast.add_argument("--models", nargs="+", default=["s4", "s6"], choices=list(REFERENCE_BATCH))
+    fast.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    fast.add_argument("--epochs", type=int, default=4, help="epochs per variant; the median skips the first")
+    fast.add_argument("--seed", type=int, default=1)
+    fast.add_argument("--target", type=float, default=0.99, help="val acc for time-to-target")
+    fast.add_argument("--ttt-epochs", type=int, default=8, help="epoch cap for time-to-target")
+    fast.add_argument("--no-ttt", action="store_true", help="skip time-to-target")
+    fast.add_argument("--no-floor", dest="floor", action="store_false", help="skip the bare-loop floor")
+    same = commands.add_parser("accuracy", help="val acc per epoch over seeds, usual vs ours")
+    same.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    same.add_argument("--epochs", type=int, default=3)
+    for command in (fast, same):
+        command.add_argument("--json", type=Path, help="also write the raw numbers here")
+    args = parser.parse_args()
+    register_schema()
+    speed(args) if args.command == "speed" else accuracy(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The default data path: MNIST as one uint8 tensor on the training device, batched by slicing.
+
+No Dataset, no worker processes, no per-image Python: each epoch draws one seeded permutation, each
+batch is an index into the resident tensor, and normalisation and augmentation run per batch,
+vectorised, on the device. Same seed and epoch -> same batches and same augmentations (on the same
+device type). Under DDP each rank takes its own shard of the permutation, as DistributedSampler does.
+"""
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from mnist_arch.data.fetch import DataError
+
+MEAN, STD = 0.1307, 0.3081  # of the 60k training images, pixels scaled to [0, 1]
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Strengths of the on-device augmentation; all zero means none at all."""
+
+    rotation: float = 0.0  # degrees, uniform in [-rotation, rotation]
+    translate: float = 0.0  # fraction of the image side, uniform in [-translate, translate] per axis
+    scale: float = 0.0  # zoom factor uniform in [1 - scale, 1 + scale]
+    erasing: float = 0.0  # probability of erasing one rectangle (2%-33% of the image, set to 0 after normalising)
+
+    @property
+    def warps(self) -> bool:
+        return self.rotation > 0 or self.translate > 0 or self.scale > 0
+
+
+def affine_warp(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
+    """One random rotation + scale + translation per image, as a single bilinear resampling.
+
+    `x` holds pixels in [0, 1] (before normalising), so the area uncovered by the warp is 0 = background.
+    """
+    n = x.shape[0]
+    u = torch.rand(n, 4, device=x.device, generator=generator) * 2 - 1  # uniform in [-1, 1]
+    angle = u[:, 0] * math.radians(aug.rotation)
+    zoom = 1 + u[:, 1] * aug.scale
+    shift = u[:, 2:] * aug.translate * 2  # normalised coordinates span 2 per image side
+    # affine_grid maps output coordinates to input ones: the inverse of "zoom, rotate, then shift".
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    inverse = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)  # (N, 2, 2)
+    offset = -(inverse @ shift.unsqueeze(2))  # (N, 2, 1)
+    grid = F.affine_grid(torch.cat([inverse, offset], 2), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_erase(x: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """torchvision RandomErasing's defaults (area 2%-33%, aspect 0.3-3.3, value 0), vectorised."""
+    n, _, h, w = x.shape
+    u = torch.rand(n, 5, device=x.device, generator=generator)
+    area = (0.02 + u[:, 0] * (0.33 - 0.02)) * h * w
+    aspect = torch.exp(math.log(0.3) + u[:, 1] * (math.log(3.3) - math.log(0.3)))
+    eh = torch.sqrt(area * aspect).round().clamp(1, h)
+    ew = torch.sqrt(area / aspect).round().clamp(1, w)
+    top = (u[:, 2] * (h - eh + 1)).floor()
+    left = (u[:, 3] * (w - ew + 1)).floor()
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + eh).view(n, 1, 1))
+              & (cols >= left.view(n, 1, 1)) & (cols < (left + ew).view(n, 1, 1)))
+    erase = inside & (u[:, 4] < probability).view(n, 1, 1)
+    return x.masked_fill(erase.unsqueeze(1), 0.0)
+
+
+class _EpochSeed:
+    """Lightning calls `set_epoch` on a loader's `.sampler` every epoch (resume included)."""
+
+    def __init__(self):
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class DeviceLoader:
+    """Iterates (images, labels) batches sliced from tensors that already live on the device."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        augment: Optional[Augment] = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if images.dtype != torch.uint8 or images.dim() != 3 or len(images) != len(labels):
+            raise DataError(f"expected uint8 (N, H, W) images and N labels, got {tuple(images.shape)} "
+                            f"{images.dtype} and {len(labels)} labels")
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.augment = seed, augment or Augment()
+        self.rank, self.world_size = rank, world_size
+        self.sampler = _EpochSeed()
+        self.batch_sampler = None  # Lightning inspects loaders that have a `sampler` for this too
+
+    def _shard_size(self) -> int:
+        return math.ceil(len(self.images) / self.world_size)
+
+    def __len__(self) -> int:
+        n = self._shard_size()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's sample order for the current epoch (on the CPU, cheap: N int64)."""
+        n = len(self.images)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.sampler.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        total = self._shard_size() * self.world_size
+        if total > n:  # pad by wrapping, as DistributedSampler does, so every rank has equal length
+            order = torch.cat([order, order[: total - n]])
+        return order[self.rank:total:self.world_size]
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        device = self.images.device
+        order = self.indices().to(device)
+        generator = None
+        if self.augment.warps or self.augment.erasing > 0:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self.seed * 100_003 + self.sampler.epoch + 1)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = self.images[idx].unsqueeze(1).float().div(255)
+            if self.augment.warps:
+                x = affine_warp(x, self.augment, generator)
+            x = x.sub(MEAN).div(STD)
+            if self.augment.erasing > 0:
+                x = random_erase(x, self.augment.erasing, generator)
+            yield x, self.labels[idx]
