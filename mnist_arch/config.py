@@ -34,11 +34,16 @@ def _one_of(key: str, value: str, allowed) -> None:
 
 @dataclass
 class ModelConf:
-    name: str = "s4"
-    net: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the registered constructor
+    name: str = "s4"  # a registered name, or "custom" for any nn.Module given by net._target_
+    net: Dict[str, Any] = field(default_factory=dict)  # constructor keyword arguments (+ _target_ if custom)
 
     def __post_init__(self):
-        _one_of("model.name", self.name, list_models())
+        _one_of("model.name", self.name, [*list_models(), "custom"])
+        target = self.net.get("_target_")
+        if self.name == "custom":
+            _check(bool(target), "model=custom needs the net's class: model.net._target_=package.module.Class")
+        else:
+            _check(target is None, f"model.net._target_ is only for model=custom (model.name={self.name!r})")
 
 
 @dataclass
@@ -143,7 +148,24 @@ class TrainerConf:
 
 
 @dataclass
+class BudgetConf:
+    """The rules of the game; the run checks them and says plainly whether they were met."""
+
+    max_params: int = 20_000
+    max_epochs: int = 20
+    target_acc: float = 0.994
+    allow_fc: bool = False
+
+    def __post_init__(self):
+        _check(self.max_params > 0, f"budget.max_params={self.max_params} must be > 0")
+        _check(self.max_epochs >= 1, f"budget.max_epochs={self.max_epochs} must be >= 1")
+        _check(0 < self.target_acc <= 1, f"budget.target_acc={self.target_acc} must be a fraction in (0, 1]")
+
+
+@dataclass
 class CallbacksConf:
+    rules: bool = True  # refuse, before any step, a net over budget.max_params or with an FC layer
+    stop_at_target: bool = True  # stop after the first epoch with val acc >= budget.target_acc
     checkpoint: bool = True  # keep best (by val/acc) and last checkpoints in the run dir
     lr_monitor: bool = True  # log the learning rate every epoch
     progress_refresh: int = 20  # batches between progress-bar updates (each update costs CPU time)
@@ -169,9 +191,15 @@ class Config:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     callbacks: CallbacksConf = field(default_factory=CallbacksConf)
     logger: LoggerConf = field(default_factory=LoggerConf)
+    budget: BudgetConf = field(default_factory=BudgetConf)
     seed: int = 1234
     channels_last: bool = False  # NHWC activations and weights
     compile: bool = False  # torch.compile the net (first epoch pays the compile time)
+
+    def __post_init__(self):
+        _check(self.trainer.max_epochs <= self.budget.max_epochs,
+               f"trainer.max_epochs={self.trainer.max_epochs} is over budget.max_epochs={self.budget.max_epochs}; "
+               f"to play with a larger budget, also set budget.max_epochs={self.trainer.max_epochs}")
 
 
 def register_schema() -> None:

@@ -11,7 +11,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 
 class Classifier(pl.LightningModule):
-    """Trains `net`, which maps (N, 1, 28, 28) images to (N, 10) log-probabilities, with NLL loss.
+    """Trains `net`, which maps (N, 1, 28, 28) images to (N, 10) class scores, with NLL loss.
+
+    The scores may be logits or log-probabilities: forward applies log_softmax, which leaves
+    log-probabilities unchanged (log_softmax(log_softmax(z)) == log_softmax(z)) and turns logits into them.
 
     `optimizer` and `scheduler` are the plain dicts of the `optimizer` and `scheduler` config groups.
     The per-epoch history (val acc/loss, train loss, lr at epoch start, epoch wall time) is kept here and saved in checkpoints, so
@@ -35,7 +38,7 @@ class Classifier(pl.LightningModule):
                                               "epoch_time_s": []}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.contiguous(memory_format=self.memory_format))
+        return F.log_softmax(self.net(x.contiguous(memory_format=self.memory_format)), dim=-1)
 
     def _step(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch

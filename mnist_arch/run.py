@@ -34,8 +34,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+    from mnist_arch.budget import BudgetError, RulesCheck, StopAtTarget, count_params, fc_layers
     from mnist_arch.data import MNISTDataModule
-    from mnist_arch.models import build_model
     from mnist_arch.module import Classifier
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -43,12 +43,16 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     pl.seed_everything(conf.seed, workers=True)
 
     datamodule = MNISTDataModule(**asdict(conf.data), seed=conf.seed)
-    net = build_model(conf.model.name, **conf.model.net)
+    net = _build_net(conf)
     model = Classifier(net, optimizer=asdict(conf.optimizer), scheduler=asdict(conf.scheduler),
                        channels_last=conf.channels_last, compile=conf.compile)
-    params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    params = count_params(net)
 
     callbacks = []
+    if conf.callbacks.rules:
+        callbacks.append(RulesCheck(conf.budget.max_params, conf.budget.allow_fc))
+    if conf.callbacks.stop_at_target:
+        callbacks.append(StopAtTarget(conf.budget.target_acc))
     if conf.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=conf.callbacks.progress_refresh))
     checkpoint = None
@@ -66,7 +70,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     trainer = pl.Trainer(**trainer_kwargs, callbacks=callbacks, logger=logger, default_root_dir=run_dir)
 
     summary: Dict[str, Any] = {"model": conf.model.name, "params": params, "seed": conf.seed,
-                               "val_split": conf.data.val, "status": "running"}
+                               "val_split": conf.data.val, "status": "running", "budget": asdict(conf.budget),
+                               "fc_layers": fc_layers(net)}
     started = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule)
@@ -76,6 +81,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         results = trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None)
         summary.update(status="completed", test_acc=results[0]["test/acc"] if results else None,
                        test_ckpt="best" if use_best else "final")
+    except BudgetError as e:
+        summary.update(status=e.status, error=str(e))
+        raise
     except BaseException as e:
         # Lightning answers Ctrl-C with a graceful stop and sys.exit(1) raised while handling the
         # KeyboardInterrupt; the epochs completed so far (and their checkpoints) are kept.
@@ -84,7 +92,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             raise
         summary.update(status="interrupted", test_acc=None, test_ckpt=None)
     finally:
-        summary.update(_history(model.history), wall_time_s=round(time.perf_counter() - started, 2),
+        summary.update(_history(model.history))
+        summary.update(_verdict(summary, conf.budget, conf.trainer.max_epochs), wall_time_s=round(time.perf_counter() - started, 2),
                        device=_device(trainer.strategy.root_device, torch), git_commit=_git_commit(),
                        versions=_versions(), overrides=_overrides(), run_dir=str(run_dir))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -93,17 +102,34 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="pkg://mnist_arch.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from mnist_arch.budget import BudgetError
     from mnist_arch.data import DataError
 
     try:
         summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, BudgetError) as e:
         sys.exit(f"error: {e}")
     if summary["status"] == "interrupted":
         print(f"interrupted after {summary['epochs_run']} epoch(s); summary in {summary['run_dir']}",
               file=sys.stderr)
         sys.exit(130)  # the shell's code for a Ctrl-C
     print(_headline(summary))
+
+
+def _build_net(conf: Config):
+    """A registered architecture by name, or (model=custom) any nn.Module from model.net._target_."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from mnist_arch.models import build_model
+
+    if conf.model.name != "custom":
+        return build_model(conf.model.name, **conf.model.net)
+    try:
+        return instantiate(conf.model.net)
+    except InstantiationException as e:
+        reason = str(e).strip().splitlines()[-1]
+        raise ConfigError(f"model.net._target_={conf.model.net['_target_']} could not be built: {reason}") from e
 
 
 # --- summary helpers ------------------------------------------------------------------------------
@@ -123,12 +149,33 @@ def _history(history: Dict[str, list]) -> Dict[str, Any]:
     }
 
 
+def _verdict(s: Dict[str, Any], budget, max_epochs: int) -> Dict[str, Any]:
+    """Were the rules met? target_epoch is the first epoch (1-based) with val acc >= target."""
+    from mnist_arch.budget import reached
+
+    hits = [i + 1 for i, acc in enumerate(s["val_acc"]) if reached(acc, budget.target_acc)]
+    target_epoch = hits[0] if hits else None
+    verdict = {"params_ok": s["params"] <= budget.max_params, "epochs_ok": max_epochs <= budget.max_epochs,
+               "no_fc_ok": budget.allow_fc or not s["fc_layers"], "target_ok": target_epoch is not None}
+    return {"target_acc": budget.target_acc, "target_reached": target_epoch is not None,
+            "target_epoch": target_epoch, "verdict": verdict}
+
+
 def _headline(s: Dict[str, Any]) -> str:
-    if s["best_val_acc"] is None:
-        return f"{s['model']} · {s['params']:,} params · no validation epoch ran"
-    test = f" · test acc {s['test_acc']:.2%} ({s['test_ckpt']} weights)" if s["test_acc"] is not None else ""
-    return (f"{s['model']} · {s['params']:,} params · best val acc {s['best_val_acc']:.2%} at epoch "
-            f"{s['best_epoch']}/{s['epochs_run']} (val={s['val_split']}){test}")
+    """e.g. s4 · 17,120 params ✓ ≤20,000 · no FC ✓ · 99.42% at epoch 9 ✓ (target 99.40%, ≤20 epochs)"""
+    mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
+    v, b = s["verdict"], s["budget"]
+    fc = "FC allowed" if b["allow_fc"] else f"no FC {mark(v['no_fc_ok'])}"
+    if s["target_epoch"] is not None:
+        acc = f"{s['val_acc'][s['target_epoch'] - 1]:.2%} at epoch {s['target_epoch']} ✓"
+    elif s["best_val_acc"] is not None:
+        acc = f"best {s['best_val_acc']:.2%} at epoch {s['best_epoch']} ✗"
+    else:
+        acc = "no validation epoch ran ✗"
+    test = f" · test acc {s['test_acc']:.2%} ({s['test_ckpt']} weights)" if s.get("test_acc") is not None else ""
+    return (f"{s['model']} · {s['params']:,} params {mark(v['params_ok'])} ≤{b['max_params']:,} · {fc} · {acc} "
+            f"(target {b['target_acc']:.2%}, ≤{b['max_epochs']} epochs, {s['epochs_run']} run, "
+            f"val={s['val_split']}){test}")
 
 
 def _device(device, torch) -> str:

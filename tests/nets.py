@@ -1,0 +1,35 @@
+"""User nets for `model=custom` tests, reached through model.net._target_=tests.nets.<Class>."""
+import torch
+from torch import nn
+
+
+class TinyConv(nn.Module):
+    """All convolutions, returns raw logits (not log-probabilities): 2 convs + global average pool."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, width, 3, stride=2), nn.ReLU(), nn.Conv2d(width, 10, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).mean((2, 3))
+
+
+class WithLinear(nn.Module):
+    """A conv stem and a Linear head: refused unless budget.allow_fc=true."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, stride=4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 7 * 7, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.stem(x)))
+
+
+class WrongOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 7, 28)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).flatten(1)

@@ -1,0 +1,133 @@
+"""The rules of the game on tiny nets and synthetic data: each refusal before any step, stop at target,
+the verdict in summary.json, and the logits-vs-log-probabilities contract."""
+import json
+
+import pytest
+import torch
+
+from mnist_arch import run
+from mnist_arch.budget import BudgetError, fc_layers, largest_layers
+from mnist_arch.module import Classifier
+from tests.conftest import fast_overrides
+from tests.nets import TinyConv, WithLinear
+
+CUSTOM = ["model=custom", "model.net._target_=tests.nets.TinyConv"]
+
+
+@pytest.fixture
+def steps(monkeypatch):
+    """Counts training steps actually taken."""
+    taken = []
+    real = Classifier.training_step
+
+    def counted(self, batch, batch_idx):
+        taken.append(batch_idx)
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(Classifier, "training_step", counted)
+    return taken
+
+
+def _summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_within_budget_trains_and_reports_the_verdict(make_cfg, mnist_root, tmp_path, steps):
+    summary = run.train(make_cfg(fast_overrides(mnist_root) + CUSTOM + ["+model.net.width=6"]), tmp_path / "r")
+    assert summary["status"] == "completed" and len(steps) == 8  # 2 epochs x 4 batches
+    assert summary["params"] == 6 * 9 + 6 + 6 * 10 + 10
+    assert summary["verdict"] == {"params_ok": True, "epochs_ok": True, "no_fc_ok": True,
+                                  "target_ok": summary["target_reached"]}
+    assert summary["target_acc"] == 0.994 and _summary(tmp_path / "r")["verdict"] == summary["verdict"]
+
+
+def test_over_budget_stops_before_any_step(make_cfg, mnist_root, tmp_path, steps):
+    with pytest.raises(BudgetError) as err:
+        run.train(make_cfg(fast_overrides(mnist_root) + ["budget.max_params=10000"]), tmp_path / "r")
+    assert str(err.value).startswith("17,120 > 10,000 trainable parameters")
+    assert "largest layers: conv8.0 4,344, conv7.0 2,900, conv3.0 2,540" in str(err.value)
+    assert steps == []
+    on_disk = _summary(tmp_path / "r")
+    assert on_disk["status"] == "over_budget" and on_disk["verdict"]["params_ok"] is False
+
+
+def test_fc_layer_in_a_user_net_is_refused_by_name(make_cfg, mnist_root, tmp_path, steps):
+    overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.WithLinear"]
+    with pytest.raises(BudgetError, match=r"fully connected layer\(s\) not allowed: head.1"):
+        run.train(make_cfg(overrides), tmp_path / "r")
+    assert steps == [] and _summary(tmp_path / "r")["status"] == "fc_not_allowed"
+    allowed = run.train(make_cfg(overrides + ["budget.allow_fc=true"]), tmp_path / "allowed")
+    assert allowed["status"] == "completed" and allowed["verdict"]["no_fc_ok"] is True
+
+
+def test_fc_detection_and_largest_layers():
+    assert fc_layers(WithLinear()) == ["head.1"] and fc_layers(TinyConv()) == []
+    assert fc_layers(torch.nn.Bilinear(2, 2, 2)) == ["(the net itself)"]
+    assert largest_layers(WithLinear(), k=1) == [("head.1", 4 * 7 * 7 * 10 + 10)]
+
+
+def test_a_net_with_the_wrong_output_shape_is_refused(make_cfg, mnist_root, tmp_path, steps):
+    overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.WrongOutput"]
+    with pytest.raises(BudgetError, match=r"must map \(N, 1, 28, 28\) to \(N, 10\); it gave \(2, 7\)"):
+        run.train(make_cfg(overrides), tmp_path / "r")
+    assert steps == []
+
+
+def test_stop_at_the_first_epoch_reaching_the_target(make_cfg, mnist_root, tmp_path):
+    # A low target that the synthetic data reaches early; 5 epochs allowed.
+    overrides = fast_overrides(mnist_root) + CUSTOM + ["trainer.max_epochs=5", "budget.target_acc=0.05"]
+    summary = run.train(make_cfg(overrides), tmp_path / "r")
+    assert summary["target_epoch"] == 1 and summary["epochs_run"] == 1 and summary["target_reached"]
+    unstopped = run.train(make_cfg(overrides + ["callbacks.stop_at_target=false"]), tmp_path / "u")
+    assert unstopped["epochs_run"] == 5 and unstopped["target_epoch"] == 1
+
+
+def test_stop_is_inclusive_at_the_target(make_cfg, mnist_root, tmp_path):
+    first = run.train(make_cfg(fast_overrides(mnist_root) + CUSTOM + ["callbacks.stop_at_target=false"]),
+                      tmp_path / "a")
+    exact = first["val_acc"][0]  # the same seed reaches exactly this after epoch 1
+    again = run.train(make_cfg(fast_overrides(mnist_root) + CUSTOM + [f"budget.target_acc={exact}"]), tmp_path / "b")
+    assert again["val_acc"][0] == exact and again["target_epoch"] == 1 and again["epochs_run"] == 1
+
+
+def test_logits_and_log_probabilities_train_identically():
+    """The contract: forward applies log_softmax, a no-op on log-probabilities."""
+    torch.manual_seed(0)
+    logits_net = TinyConv()
+    log_prob_net = torch.nn.Sequential(TinyConv(), torch.nn.LogSoftmax(dim=-1))
+    log_prob_net[0].load_state_dict(logits_net.state_dict())
+    opt = {"name": "sgd", "lr": 0.1, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0, "betas": [0.9, 0.999]}
+    a, b = Classifier(logits_net, opt, {"name": "none"}), Classifier(log_prob_net, opt, {"name": "none"})
+    x = torch.randn(16, 1, 28, 28)
+    assert torch.allclose(a(x), b(x), atol=1e-6)
+    assert torch.allclose(a(x).exp().sum(1), torch.ones(16), atol=1e-5)
+    y = torch.arange(16) % 10
+    torch.nn.functional.nll_loss(a(x), y).backward()
+    torch.nn.functional.nll_loss(b(x), y).backward()
+    for pa, pb in zip(logits_net.parameters(), log_prob_net[0].parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6)
+
+
+def test_a_bad_target_path_is_one_clear_error(make_cfg, mnist_root, tmp_path):
+    from mnist_arch.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.net._target_=tests.nets.Nope could not be built"):
+        run.train(make_cfg(fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.Nope"]),
+                  tmp_path / "r")
+
+
+def test_cli_over_budget_exits_non_zero_with_one_line(mnist_root, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    argv = ["mnist_arch.run", *fast_overrides(mnist_root), "budget.max_params=5000", f"hydra.run.dir={tmp_path}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    try:
+        with pytest.raises(SystemExit) as done:
+            run.main()
+    finally:
+        GlobalHydra.instance().clear()
+    assert str(done.value.code).startswith("error: 17,120 > 5,000 trainable parameters")
+    assert "\n" not in str(done.value.code)
+    assert _summary(tmp_path)["status"] == "over_budget"
