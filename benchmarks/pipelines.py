@@ -121,7 +121,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {torch.get_num_threads()} torch threads{gpu}; torch {torch.__version__}, Python {platform.python_version()}"
+    return (f"{cpu}, {torch.get_num_threads()} torch threads{gpu}; torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
 
 
 def speed(args) -> None:
@@ -130,31 +131,30 @@ def speed(args) -> None:
     print(f"float32 matmul peak (2048x2048, best of 10): {peak:.0f} GFLOP/s", flush=True)
     common = ["callbacks.checkpoint=false", f"seed={args.seed}"]
     rows, raw = [], {"machine": machine(), "peak_gflops": peak, "runs": {}, "ttt": {}}
+    flops = {m: train_flops_per_image(m, REFERENCE_BATCH[m]) * TRAIN_IMAGES for m in args.models}
     for model in args.models:
-        batch = REFERENCE_BATCH[model]
-        flops = train_flops_per_image(model, batch) * TRAIN_IMAGES
-        baseline = None
+        batch, baseline = REFERENCE_BATCH[model], None
+
+        def record(variant: str, times: list) -> float:
+            """One table row; the median skips the first (warm-up) epoch."""
+            steady_times = times[1:] or times
+            steady = statistics.median(steady_times)
+            raw["runs"][f"{model}/{variant}"] = times
+            rows.append((model, batch, variant, steady, min(steady_times), max(steady_times), times[0],
+                         TRAIN_IMAGES / steady, flops[model] / steady / 1e9, baseline / steady if baseline else None))
+            print(f"   {model} {variant}: epochs {times}", flush=True)
+            return steady
+
         for variant in args.variants:
             overrides = [f"model={model}", f"data.batch_size={batch}", f"trainer.max_epochs={args.epochs}",
                          *common, *VARIANTS[variant]]
             print(f"-- python -m mnist_arch.run {' '.join(overrides)}", flush=True)
-            times = train(overrides)["epoch_time_s"]
-            steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
+            steady = record(variant, train(overrides)["epoch_time_s"])
             baseline = baseline or (steady if variant == "usual" else None)
-            raw["runs"][f"{model}/{variant}"] = times
-            rows.append((model, batch, variant, steady, min(times[1:] or times), max(times[1:] or times), times[0],
-                         TRAIN_IMAGES / steady, flops / steady / 1e9, baseline / steady if baseline else None))
-            print(f"   {model} {variant}: epochs {times}", flush=True)
         if args.floor:
-            times = floor_epochs(model, batch, args.epochs, args.seed)
-            steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
-            raw["runs"][f"{model}/floor"] = times
-            rows.append((model, batch, "floor", steady, min(times[1:] or times), max(times[1:] or times), times[0],
-                         TRAIN_IMAGES / steady, flops / steady / 1e9, baseline / steady if baseline else None))
-            print(f"   {model} floor: epochs {times}", flush=True)
+            record("floor", floor_epochs(model, batch, args.epochs, args.seed))
 
-    print("\nTraining FLOP per epoch: " + ", ".join(
-        f"{m} {train_flops_per_image(m, REFERENCE_BATCH[m]) * TRAIN_IMAGES / 1e12:.3f} TFLOP" for m in args.models))
+    print("\nTraining FLOP per epoch: " + ", ".join(f"{m} {f / 1e12:.3f} TFLOP" for m, f in flops.items()))
     print("\n| model | batch | pipeline | epoch s (median) | range | 1st epoch s | train img/s | train GFLOP/s "
           "| % of matmul peak | speed-up vs usual |")
     print("|---|---:|---|---:|---|---:|---:|---:|---:|---:|")

@@ -17,8 +17,9 @@ class Classifier(pl.LightningModule):
     log-probabilities unchanged (log_softmax(log_softmax(z)) == log_softmax(z)) and turns logits into them.
 
     `optimizer` and `scheduler` are the plain dicts of the `optimizer` and `scheduler` config groups.
-    The per-epoch history (val acc/loss, train loss, lr at epoch start, epoch wall time) is kept here and saved in checkpoints, so
-    `summary.json` can be written from it and a resumed run keeps its past epochs.
+    The per-epoch history (val acc/loss, train loss, lr at epoch start, epoch wall time) is kept here
+    and saved in checkpoints, so `summary.json` can be written from it and a resumed run keeps its past
+    epochs.
     """
 
     def __init__(self, net: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any],

@@ -93,7 +93,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         summary.update(status="interrupted", test_acc=None, test_ckpt=None)
     finally:
         summary.update(_history(model.history))
-        summary.update(_verdict(summary, conf.budget, conf.trainer.max_epochs), wall_time_s=round(time.perf_counter() - started, 2),
+        summary.update(_verdict(summary, conf.budget, conf.trainer.max_epochs),
+                       wall_time_s=round(time.perf_counter() - started, 2),
                        device=_device(trainer.strategy.root_device, torch), git_commit=_git_commit(),
                        versions=_versions(), overrides=_overrides(), run_dir=str(run_dir))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

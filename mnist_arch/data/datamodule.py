@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
+import copy
+
 import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
@@ -48,7 +50,8 @@ class MNISTDataModule(pl.LightningDataModule):
         self.pipeline, self.val, self.holdout_size = pipeline, val, holdout_size
         self.batch_size, self.eval_batch_size, self.drop_last = batch_size, eval_batch_size, drop_last
         self.augment = Augment(rotation=rotation, translate=translate, scale=scale, erasing=erasing)
-        self.num_workers, self.download, self.fetch_timeout_s, self.seed = num_workers, download, fetch_timeout_s, seed
+        self.num_workers, self.download = num_workers, download
+        self.fetch_timeout_s, self.seed = fetch_timeout_s, seed
         self.splits = None  # name -> (uint8 images, int64 labels), or (Dataset, None) for torchvision
 
     def prepare_data(self) -> None:
@@ -67,7 +70,7 @@ class MNISTDataModule(pl.LightningDataModule):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
         train_idx, holdout_idx = order[self.holdout_size:], order[: self.holdout_size]
         if self.pipeline == "torchvision":
-            self.splits = self._torchvision_splits(train_idx, holdout_idx)
+            self.splits = self._torchvision_splits(train, test, train_idx, holdout_idx)
             return
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         images, labels = train.data.to(device), train.targets.to(device)
@@ -79,7 +82,7 @@ class MNISTDataModule(pl.LightningDataModule):
             self.splits = {"train": (images[train_idx], labels[train_idx]),
                            "val": (images[holdout_idx], labels[holdout_idx]), "test": test_split}
 
-    def _torchvision_splits(self, train_idx: torch.Tensor, holdout_idx: torch.Tensor) -> dict:
+    def _torchvision_splits(self, train, test, train_idx: torch.Tensor, holdout_idx: torch.Tensor) -> dict:
         a = self.augment
         normalise = [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
         warp = [transforms.RandomAffine(a.rotation, translate=(a.translate, a.translate) if a.translate else None,
@@ -87,11 +90,11 @@ class MNISTDataModule(pl.LightningDataModule):
         erase = [transforms.RandomErasing(p=a.erasing, value=0)] if a.erasing > 0 else []
         train_tf = transforms.Compose((warp if a.warps else []) + normalise + erase)
         eval_tf = transforms.Compose(normalise)
-        train = datasets.MNIST(self.root, train=True, transform=train_tf, download=False)
-        test = datasets.MNIST(self.root, train=False, transform=eval_tf, download=False)
+        # Views of the datasets setup() already read, each with its own transform: the files are read once.
+        train, holdout_view, test = (_with_transform(train, train_tf), _with_transform(train, eval_tf),
+                                     _with_transform(test, eval_tf))
         if self.val == "test":
             return {"train": (train, None), "val": (test, None), "test": (test, None)}
-        holdout_view = datasets.MNIST(self.root, train=True, transform=eval_tf, download=False)
         return {"train": (Subset(train, train_idx.tolist()), None),
                 "val": (Subset(holdout_view, holdout_idx.tolist()), None), "test": (test, None)}
 
@@ -116,3 +119,10 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader("test")
+
+
+def _with_transform(dataset: datasets.MNIST, transform) -> datasets.MNIST:
+    """A shallow copy sharing the image tensors, with its own transform."""
+    view = copy.copy(dataset)
+    view.transform = transform
+    return view
