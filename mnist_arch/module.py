@@ -5,6 +5,7 @@ from typing import Any, Dict, List
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -97,6 +98,9 @@ class Classifier(pl.LightningModule):
         checkpoint["history"] = self.history
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # Only when resuming a fit: testing the best checkpoint must not roll the run's history back.
+        if self._trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
+            return
         self.history = checkpoint.get("history", self.history)
 
     def configure_optimizers(self):

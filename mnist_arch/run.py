@@ -58,8 +58,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     checkpoint = None
     if conf.callbacks.checkpoint:
         checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc",
-                                     mode="max", save_last=True, auto_insert_metric_name=False)
-        callbacks.append(checkpoint)
+                                     mode="max", auto_insert_metric_name=False)
+        # Lightning's save_last only copies a checkpoint when the best one is saved; this one is every epoch's.
+        last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                               enable_version_counter=False)
+        callbacks += [checkpoint, last]
     if conf.callbacks.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if conf.logger.name == "tensorboard":
@@ -78,7 +81,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         # With val=holdout the best-on-holdout checkpoint is a fair pick; with val=test the test set
         # must not pick weights, so the final weights are tested.
         use_best = conf.data.val == "holdout" and checkpoint is not None and bool(checkpoint.best_model_path)
-        results = trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None)
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint.best_model_path if use_best else None)
         summary.update(status="completed", test_acc=results[0]["test/acc"] if results else None,
                        test_ckpt="best" if use_best else "final")
     except BudgetError as e:

@@ -33,3 +33,15 @@ class WrongOutput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x).flatten(1)
+
+
+class ConstantScores(nn.Module):
+    """Ignores the image and favours class 0 by far: val acc is the same every epoch, so the best epoch
+    (by strict improvement) is the first and every later epoch is not."""
+
+    def __init__(self):
+        super().__init__()
+        self.scores = nn.Parameter(torch.tensor([20.0] + [0.0] * 9))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scores.expand(len(x), 10)

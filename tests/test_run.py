@@ -46,6 +46,20 @@ def test_holdout_run_tests_the_best_checkpoint_and_csv_logger(make_cfg, mnist_ro
     assert "val/acc" in (tmp_path / "run" / "csv" / "metrics.csv").read_text()
 
 
+def test_holdout_run_keeps_every_epoch_and_last_is_the_last_epoch(make_cfg, mnist_root, tmp_path):
+    """Best epoch 1 of 3: testing the best checkpoint must not roll the history back to epoch 1, and
+    last.ckpt must be epoch 3 (Lightning's own save_last only follows the best checkpoint)."""
+    import torch
+
+    overrides = fast_overrides(mnist_root) + ["data.val=holdout", "data.holdout_size=64", "trainer.max_epochs=3",
+                                              "model=custom", "model.net._target_=tests.nets.ConstantScores"]
+    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    assert summary["best_epoch"] == 1 and summary["epochs_run"] == 3 and len(summary["val_acc"]) == 3
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)
+    assert last["epoch"] == 2 and len(last["history"]["val_acc"]) == 3 and best["epoch"] == 0
+
+
 @pytest.mark.parametrize(
     "extra",
     [["data.pipeline=torchvision", "data.rotation=10", "data.erasing=0.2"],
