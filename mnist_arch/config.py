@@ -168,6 +168,7 @@ class CallbacksConf:
     stop_at_target: bool = True  # stop after the first epoch with val acc >= budget.target_acc
     checkpoint: bool = True  # keep best (by val/acc) and last checkpoints in the run dir
     lr_monitor: bool = True  # log the learning rate every epoch
+    plots: bool = True  # PNGs in <run dir>/plots, also in TensorBoard's IMAGES tab (mnist_arch/plots.py)
     progress_refresh: int = 20  # batches between progress-bar updates (each update costs CPU time)
 
     def __post_init__(self):
@@ -177,6 +178,7 @@ class CallbacksConf:
 @dataclass
 class LoggerConf:
     name: str = "tensorboard"
+    graph: bool = True  # tensorboard only: trace the net once for the GRAPHS tab
 
     def __post_init__(self):
         _one_of("logger.name", self.name, LOGGERS)

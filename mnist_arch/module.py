@@ -36,22 +36,22 @@ class Classifier(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
         self.val_acc_best = MaxMetric()
-        self.history: Dict[str, List[float]] = {"val_acc": [], "val_loss": [], "train_loss": [], "lr": [],
-                                              "epoch_time_s": []}
+        self.history: Dict[str, List[float]] = {"val_acc": [], "val_loss": [], "train_loss": [], "train_acc": [],
+                                              "lr": [], "epoch_time_s": []}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.net(x.contiguous(memory_format=self.memory_format)), dim=-1)
 
-    def _step(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy) -> torch.Tensor:
+    def _step(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy):
         x, y = batch
         log_probs = self(x)
         loss = F.nll_loss(log_probs, y)
         loss_metric.update(loss.detach(), weight=len(y))
         acc_metric.update(log_probs.detach(), y)
-        return loss
+        return loss, log_probs.detach()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, self.train_loss, self.train_acc)
+        loss, _ = self._step(batch, self.train_loss, self.train_acc)
         # self.log costs ~1 ms on CPU, as much as a small net's whole step; Lightning only writes step
         # values every log_every_n_steps anyway, so log (and refresh the bar's loss) just then.
         if batch_idx % self.trainer.log_every_n_steps == 0:
@@ -63,16 +63,18 @@ class Classifier(pl.LightningModule):
         self._epoch_started = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
-        loss = self.train_loss.compute()
-        self.log_dict({"train/loss": loss, "train/acc": self.train_acc.compute()})
+        loss, acc = self.train_loss.compute(), self.train_acc.compute()
+        self.log_dict({"train/loss": loss, "train/acc": acc})
         self.history["train_loss"].append(loss.item())
+        self.history["train_acc"].append(acc.item())
         # Lightning validates before this hook, so this is the epoch's train + val wall time.
         self.history["epoch_time_s"].append(round(time.perf_counter() - self._epoch_started, 3))
         self.train_loss.reset()
         self.train_acc.reset()
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, self.val_loss, self.val_acc)
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        _, log_probs = self._step(batch, self.val_loss, self.val_acc)
+        return log_probs.argmax(dim=1)  # the predictions, for callbacks (plots: confusion, mistakes)
 
     def on_validation_epoch_end(self) -> None:
         loss, acc = self.val_loss.compute(), self.val_acc.compute()

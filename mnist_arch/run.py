@@ -11,6 +11,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -37,16 +38,21 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from mnist_arch.budget import BudgetError, RulesCheck, StopAtTarget, count_params, fc_layers
     from mnist_arch.data import MNISTDataModule
     from mnist_arch.module import Classifier
+    from mnist_arch.plots import RunPlots
+    from mnist_arch.summary import describe
 
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     pl.seed_everything(conf.seed, workers=True)
 
     datamodule = MNISTDataModule(**asdict(conf.data), seed=conf.seed)
-    net = _build_net(conf)
+    net = build_net(conf)
+    params = count_params(net)
+    layers, shape_totals = describe(net, conf.budget.max_params, conf.budget.allow_fc)  # before any compile
+    (run_dir / "layers.txt").write_text(layers + "\n")
+    log.info("%s\n%s", conf.model.name, layers)
     model = Classifier(net, optimizer=asdict(conf.optimizer), scheduler=asdict(conf.scheduler),
                        channels_last=conf.channels_last, compile=conf.compile)
-    params = count_params(net)
 
     callbacks = []
     if conf.callbacks.rules:
@@ -65,8 +71,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         callbacks += [checkpoint, last]
     if conf.callbacks.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    plots = RunPlots(run_dir / "plots", conf.budget.target_acc, conf.data.val) if conf.callbacks.plots else None
+    if plots:
+        callbacks.append(plots)
     if conf.logger.name == "tensorboard":
         logger = TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False)
+        _tensorboard_model(logger, net, layers, conf.logger.graph)
     else:
         logger = CSVLogger(save_dir=run_dir, name="csv", version="")
     trainer_kwargs = {k: v for k, v in asdict(conf.trainer).items() if v is not None}
@@ -74,7 +84,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     summary: Dict[str, Any] = {"model": conf.model.name, "params": params, "seed": conf.seed,
                                "val_split": conf.data.val, "status": "running", "budget": asdict(conf.budget),
-                               "fc_layers": fc_layers(net)}
+                               "fc_layers": fc_layers(net), **shape_totals}
     started = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule)
@@ -100,7 +110,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                        wall_time_s=round(time.perf_counter() - started, 2),
                        device=_device(trainer.strategy.root_device, torch), git_commit=_git_commit(),
                        versions=_versions(), overrides=_overrides(), run_dir=str(run_dir))
+        if plots:
+            summary.update(plots_time_s=round(plots.seconds, 3), plots=sorted(plots.written))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if isinstance(logger, TensorBoardLogger) and summary["epochs_run"]:
+            _tensorboard_hparams(logger, conf, summary)
     return summary
 
 
@@ -120,7 +134,7 @@ def main(cfg: DictConfig) -> None:
     print(_headline(summary))
 
 
-def _build_net(conf: Config):
+def build_net(conf: Config):
     """A registered architecture by name, or (model=custom) any nn.Module from model.net._target_."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
@@ -134,6 +148,44 @@ def _build_net(conf: Config):
     except InstantiationException as e:
         reason = str(e).strip().splitlines()[-1]
         raise ConfigError(f"model.net._target_={conf.model.net['_target_']} could not be built: {reason}") from e
+
+
+# --- TensorBoard extras --------------------------------------------------------------------------
+
+
+def _tensorboard_model(logger, net, layers: str, graph: bool) -> None:
+    """The layer table (TEXT tab) and the traced graph (GRAPHS tab); a net that cannot be traced
+    (data-dependent control flow) only loses its graph, with a warning."""
+    import torch
+
+    logger.experiment.add_text("model/layers", "\n".join("    " + line for line in layers.splitlines()))
+    if not graph:
+        return
+    try:
+        with warnings.catch_warnings():  # add_graph uses torch.jit.trace, deprecated in torch 2.14 (no action for us)
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.trace.*")
+            logger.experiment.add_graph(net, torch.zeros(1, 1, 28, 28, device=next(net.parameters()).device))
+    except Exception as e:  # noqa: BLE001 - tracing is best effort; the run must not die for a picture
+        log.warning("TensorBoard graph not written: the net could not be traced (%s: %s)", type(e).__name__, e)
+
+
+def _tensorboard_hparams(logger, conf: Config, s: Dict[str, Any]) -> None:
+    """The HPARAMS tab: one row per run with its recipe and results, so a sweep compares there.
+    Metrics that do not exist (no test, target never reached) are NaN, shown blank/NaN there."""
+    aug = {"rotation": conf.data.rotation, "translate": conf.data.translate, "scale": conf.data.scale,
+           "erasing": conf.data.erasing}
+    hparams = {"model": s["model"], "params": s["params"], "optimizer": conf.optimizer.name,
+               "lr": conf.optimizer.lr, "momentum": conf.optimizer.momentum,
+               "weight_decay": conf.optimizer.weight_decay, "scheduler": conf.scheduler.name,
+               "batch_size": conf.data.batch_size, "max_epochs": conf.trainer.max_epochs,
+               "augmentation": ", ".join(f"{k} {v:g}" for k, v in aug.items() if v) or "none",
+               "val_split": conf.data.val, "seed": conf.seed, "status": s["status"]}
+    nan = float("nan")
+    metrics = {"hp/best_val_acc": s["best_val_acc"], "hp/final_val_acc": s["final_val_acc"],
+               "hp/target_epoch": s["target_epoch"], "hp/test_acc": s.get("test_acc"),
+               "hp/epochs_run": s["epochs_run"]}
+    logger.log_hyperparams(hparams, metrics={k: nan if v is None else v for k, v in metrics.items()})
+    logger.finalize("success")  # Lightning closed the writer after test; flush what was just written
 
 
 # --- summary helpers ------------------------------------------------------------------------------

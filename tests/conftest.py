@@ -59,7 +59,7 @@ def mnist_root(tmp_path, synthetic_md5) -> Path:
     return tmp_path / "data"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_cfg():
     """compose(overrides) with the real config tree, as `python -m mnist_arch.run` would see it."""
     register_schema()
