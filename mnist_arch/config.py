@@ -61,6 +61,7 @@ class DataConf:
     erasing: float = 0.0
     num_workers: int = 0
     download: bool = True
+    verify: bool = True
     fetch_timeout_s: float = 30.0
 
     def __post_init__(self):
@@ -141,6 +142,8 @@ class TrainerConf:
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
     gradient_clip_val: Optional[float] = None
+    strategy: str = "auto"  # "ddp" for several devices (trainer=ddp | ddp_cpu)
+    sync_batchnorm: bool = False  # BN statistics over all DDP ranks
 
     def __post_init__(self):
         _check(self.max_epochs >= 1, f"trainer.max_epochs={self.max_epochs} must be >= 1")
@@ -197,8 +200,11 @@ class Config:
     seed: int = 1234
     channels_last: bool = False  # NHWC activations and weights
     compile: bool = False  # torch.compile the net (first epoch pays the compile time)
+    threads: Optional[int] = None  # torch CPU threads; None: shared out between parallel jobs / DDP ranks
+    ckpt_path: Optional[str] = None  # resume: "last" (<run dir>/checkpoints/last.ckpt) or a checkpoint file
 
     def __post_init__(self):
+        _check(self.threads is None or self.threads >= 1, f"threads={self.threads} must be >= 1 (or null)")
         _check(self.trainer.max_epochs <= self.budget.max_epochs,
                f"trainer.max_epochs={self.trainer.max_epochs} is over budget.max_epochs={self.budget.max_epochs}; "
                f"to play with a larger budget, also set budget.max_epochs={self.trainer.max_epochs}")

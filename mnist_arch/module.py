@@ -1,14 +1,47 @@
 """One LightningModule for every architecture: the net is injected, the recipe comes from the config."""
+import random
 import time
-from typing import Any, Dict, List
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the run stops at once (summary.json: status)."""
+
+    status = "non_finite_loss"
+
+
+def interrupting_signal(e: BaseException) -> Optional[str]:
+    """'SIGINT' or 'SIGTERM' when `e` is how Lightning ends a run stopped by Ctrl-C or SIGTERM."""
+    if isinstance(e, SIGTERMException):
+        return "SIGTERM"  # raised by Lightning's loops after the batch during which SIGTERM arrived
+    if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
+        return "SIGINT"  # Lightning answers KeyboardInterrupt with sys.exit(1) raised while handling it
+    return None
+
+
+class SaveOnInterrupt(pl.Callback):
+    """Saves `path` where Ctrl-C or SIGTERM stopped the run, and only then. Mid-epoch, so it is kept for
+    inspection; `ckpt_path=last` resumes from the last completed epoch, which reproduces the run.
+    (Not Lightning's OnExceptionCheckpoint: its presence makes every fit() silently resume from the
+    newest checkpoint in the folder.)"""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if interrupting_signal(exception):
+            trainer.save_checkpoint(self.path)
 
 
 class Classifier(pl.LightningModule):
@@ -52,6 +85,9 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._step(batch, self.train_loss, self.train_acc)
+        if not torch.isfinite(loss):  # one tiny sync per step; a NaN run must not burn its budget
+            raise NonFiniteLoss(f"training loss is {loss.item()} at epoch {self.current_epoch + 1}, batch "
+                                f"{batch_idx}: lower optimizer.lr or clip gradients (trainer.gradient_clip_val=1.0)")
         # self.log costs ~1 ms on CPU, as much as a small net's whole step; Lightning only writes step
         # values every log_every_n_steps anyway, so log (and refresh the bar's loss) just then.
         if batch_idx % self.trainer.log_every_n_steps == 0:
@@ -98,12 +134,27 @@ class Classifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["history"] = self.history
+        # The random streams too (dropout masks; the data order has its own per-epoch seed), so a run
+        # resumed from an epoch-end checkpoint goes on exactly as the uninterrupted one would.
+        # Tensors and plain tuples only, so the checkpoint still loads with torch.load(weights_only=True).
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng"] = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # Only when resuming a fit: testing the best checkpoint must not roll the run's history back.
         if self._trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
             return
         self.history = checkpoint.get("history", self.history)
+        rng = checkpoint.get("rng")
+        if rng:
+            random.setstate(rng["python"])
+            name, keys, pos, has_gauss, gauss = rng["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     def configure_optimizers(self):
         opt, sch = self.hparams.optimizer, self.hparams.scheduler

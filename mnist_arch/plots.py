@@ -4,7 +4,8 @@
 - curves.png: train/val loss and accuracy per epoch, with the target accuracy;
 - kernels.png: the learned kernels of the first conv and of the last 3x3 conv (out channel per column,
   in channel per row, one colour scale per panel centred on 0);
-- misclassified.png: validation images of the last epoch the net got wrong, predicted vs true label;
+- misclassified.png: validation images of the last epoch the net got wrong, predicted vs true label
+  (under DDP: from rank 0's shard);
 - confusion.png: the last epoch's validation confusion matrix.
 
 Everything is collected from batches the run computes anyway (no extra pass over the data) and drawn
@@ -57,12 +58,18 @@ class RunPlots(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         started = time.perf_counter()
+        preds = torch.cat(self.preds) if self.preds else None
+        targets = torch.cat(self.targets) if self.targets else None
+        if trainer.world_size > 1 and preds is not None:  # every rank validated a shard: count them all
+            preds = pl_module.all_gather(preds.to(pl_module.device)).flatten().cpu()
+            targets = pl_module.all_gather(targets.to(pl_module.device)).flatten().cpu()
+        if not trainer.is_global_zero:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         epochs = len(pl_module.history["val_acc"])
         figures = {"samples": self._samples(), "curves": _curves(pl_module.history, self.target_acc),
                    "kernels": _kernels(pl_module.net)}
-        if self.preds:
-            preds, targets = torch.cat(self.preds), torch.cat(self.targets)
+        if preds is not None:
             self.confusion = torch.bincount(targets * 10 + preds, minlength=100).reshape(10, 10)  # [true, pred]
             where = f"val split: {self.val_split}, epoch {epochs}"
             figures["misclassified"] = self._misclassified(where)

@@ -7,6 +7,7 @@ Reads top to bottom: config -> seed -> data -> model -> callbacks -> trainer -> 
 """
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -36,21 +37,21 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     from mnist_arch.budget import BudgetError, RulesCheck, StopAtTarget, count_params, fc_layers
-    from mnist_arch.data import MNISTDataModule
-    from mnist_arch.module import Classifier
+    from mnist_arch.data import DataError, MNISTDataModule
+    from mnist_arch.module import Classifier, NonFiniteLoss, SaveOnInterrupt, interrupting_signal
     from mnist_arch.plots import RunPlots
     from mnist_arch.summary import describe
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    resume = _resume_path(conf.ckpt_path, run_dir)
+    threads = _threads(conf)
+    if threads:
+        torch.set_num_threads(threads)
     pl.seed_everything(conf.seed, workers=True)
 
     datamodule = MNISTDataModule(**asdict(conf.data), seed=conf.seed)
     net = build_net(conf)
     params = count_params(net)
     layers, shape_totals = describe(net, conf.budget.max_params, conf.budget.allow_fc)  # before any compile
-    (run_dir / "layers.txt").write_text(layers + "\n")
-    log.info("%s\n%s", conf.model.name, layers)
     model = Classifier(net, optimizer=asdict(conf.optimizer), scheduler=asdict(conf.scheduler),
                        channels_last=conf.channels_last, compile=conf.compile)
 
@@ -65,10 +66,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if conf.callbacks.checkpoint:
         checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc",
                                      mode="max", auto_insert_metric_name=False)
-        # Lightning's save_last only copies a checkpoint when the best one is saved; this one is every epoch's.
+        # Lightning's save_last only copies a checkpoint when the best one is saved; this one is every
+        # epoch's, saved at train-epoch end after the module's own epoch-end hook, so it holds the whole
+        # epoch's history and resuming from it (ckpt_path=last) reproduces the uninterrupted run.
         last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                               enable_version_counter=False)
-        callbacks += [checkpoint, last]
+                               enable_version_counter=False, save_on_train_epoch_end=True)
+        callbacks += [checkpoint, last, SaveOnInterrupt(run_dir / "checkpoints" / "interrupted.ckpt")]
     if conf.callbacks.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     plots = RunPlots(run_dir / "plots", conf.budget.target_acc, conf.data.val) if conf.callbacks.plots else None
@@ -81,29 +84,38 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         logger = CSVLogger(save_dir=run_dir, name="csv", version="")
     trainer_kwargs = {k: v for k, v in asdict(conf.trainer).items() if v is not None}
     trainer = pl.Trainer(**trainer_kwargs, callbacks=callbacks, logger=logger, default_root_dir=run_dir)
+    writer = trainer.is_global_zero  # under DDP every rank runs this function; one writes the files
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        (run_dir / "layers.txt").write_text(layers + "\n")
+        log.info("%s\n%s", conf.model.name, layers)
 
     summary: Dict[str, Any] = {"model": conf.model.name, "params": params, "seed": conf.seed,
                                "val_split": conf.data.val, "status": "running", "budget": asdict(conf.budget),
-                               "fc_layers": fc_layers(net), **shape_totals}
+                               "fc_layers": fc_layers(net), **shape_totals, "resumed_from": resume and str(resume),
+                               "data_verified": conf.data.verify}
     started = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=datamodule)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
         # With val=holdout the best-on-holdout checkpoint is a fair pick; with val=test the test set
         # must not pick weights, so the final weights are tested.
         use_best = conf.data.val == "holdout" and checkpoint is not None and bool(checkpoint.best_model_path)
         results = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint.best_model_path if use_best else None)
         summary.update(status="completed", test_acc=results[0]["test/acc"] if results else None,
                        test_ckpt="best" if use_best else "final")
-    except BudgetError as e:
+    except (BudgetError, DataError, NonFiniteLoss) as e:
         summary.update(status=e.status, error=str(e))
         raise
     except BaseException as e:
         # Lightning answers Ctrl-C with a graceful stop and sys.exit(1) raised while handling the
-        # KeyboardInterrupt; the epochs completed so far (and their checkpoints) are kept.
-        if not (isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt)):
+        # KeyboardInterrupt, and SIGTERM with SIGTERMException after the current batch; the epochs
+        # completed so far (and their checkpoints, plus checkpoints/interrupted.ckpt) are kept.
+        signal_name = interrupting_signal(e)
+        if signal_name is None:
             summary.update(status="failed", error=f"{type(e).__name__}: {e}")
             raise
-        summary.update(status="interrupted", test_acc=None, test_ckpt=None)
+        summary.update(status="interrupted", signal=signal_name, test_acc=None, test_ckpt=None)
     finally:
         summary.update(_history(model.history))
         summary.update(_verdict(summary, conf.budget, conf.trainer.max_epochs),
@@ -112,26 +124,51 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                        versions=_versions(), overrides=_overrides(), run_dir=str(run_dir))
         if plots:
             summary.update(plots_time_s=round(plots.seconds, 3), plots=sorted(plots.written))
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if isinstance(logger, TensorBoardLogger) and summary["epochs_run"]:
-            _tensorboard_hparams(logger, conf, summary)
+        summary.update(rank=trainer.global_rank, world_size=trainer.world_size)
+        if writer:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if isinstance(logger, TensorBoardLogger) and summary["epochs_run"]:
+                _tensorboard_hparams(logger, conf, summary)
     return summary
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mnist_arch.conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> Optional[float]:
+    """One run, or one job of a sweep. Returns the best val acc (the objective of `hparams_search`
+    sweeps), None when the job failed. A failing job of a sweep records its summary.json (status,
+    error) and lets the sweep go on; the leaderboard callback (mnist_arch/report.py) lists it and
+    makes the sweep exit non-zero."""
+    from hydra.types import RunMode
+
     from mnist_arch.budget import BudgetError
     from mnist_arch.data import DataError
+    from mnist_arch.module import NonFiniteLoss
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ConfigError, DataError, BudgetError) as e:
-        sys.exit(f"error: {e}")
+        summary = train(cfg, run_dir)
+    except (ConfigError, DataError, BudgetError, NonFiniteLoss) as e:
+        if not in_sweep:
+            sys.exit(f"error: {e}")
+        log.error("error: %s", e)
+        if not (run_dir / "summary.json").is_file():  # refused before training: say so for the leaderboard
+            _write_failure(cfg, run_dir, "bad_config", str(e))
+        return None
+    except Exception as e:  # a crash: train() recorded it as failed; keep the traceback in the job's log
+        if not in_sweep:
+            raise
+        log.exception("job failed: %s: %s", type(e).__name__, e)
+        return None
+    if summary.get("rank"):
+        return summary["best_val_acc"]  # a DDP helper rank: rank 0 reports
     if summary["status"] == "interrupted":
-        print(f"interrupted after {summary['epochs_run']} epoch(s); summary in {summary['run_dir']}",
-              file=sys.stderr)
-        sys.exit(130)  # the shell's code for a Ctrl-C
+        again = " ".join([*_overrides(), f"hydra.run.dir={run_dir}", "ckpt_path=last"])
+        print(f"interrupted ({summary['signal']}) after {summary['epochs_run']} epoch(s); summary in "
+              f"{summary['run_dir']}\nresume: python -m mnist_arch.run {again}", file=sys.stderr)
+        sys.exit(143 if summary["signal"] == "SIGTERM" else 130)  # the shell's codes; a sweep stops too
     print(_headline(summary))
+    return summary["best_val_acc"]
 
 
 def build_net(conf: Config):
@@ -148,6 +185,44 @@ def build_net(conf: Config):
     except InstantiationException as e:
         reason = str(e).strip().splitlines()[-1]
         raise ConfigError(f"model.net._target_={conf.model.net['_target_']} could not be built: {reason}") from e
+
+
+# --- run plumbing ---------------------------------------------------------------------------------
+
+
+def _resume_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[Path]:
+    """ckpt_path=last -> <run dir>/checkpoints/last.ckpt (the last completed epoch); or a file path."""
+    if ckpt_path is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path).expanduser()
+    if not path.is_file():
+        hint = (" (resume in the interrupted run's dir: add hydra.run.dir=<that dir>)" if ckpt_path == "last"
+                else "")
+        raise ConfigError(f"ckpt_path={ckpt_path}: no checkpoint at {path}{hint}")
+    return path
+
+
+def _threads(conf: Config) -> Optional[int]:
+    """Torch threads per process: `threads`, else the cores shared out between the jobs a parallel
+    launcher (hydra.launcher.n_jobs) and the CPU processes of DDP run at once; None = torch's default."""
+    if conf.threads:
+        return conf.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs") if HydraConfig.initialized() else None
+    if isinstance(n_jobs, int) and n_jobs != 1:
+        share = cores if n_jobs < 0 else n_jobs
+    if conf.trainer.accelerator == "cpu" and isinstance(conf.trainer.devices, int):
+        share *= conf.trainer.devices
+    return max(1, cores // share) if share > 1 else None
+
+
+def _write_failure(cfg: DictConfig, run_dir: Path, status: str, error: str) -> None:
+    model = OmegaConf.select(cfg, "model.name", default=None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"model": model, "status": status, "error": error, "seed": OmegaConf.select(cfg, "seed"),
+               "overrides": _overrides(), "run_dir": str(run_dir), "git_commit": _git_commit()}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 # --- TensorBoard extras --------------------------------------------------------------------------

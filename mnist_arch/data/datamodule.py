@@ -42,6 +42,7 @@ class MNISTDataModule(pl.LightningDataModule):
         erasing: float = 0.0,
         num_workers: int = 0,
         download: bool = True,
+        verify: bool = True,
         fetch_timeout_s: float = 30.0,
         seed: int = 0,
     ):
@@ -50,18 +51,18 @@ class MNISTDataModule(pl.LightningDataModule):
         self.pipeline, self.val, self.holdout_size = pipeline, val, holdout_size
         self.batch_size, self.eval_batch_size, self.drop_last = batch_size, eval_batch_size, drop_last
         self.augment = Augment(rotation=rotation, translate=translate, scale=scale, erasing=erasing)
-        self.num_workers, self.download = num_workers, download
+        self.num_workers, self.download, self.verify = num_workers, download, verify
         self.fetch_timeout_s, self.seed = fetch_timeout_s, seed
         self.splits = None  # name -> (uint8 images, int64 labels), or (Dataset, None) for torchvision
 
     def prepare_data(self) -> None:
-        ensure_mnist(self.root, download=self.download, timeout=self.fetch_timeout_s)
+        ensure_mnist(self.root, download=self.download, timeout=self.fetch_timeout_s, verify=self.verify)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits is not None:
             return
         # prepare_data runs on one process per node; every process re-checks before reading.
-        ensure_mnist(self.root, download=False)
+        ensure_mnist(self.root, download=False, verify=self.verify)
         train = datasets.MNIST(self.root, train=True, download=False)
         test = datasets.MNIST(self.root, train=False, download=False)
         n = len(train)

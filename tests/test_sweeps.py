@@ -1,0 +1,227 @@
+"""Sweeps and scale-out on synthetic IDX files: fault-tolerant multirun and its leaderboard, Optuna,
+joblib, DDP on CPU, resume, SIGTERM. Jobs in other processes (joblib workers, DDP ranks) cannot see
+the test's patched checksums, so they read the synthetic files with data.verify=false."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from mnist_arch import report, run
+from mnist_arch.module import Classifier
+from tests.conftest import fast_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def hydra_main(argv, monkeypatch):
+    """`python -m mnist_arch.run <argv>` in this process; returns the exit code (0 when it returned)."""
+    monkeypatch.setattr(sys, "argv", ["mnist_arch.run", *argv])
+    try:
+        run.main()
+    except SystemExit as e:
+        return e.code
+    finally:
+        GlobalHydra.instance().clear()
+    return 0
+
+
+def summaries(sweep_dir: Path):
+    return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/summary.json"))]
+
+
+def test_a_sweep_goes_on_past_failing_jobs_and_exits_nonzero(mnist_root, tmp_path, monkeypatch, capsys):
+    sweep = tmp_path / "sweep"
+    # s4 (17,120) fits an 18,000 budget, s6 (19,866) does not; lr=-1 is a bad value; tests.nets.NaNScores
+    # gives a NaN loss at its first step.
+    code = hydra_main(["-m", *fast_overrides(mnist_root), "budget.max_params=18000", "model=s4,s6",
+                       "optimizer.lr=0.01,-1", f"hydra.sweep.dir={sweep}"], monkeypatch)
+    nan_sweep = tmp_path / "nan"
+    nan_code = hydra_main(["-m", *fast_overrides(mnist_root), "model=custom",
+                           "model.net._target_=tests.nets.NaNScores", f"hydra.sweep.dir={nan_sweep}"], monkeypatch)
+
+    jobs = summaries(sweep)
+    assert len(jobs) == 4 and code not in (0, None)
+    by_status = {(j["model"], j["status"]) for j in jobs}
+    assert by_status == {("s4", "completed"), ("s6", "over_budget"), ("s4", "bad_config"), ("s6", "bad_config")}
+    bad = next(j for j in jobs if j["status"] == "bad_config")
+    assert "optimizer.lr=-1" in bad["error"] and "optimizer.lr=-1" in bad["overrides"]
+
+    board = (sweep / "leaderboard.md").read_text()
+    assert "| 1 | s4 | 17,120 | 0.01 |" in board and "3 job(s) did not complete" in board
+    assert "over_budget: 19,866 > 18,000" in board and (sweep / "leaderboard.csv").is_file()
+    assert "3 job(s) of the sweep did not complete" in str(code)
+
+    nan_job = summaries(nan_sweep)[0]
+    assert nan_code not in (0, None) and nan_job["status"] == "non_finite_loss"
+    assert nan_job["epochs_run"] == 0 and "training loss is nan at epoch 1, batch 0" in nan_job["error"]
+
+
+def write_summary(folder: Path, **fields):
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(fields))
+
+
+def test_leaderboard_numbers_from_known_summaries(tmp_path, capsys):
+    common = {"params": 17_120, "target_acc": 0.994, "status": "completed"}
+    for i, (lr, seed, best, final, target, test, wall) in enumerate([
+        ("0.01", 1, 0.9930, 0.9920, None, 0.9921, 100.0),
+        ("0.01", 2, 0.9940, 0.9936, 9, 0.9936, 110.0),
+        ("0.05", 1, 0.9950, 0.9944, 5, 0.9944, 90.0),
+        ("0.05", 2, 0.9946, 0.9946, 7, 0.9946, 96.0),
+    ]):
+        write_summary(tmp_path / "sweep" / str(i), model="s4", seed=seed, best_val_acc=best, final_val_acc=final,
+                      target_epoch=target, test_acc=test, wall_time_s=wall,
+                      overrides=[f"optimizer.lr={lr}", f"seed={seed}", "trainer.max_epochs=10"], **common)
+    write_summary(tmp_path / "sweep" / "4", model="s6", seed=1, status="over_budget", error="19,866 > 18,000",
+                  overrides=["optimizer.lr=0.05", "seed=1", "trainer.max_epochs=10"])
+
+    differing, rows, failed = report.leaderboard(report.load(tmp_path / "sweep"))
+    assert differing == ["optimizer.lr"]  # seed is averaged over; max_epochs is the same everywhere
+    assert [(r["model"], r["setting"]) for r in rows] == [("s4", {"optimizer.lr": "0.05"}),
+                                                          ("s4", {"optimizer.lr": "0.01"})]
+    top = rows[0]
+    assert top["best"][0] == pytest.approx(0.9948) and top["best"][1] == pytest.approx(0.000282843, abs=1e-8)
+    assert top["final"][0] == pytest.approx(0.9945) and top["test"][0] == pytest.approx(0.9945)
+    assert top["target"] == (2, 2, [5, 7]) and top["seeds"] == [1, 2] and top["wall_time_s"][0] == 93.0
+    assert rows[1]["target"] == (1, 2, [9])
+    assert failed == [{"model": "s6", "setting": {"optimizer.lr": "0.05"}, "seed": 1, "status": "over_budget",
+                       "error": "19,866 > 18,000", "run_dir": str(tmp_path / "sweep" / "4")}]
+
+    report.main([str(tmp_path / "sweep")])
+    out = capsys.readouterr().out
+    assert "| 1 | s4 | 17,120 | 0.05 | 1,2 | 99.48% ± 0.03 | 99.45% ± 0.01 | 2/2 (ep 5, 7) | 99.45% ± 0.01 | 93 |" in out
+    assert "s6 optimizer.lr=0.05 seed 1: over_budget: 19,866 > 18,000" in out
+    lines = (tmp_path / "sweep" / "leaderboard.csv").read_text().splitlines()
+    assert lines[0].startswith("model,params,optimizer.lr,n_seeds,seeds,best_val_acc_mean")
+    assert lines[1].startswith("s4,17120,0.05,2,1 2,0.9948") and lines[-1].startswith("s6,,0.05,1,1,")
+
+
+def test_report_cli_refuses_a_folder_without_runs(tmp_path):
+    with pytest.raises(SystemExit, match="no summary.json beneath"):
+        report.main([str(tmp_path)])
+
+
+def test_three_optuna_trials_with_one_failing(mnist_root, tmp_path, monkeypatch):
+    real_step, calls = Classifier.training_step, []
+
+    def second_trial_crashes(self, batch, batch_idx):
+        if batch_idx == 0 and self.current_epoch == 0:
+            calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("trial 2 breaks")
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(Classifier, "training_step", second_trial_crashes)
+    sweep = tmp_path / "study"
+    code = hydra_main(["hparams_search=optuna", "hydra.sweeper.n_trials=3", *fast_overrides(mnist_root),
+                       "data.holdout_size=64", f"hydra.sweep.dir={sweep}"], monkeypatch)
+    jobs = summaries(sweep)
+    assert [j["status"] for j in jobs] == ["completed", "failed", "completed"]
+    assert all(j["val_split"] == "holdout" for j in jobs)  # the study never sees the test set
+    assert len({json.dumps(sorted(j["overrides"])) for j in jobs}) == 3  # three sampled settings
+    results = (sweep / "optimization_results.yaml").read_text()
+    best = max(j["best_val_acc"] for j in jobs if j["status"] == "completed")
+    assert f"best_value: {best}" in results
+    assert "1 job(s) of the sweep did not complete" in str(code)
+
+
+def test_joblib_runs_two_jobs_in_parallel_with_shared_cores(mnist_root, tmp_path, monkeypatch):
+    sweep = tmp_path / "par"
+    code = hydra_main(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *fast_overrides(mnist_root),
+                       "data.verify=false", "seed=1,2", f"hydra.sweep.dir={sweep}"], monkeypatch)
+    jobs = summaries(sweep)
+    assert code == 0 and [j["status"] for j in jobs] == ["completed", "completed"]
+    assert [j["seed"] for j in jobs] == [1, 2]
+    cores = len(os.sched_getaffinity(0))
+    assert all(j["device"].endswith(f", {max(1, cores // 2)} threads") for j in jobs)
+    assert all(j["data_verified"] is False for j in jobs) and (sweep / "leaderboard.md").is_file()
+
+
+def test_ddp_cpu_two_processes_end_to_end(mnist_root, tmp_path):
+    run_dir = tmp_path / "ddp"
+    overrides = [o for o in fast_overrides(mnist_root) if o != "trainer=cpu"]
+    cmd = [sys.executable, "-m", "mnist_arch.run", "trainer=ddp_cpu", *overrides, "data.verify=false",
+           f"hydra.run.dir={run_dir}"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["rank"] == 0
+    assert summary["epochs_run"] == 2 and 0 <= summary["test_acc"] <= 1
+    headlines = [line for line in done.stdout.splitlines() if line.startswith("s4 · 17,120 params")]
+    assert len(headlines) == 1  # rank 0's; the other rank reports nothing
+
+
+def test_resume_from_last_matches_the_uninterrupted_run(make_cfg, mnist_root, tmp_path, monkeypatch):
+    overrides = fast_overrides(mnist_root) + ["trainer.max_epochs=3", "trainer.deterministic=true",
+                                              "data.rotation=10", "seed=7"]
+    straight = run.train(make_cfg(overrides), tmp_path / "straight")
+
+    real_step = Classifier.training_step
+
+    def ctrl_c_in_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 2:
+            raise KeyboardInterrupt
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(Classifier, "training_step", ctrl_c_in_second_epoch)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's own Ctrl-C handler
+    stopped = run.train(make_cfg(overrides), tmp_path / "resumed")
+    assert stopped["status"] == "interrupted" and stopped["epochs_run"] == 1
+    assert (tmp_path / "resumed" / "checkpoints" / "interrupted.ckpt").is_file()
+
+    monkeypatch.setattr(Classifier, "training_step", real_step)
+    resumed = run.train(make_cfg(overrides + ["ckpt_path=last"]), tmp_path / "resumed")
+    assert resumed["status"] == "completed" and resumed["resumed_from"].endswith("last.ckpt")
+    for key in ("val_acc", "val_loss", "train_loss", "train_acc", "lr"):
+        assert resumed[key] == straight[key], key
+    assert resumed["test_acc"] == straight["test_acc"]
+
+
+def test_resume_without_a_checkpoint_is_one_clear_error(make_cfg, mnist_root, tmp_path):
+    with pytest.raises(run.ConfigError, match="ckpt_path=last: no checkpoint at .*last.ckpt"):
+        run.train(make_cfg(fast_overrides(mnist_root) + ["ckpt_path=last"]), tmp_path / "fresh")
+
+
+def test_sigterm_saves_a_checkpoint_and_says_interrupted(mnist_root, tmp_path, monkeypatch, capsys):
+    real_step = Classifier.training_step
+
+    def sigterm_in_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler turns it into a stop after this batch
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(Classifier, "training_step", sigterm_in_second_epoch)
+    previous = signal.signal(signal.SIGTERM, lambda *args: None)  # a safety net, should Lightning not hook it
+    try:
+        code = hydra_main([*fast_overrides(mnist_root), f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert code == 143 and summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+    assert summary["epochs_run"] == 1 and (tmp_path / "run" / "checkpoints" / "interrupted.ckpt").is_file()
+    assert f"hydra.run.dir={tmp_path / 'run'} ckpt_path=last" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, target", [
+    (["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], "hydra_plugins.hydra_submitit_launcher"),
+    (["hydra/launcher=submitit_slurm"], "hydra_plugins.hydra_submitit_launcher"),
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "hydra_plugins.hydra_joblib_launcher"),
+    (["hparams_search=optuna"], "hydra_plugins.hydra_optuna_sweeper"),
+])
+def test_launcher_and_sweeper_configs_compose(overrides, target):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="mnist_arch.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    plugin = cfg.hydra.sweeper if overrides[0].startswith("hparams_search") else cfg.hydra.launcher
+    assert plugin._target_.startswith(target)
+    if overrides[0] == "hydra/launcher=slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.partition == "gpu"
+    if overrides[0] == "hparams_search=optuna":
+        assert cfg.hydra.sweeper.direction == "maximize" and cfg.data.val == "holdout"
+        assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "data.batch_size", "scheduler", "model.net.dropout"}
