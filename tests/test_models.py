@@ -5,6 +5,7 @@ import torch
 from mnist_arch.models import build_model, list_models
 
 REFERENCE_PARAMS = {"s4": 17_120, "s6": 19_866}  # the write-ups' torchsummary totals
+FRONTIER = {"frontier_4k": (3_902, 4_000), "frontier_8k": (7_766, 8_000), "frontier_20k": (19_610, 20_000)}
 
 
 def test_registry_lists_the_references():
@@ -12,7 +13,7 @@ def test_registry_lists_the_references():
 
 
 def test_unknown_name_lists_what_exists():
-    with pytest.raises(KeyError, match="unknown model 'nope'; available: s4, s6"):
+    with pytest.raises(KeyError, match="unknown model 'nope'; available: frontier_20k, frontier_4k, frontier_8k, s4, s6"):
         build_model("nope")
 
 
@@ -60,3 +61,11 @@ def test_s6_uses_dropout2d_and_ends_in_relu():
     logits = seen["conv7"].flatten(1)
     assert (logits < 0).any()  # so the ReLU after the last conv is visible in the output
     assert torch.allclose(out, torch.log_softmax(torch.relu(logits), dim=-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(FRONTIER))
+def test_frontier_models_fit_their_budgets_without_fc(name):
+    net = build_model(name)
+    params, budget = FRONTIER[name]
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == params <= budget
+    assert not any(isinstance(m, torch.nn.Linear) for m in net.modules())

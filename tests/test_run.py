@@ -155,3 +155,12 @@ def test_a_crash_is_recorded_as_failed_and_raised(make_cfg, mnist_root, tmp_path
         run.train(make_cfg(fast_overrides(mnist_root)), tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["status"] == "failed" and on_disk["error"] == "RuntimeError: boom"
+
+
+@pytest.mark.parametrize("name, budget", [("frontier_4k", 4_000), ("frontier_8k", 8_000), ("frontier_20k", 20_000)])
+def test_frontier_experiments_compose_and_run(make_cfg, mnist_root, tmp_path, name, budget):
+    overrides = [o for o in fast_overrides(mnist_root) if not o.startswith("trainer.max_epochs")]
+    cfg = make_cfg([f"experiment={name}", *overrides, "trainer.fast_dev_run=true", "data.holdout_size=64"])
+    assert cfg.budget.max_params == budget and cfg.data.val == "holdout"
+    summary = run.train(cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["params"] <= budget and summary["verdict"]["no_fc_ok"]
