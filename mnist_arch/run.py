@@ -233,13 +233,15 @@ def _tensorboard_model(logger, net, layers: str, graph: bool) -> None:
     (data-dependent control flow) only loses its graph, with a warning."""
     import torch
 
+    from mnist_arch.summary import net_device
+
     logger.experiment.add_text("model/layers", "\n".join("    " + line for line in layers.splitlines()))
     if not graph:
         return
     try:
         with warnings.catch_warnings():  # add_graph uses torch.jit.trace, deprecated in torch 2.14 (no action for us)
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.trace.*")
-            logger.experiment.add_graph(net, torch.zeros(1, 1, 28, 28, device=next(net.parameters()).device))
+            logger.experiment.add_graph(net, torch.zeros(1, 1, 28, 28, device=net_device(net)))
     except Exception as e:  # noqa: BLE001 - tracing is best effort; the run must not die for a picture
         log.warning("TensorBoard graph not written: the net could not be traced (%s: %s)", type(e).__name__, e)
 

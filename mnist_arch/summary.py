@@ -52,7 +52,7 @@ def layer_table(net: nn.Module, input_shape: Sequence[int] = INPUT_SHAPE) -> Lis
     # Each module output's (RF, jump), keyed by tensor id; the outputs are kept alive in `keep`, so no
     # id is reused during the pass. An input made by a functional op between modules (F.relu(x), x + y)
     # is unknown: it inherits the previous layer's output's values, which is right for a chain.
-    first = torch.zeros(1, *input_shape, device=_device(net))
+    first = torch.zeros(1, *input_shape, device=net_device(net))
     known, keep, last = {id(first): (1, 1)}, [first], [(1, 1)]
 
     def record(name: str):
@@ -116,7 +116,7 @@ def _macs(module: nn.Module, x: Optional[torch.Tensor], out: torch.Tensor) -> in
     return 0
 
 
-def _device(net: nn.Module) -> torch.device:
+def net_device(net: nn.Module) -> torch.device:
     return next(net.parameters(), torch.zeros(0)).device
 
 

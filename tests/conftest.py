@@ -64,10 +64,11 @@ def make_cfg():
     """compose(overrides) with the real config tree, as `python -m mnist_arch.run` would see it."""
     register_schema()
 
-    def make(overrides: List[str] = ()):
+    def make(overrides: List[str] = (), hydra: bool = False):
+        """hydra=True keeps the `hydra` node (launcher, sweeper, callbacks)."""
         GlobalHydra.instance().clear()
         with initialize_config_module(config_module="mnist_arch.conf", version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
+            return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
 
     return make
 

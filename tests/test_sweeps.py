@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from mnist_arch import report, run
@@ -214,10 +213,8 @@ def test_sigterm_saves_a_checkpoint_and_says_interrupted(mnist_root, tmp_path, m
     (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "hydra_plugins.hydra_joblib_launcher"),
     (["hparams_search=optuna"], "hydra_plugins.hydra_optuna_sweeper"),
 ])
-def test_launcher_and_sweeper_configs_compose(overrides, target):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="mnist_arch.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+def test_launcher_and_sweeper_configs_compose(make_cfg, overrides, target):
+    cfg = make_cfg(overrides, hydra=True)
     plugin = cfg.hydra.sweeper if overrides[0].startswith("hparams_search") else cfg.hydra.launcher
     assert plugin._target_.startswith(target)
     if overrides[0] == "hydra/launcher=slurm":
