@@ -16,6 +16,7 @@ SCHEDULERS = ("none", "step", "plateau", "onecycle", "cosine")
 LOGGERS = ("tensorboard", "csv")
 VAL_SPLITS = ("test", "holdout")
 PIPELINES = ("tensor", "torchvision")
+TEST_WEIGHTS = ("auto", "best", "final")
 MNIST_TRAIN_SIZE = 60_000
 
 
@@ -202,8 +203,13 @@ class Config:
     compile: bool = False  # torch.compile the net (first epoch pays the compile time)
     threads: Optional[int] = None  # torch CPU threads; None: shared out between parallel jobs / DDP ranks
     ckpt_path: Optional[str] = None  # resume: "last" (<run dir>/checkpoints/last.ckpt) or a checkpoint file
+    test_weights: str = "auto"  # which weights the 10k test sees: auto | best | final (see conf/config.yaml)
 
     def __post_init__(self):
+        _one_of("test_weights", self.test_weights, TEST_WEIGHTS)
+        # Picking the best epoch by test accuracy and then reporting that test accuracy is tuning on it.
+        _check(self.test_weights != "best" or self.data.val == "holdout",
+               "test_weights=best needs data.val=holdout: with val=test the best epoch is chosen on the test set")
         _check(self.threads is None or self.threads >= 1, f"threads={self.threads} must be >= 1 (or null)")
         _check(self.trainer.max_epochs <= self.budget.max_epochs,
                f"trainer.max_epochs={self.trainer.max_epochs} is over budget.max_epochs={self.budget.max_epochs}; "

@@ -99,8 +99,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
         # With val=holdout the best-on-holdout checkpoint is a fair pick; with val=test the test set
-        # must not pick weights, so the final weights are tested.
-        use_best = conf.data.val == "holdout" and checkpoint is not None and bool(checkpoint.best_model_path)
+        # must not pick weights, so the final weights are tested. test_weights=final tests the last
+        # epoch's weights either way (for targets stated on the final epoch).
+        use_best = (conf.test_weights != "final" and conf.data.val == "holdout" and checkpoint is not None
+                    and bool(checkpoint.best_model_path))
         results = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint.best_model_path if use_best else None)
         summary.update(status="completed", test_acc=results[0]["test/acc"] if results else None,
                        test_ckpt="best" if use_best else "final")

@@ -59,6 +59,9 @@ def test_defaults_are_the_reference_protocol(make_cfg):
         ("data.pipeline=dali", "data.pipeline='dali' is not one of: tensor, torchvision"),
         ("data.erasing=1.5", "data.erasing=1.5 must be a probability in [0, 1]"),
         ("data.translate=0.6", "data.translate=0.6 must be in [0, 0.5] (image fraction)"),
+        ("test_weights=last", "test_weights='last' is not one of: auto, best, final"),
+        ("test_weights=best", "test_weights=best needs data.val=holdout: with val=test the best epoch is chosen "
+                              "on the test set"),
     ],
 )
 def test_schema_refuses_bad_values(make_cfg, override, message):

@@ -60,6 +60,31 @@ def test_holdout_run_keeps_every_epoch_and_last_is_the_last_epoch(make_cfg, mnis
     assert last["epoch"] == 2 and len(last["history"]["val_acc"]) == 3 and best["epoch"] == 0
 
 
+def test_test_weights_final_tests_the_last_epoch_weights(make_cfg, mnist_root, tmp_path):
+    """With val=holdout the default tests the best-on-holdout checkpoint; test_weights=final must test the
+    last epoch's weights instead: its test acc is that of last.ckpt, recomputed here by hand."""
+    import torch
+
+    from mnist_arch.data.datamodule import MNISTDataModule
+    from tests.nets import TinyConv
+
+    overrides = fast_overrides(mnist_root) + ["data.val=holdout", "data.holdout_size=64", "trainer.max_epochs=3",
+                                              "model=custom", "model.net._target_=tests.nets.TinyConv",
+                                              "test_weights=final"]
+    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    assert summary["test_ckpt"] == "final"
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    net = TinyConv()
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    datamodule = MNISTDataModule(root=str(mnist_root), download=False, val="holdout", holdout_size=64,
+                                 eval_batch_size=40)
+    datamodule.setup("test")
+    net.eval()
+    with torch.no_grad():
+        right = sum((net(x).argmax(1) == y).sum().item() for x, y in datamodule.test_dataloader())
+    assert summary["test_acc"] == pytest.approx(right / len(datamodule.splits["test"][0]), abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "extra",
     [["data.pipeline=torchvision", "data.rotation=10", "data.erasing=0.2"],
