@@ -34,12 +34,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnist_arch import run
-from mnist_arch.config import register_schema
+from mnist_arch.config import compose
 from mnist_arch.models import build_model
 
 REFERENCE_BATCH = {"s4": 128, "s6": 64}  # s6: its write-up; s4: silent, the course's usual 128
@@ -55,9 +53,7 @@ S6_RECIPE = ["model=s6", "data.batch_size=64", "optimizer=sgd", "optimizer.lr=0.
 
 
 def train(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="mnist_arch.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose(overrides)
     # Lightning's progress bars and tables print to stdout: send them to stderr, keep stdout the report.
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(sys.stderr):
         return run.train(cfg, Path(run_dir))
@@ -83,7 +79,7 @@ def floor_epochs(model: str, batch: int, epochs: int, seed: int) -> list:
         net.train()
         for x, y in train_loader:
             opt.zero_grad(set_to_none=True)
-            F.nll_loss(net(x), y).backward()
+            F.cross_entropy(net(x), y).backward()
             opt.step()
         net.eval()
         with torch.inference_mode():
@@ -110,7 +106,7 @@ def train_flops_per_image(model: str, batch: int) -> float:
     net = build_model(model).train()
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     with FlopCounterMode(display=False) as counter:
-        F.nll_loss(net(x), y).backward()
+        F.cross_entropy(net(x), y).backward()
     return counter.get_total_flops() / batch
 
 
@@ -149,7 +145,7 @@ def speed(args) -> None:
             overrides = [f"model={model}", f"data.batch_size={batch}", f"trainer.max_epochs={args.epochs}",
                          *common, *VARIANTS[variant]]
             print(f"-- python -m mnist_arch.run {' '.join(overrides)}", flush=True)
-            steady = record(variant, train(overrides)["epoch_time_s"])
+            steady = record(variant, train(overrides).epoch_time_s)
             baseline = baseline or (steady if variant == "usual" else None)
         if args.floor:
             record("floor", floor_epochs(model, batch, args.epochs, args.seed))
@@ -169,13 +165,13 @@ def speed(args) -> None:
         print("|---|---:|---:|---:|")
         for variant in [v for v in ("usual", "ours") if v in args.variants]:
             summary = train([*S6_RECIPE, f"trainer.max_epochs={args.ttt_epochs}", *common, *VARIANTS[variant]])
-            hit = next((i for i, acc in enumerate(summary["val_acc"]) if acc >= args.target), None)
-            raw["ttt"][variant] = {"val_acc": summary["val_acc"], "epoch_time_s": summary["epoch_time_s"]}
+            hit = next((i for i, acc in enumerate(summary.val_acc) if acc >= args.target), None)
+            raw["ttt"][variant] = {"val_acc": summary.val_acc, "epoch_time_s": summary.epoch_time_s}
             if hit is None:
-                print(f"| {variant} | not within {args.ttt_epochs} | - | best {max(summary['val_acc']):.2%} |")
+                print(f"| {variant} | not within {args.ttt_epochs} | - | best {max(summary.val_acc):.2%} |")
             else:
-                print(f"| {variant} | {hit + 1} | {sum(summary['epoch_time_s'][:hit + 1]):.1f} | "
-                      f"{summary['val_acc'][hit]:.2%} |")
+                print(f"| {variant} | {hit + 1} | {sum(summary.epoch_time_s[:hit + 1]):.1f} | "
+                      f"{summary.val_acc[hit]:.2%} |")
     if args.json:
         args.json.write_text(json.dumps(raw, indent=2) + "\n")
 
@@ -188,7 +184,7 @@ def accuracy(args) -> None:
             overrides = [*S6_RECIPE, f"trainer.max_epochs={args.epochs}", "callbacks.checkpoint=false",
                          f"seed={seed}", *VARIANTS[variant]]
             print(f"-- python -m mnist_arch.run {' '.join(overrides)}", flush=True)
-            curves.setdefault(variant, []).append(train(overrides)["val_acc"])
+            curves.setdefault(variant, []).append(train(overrides).val_acc)
     print("\n| epoch | " + " | ".join(f"{v}: val acc mean ± std (n={len(args.seeds)})" for v in curves) + " |")
     print("|---:|" + "---:|" * len(curves))
     for epoch in range(args.epochs):
@@ -220,7 +216,6 @@ def main() -> None:
     for command in (fast, same):
         command.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
-    register_schema()
     speed(args) if args.command == "speed" else accuracy(args)
 
 

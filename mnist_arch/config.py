@@ -1,27 +1,31 @@
-"""The typed schema behind `conf/`: field types are checked by OmegaConf when Hydra composes (a typo in
-a key or a non-number where a number belongs fails there), value ranges and names are checked in
-`__post_init__` when `validate()` turns the composed config into these dataclasses, before any data is
-fetched. The YAML files in `conf/` keep the values users read and override.
+"""The typed schema behind `conf/`. The YAML files hold every default (one source); this file holds the
+types and the valid ranges. Field types are checked by OmegaConf when Hydra composes (a typo in a key or
+a non-number where a number belongs fails there); `validate()` refuses keys added with `+` that nothing
+would read, turns the composed config into these dataclasses, and checks value ranges and names in
+`__post_init__`, before any data is fetched. `MISSING` marks a value that comes from the YAML; an
+Optional field left None means "not given" (the class's own default applies).
 """
+import copy
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from mnist_arch.models import list_models
+from mnist_arch.errors import ConfigError
+from mnist_arch.models import CUSTOM, list_models
+from mnist_arch.recipe import class_arguments
+from mnist_arch.rules import Budget
+from mnist_arch.targets import check_arguments, locate
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "step", "plateau", "onecycle", "cosine")
 LOGGERS = ("tensorboard", "csv")
 VAL_SPLITS = ("test", "holdout")
 PIPELINES = ("tensor", "torchvision")
 TEST_WEIGHTS = ("auto", "best", "final")
+INTERVALS = ("epoch", "step")
 MNIST_TRAIN_SIZE = 60_000
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and what it accepts."""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -35,13 +39,13 @@ def _one_of(key: str, value: str, allowed) -> None:
 
 @dataclass
 class ModelConf:
-    name: str = "s4"  # a registered name, or "custom" for any nn.Module given by net._target_
+    name: str = MISSING  # a registered name, or "custom" for any nn.Module given by net._target_
     net: Dict[str, Any] = field(default_factory=dict)  # constructor keyword arguments (+ _target_ if custom)
 
     def __post_init__(self):
-        _one_of("model.name", self.name, [*list_models(), "custom"])
+        _one_of("model.name", self.name, [*list_models(), CUSTOM])
         target = self.net.get("_target_")
-        if self.name == "custom":
+        if self.name == CUSTOM:
             _check(bool(target), "model=custom needs the net's class: model.net._target_=package.module.Class")
         else:
             _check(target is None, f"model.net._target_ is only for model=custom (model.name={self.name!r})")
@@ -49,21 +53,23 @@ class ModelConf:
 
 @dataclass
 class DataConf:
-    root: Optional[str] = None
-    pipeline: str = "tensor"
-    val: str = "test"
-    holdout_size: int = 5000
-    batch_size: int = 64
-    eval_batch_size: int = 1000
-    drop_last: bool = False
-    rotation: float = 0.0
-    translate: float = 0.0
-    scale: float = 0.0
-    erasing: float = 0.0
-    num_workers: int = 0
-    download: bool = True
-    verify: bool = True
-    fetch_timeout_s: float = 30.0
+    """The arguments of MNISTDataModule (mnist_arch/data/datamodule.py), but its `seed`."""
+
+    root: Optional[str] = MISSING
+    pipeline: str = MISSING
+    val: str = MISSING
+    holdout_size: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    drop_last: bool = MISSING
+    rotation: float = MISSING
+    translate: float = MISSING
+    scale: float = MISSING
+    erasing: float = MISSING
+    num_workers: int = MISSING
+    download: bool = MISSING
+    verify: bool = MISSING
+    fetch_timeout_s: float = MISSING
 
     def __post_init__(self):
         _one_of("data.pipeline", self.pipeline, PIPELINES)
@@ -84,96 +90,110 @@ class DataConf:
 
 @dataclass
 class OptimizerConf:
-    name: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = False  # sgd only
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam / adamw only
-    weight_decay: float = 0.0
+    """A torch.optim class (`_target_`) and its arguments; a key an option does not use stays None."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    decay_norm_and_bias: bool = MISSING
+    momentum: Optional[float] = None  # sgd
+    nesterov: Optional[bool] = None  # sgd
+    betas: Optional[List[float]] = None  # adam, adamw
 
     def __post_init__(self):
-        _one_of("optimizer.name", self.name, OPTIMIZERS)
         _check(self.lr > 0, f"optimizer.lr={self.lr} must be > 0")
-        _check(0 <= self.momentum < 1, f"optimizer.momentum={self.momentum} must be in [0, 1)")
         _check(self.weight_decay >= 0, f"optimizer.weight_decay={self.weight_decay} must be >= 0")
-        _check(
-            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-            f"optimizer.betas={list(self.betas)} must be two numbers in [0, 1)",
-        )
+        _check(self.momentum is None or 0 <= self.momentum < 1,
+               f"optimizer.momentum={self.momentum} must be in [0, 1)")
+        _check(self.betas is None or (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
+               f"optimizer.betas={self.betas and list(self.betas)} must be two numbers in [0, 1)")
+        cls = locate(self._target_, "optimizer._target_")
+        check_arguments("optimizer.", cls, class_arguments(dataclasses.asdict(self)),
+                        f"{self._target_} (optimizer={self.name})", supplied=["params"])
 
 
 @dataclass
 class SchedulerConf:
-    name: str = "none"
-    step_size: int = 5  # step: epochs between decays
-    gamma: float = 0.1  # step: decay factor
-    patience: int = 2  # plateau: epochs without val-loss improvement
-    factor: float = 0.5  # plateau: decay factor
-    pct_start: float = 0.3  # onecycle: share of steps spent warming up to optimizer.lr
-    div_factor: float = 25.0  # onecycle: start lr = optimizer.lr / div_factor
-    final_div_factor: float = 1e4  # onecycle: final lr = start lr / final_div_factor
-    eta_min: float = 0.0  # cosine: lr at the last epoch
+    """A torch.optim.lr_scheduler class (`_target_`, null for a constant lr) and its arguments."""
+
+    _target_: Optional[str] = MISSING
+    name: str = MISSING
+    interval: str = MISSING  # epoch | step: how often it is stepped
+    monitor: Optional[str] = None  # the metric it watches (plateau)
+    step_size: Optional[int] = None  # step
+    gamma: Optional[float] = None  # step
+    mode: Optional[str] = None  # plateau
+    patience: Optional[int] = None  # plateau
+    factor: Optional[float] = None  # plateau
+    max_lr: Optional[float] = None  # onecycle
+    total_steps: Optional[int] = None  # onecycle (None: the whole run)
+    pct_start: Optional[float] = None  # onecycle
+    div_factor: Optional[float] = None  # onecycle
+    final_div_factor: Optional[float] = None  # onecycle
+    T_max: Optional[int] = None  # cosine
+    eta_min: Optional[float] = None  # cosine
 
     def __post_init__(self):
-        _one_of("scheduler.name", self.name, SCHEDULERS)
-        _check(self.step_size >= 1, f"scheduler.step_size={self.step_size} must be >= 1")
-        _check(0 < self.gamma <= 1, f"scheduler.gamma={self.gamma} must be in (0, 1]")
-        _check(self.patience >= 0, f"scheduler.patience={self.patience} must be >= 0")
-        _check(0 < self.factor < 1, f"scheduler.factor={self.factor} must be in (0, 1)")
-        _check(0 < self.pct_start < 1, f"scheduler.pct_start={self.pct_start} must be in (0, 1)")
-        _check(self.div_factor > 0, f"scheduler.div_factor={self.div_factor} must be > 0")
-        _check(self.final_div_factor > 0, f"scheduler.final_div_factor={self.final_div_factor} must be > 0")
-        _check(self.eta_min >= 0, f"scheduler.eta_min={self.eta_min} must be >= 0")
+        _one_of("scheduler.interval", self.interval, INTERVALS)
+        positive = {"step_size": 1, "patience": 0, "div_factor": 1e-12, "final_div_factor": 1e-12, "T_max": 1}
+        for key, low in positive.items():
+            value = getattr(self, key)
+            _check(value is None or value >= low, f"scheduler.{key}={value} must be >= {low:g}")
+        for key in ("gamma", "factor", "pct_start"):
+            value = getattr(self, key)
+            _check(value is None or 0 < value <= 1, f"scheduler.{key}={value} must be in (0, 1]")
+        _check(self.eta_min is None or self.eta_min >= 0, f"scheduler.eta_min={self.eta_min} must be >= 0")
+        if self._target_:
+            cls = locate(self._target_, "scheduler._target_")
+            check_arguments("scheduler.", cls, class_arguments(dataclasses.asdict(self)),
+                            f"{self._target_} (scheduler={self.name})", supplied=["optimizer"])
+        else:
+            given = class_arguments(dataclasses.asdict(self))
+            _check(not given, f"scheduler.{next(iter(given), '')} does nothing with scheduler={self.name} "
+                              "(a constant lr)")
 
 
 @dataclass
 class TrainerConf:
-    """Passed to `pl.Trainer` as keyword arguments (None means Lightning's default)."""
+    """`pl.Trainer`'s arguments: these are typed; any other one may be added as +trainer.<name>=<value>
+    (validate() checks the name against pl.Trainer and passes it on in `extra`). None: Lightning's default."""
 
-    accelerator: str = "auto"
-    devices: Any = "auto"
-    precision: Any = "32-true"
-    max_epochs: int = 20
-    deterministic: bool = False
+    accelerator: str = MISSING
+    devices: Any = MISSING
+    strategy: str = MISSING
+    sync_batchnorm: bool = MISSING
+    precision: Any = MISSING
+    max_epochs: int = MISSING
+    deterministic: bool = MISSING
+    log_every_n_steps: int = MISSING
+    enable_progress_bar: bool = MISSING
     fast_dev_run: Any = False
     limit_train_batches: Any = None
     limit_val_batches: Any = None
     limit_test_batches: Any = None
     num_sanity_val_steps: Optional[int] = None
-    log_every_n_steps: int = 50
-    enable_progress_bar: bool = True
     gradient_clip_val: Optional[float] = None
-    strategy: str = "auto"  # "ddp" for several devices (trainer=ddp | ddp_cpu)
-    sync_batchnorm: bool = False  # BN statistics over all DDP ranks
+    extra: Dict[str, Any] = field(default_factory=dict)  # other pl.Trainer arguments (+trainer.<name>)
 
     def __post_init__(self):
         _check(self.max_epochs >= 1, f"trainer.max_epochs={self.max_epochs} must be >= 1")
         _check(self.log_every_n_steps >= 1, f"trainer.log_every_n_steps={self.log_every_n_steps} must be >= 1")
 
-
-@dataclass
-class BudgetConf:
-    """The rules of the game; the run checks them and says plainly whether they were met."""
-
-    max_params: int = 20_000
-    max_epochs: int = 20
-    target_acc: float = 0.994
-    allow_fc: bool = False
-
-    def __post_init__(self):
-        _check(self.max_params > 0, f"budget.max_params={self.max_params} must be > 0")
-        _check(self.max_epochs >= 1, f"budget.max_epochs={self.max_epochs} must be >= 1")
-        _check(0 < self.target_acc <= 1, f"budget.target_acc={self.target_acc} must be a fraction in (0, 1]")
+    def kwargs(self) -> Dict[str, Any]:
+        """What pl.Trainer gets (None values left to Lightning's defaults)."""
+        typed = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra" and v is not None}
+        return {**typed, **self.extra}
 
 
 @dataclass
 class CallbacksConf:
-    rules: bool = True  # refuse, before any step, a net over budget.max_params or with an FC layer
-    stop_at_target: bool = True  # stop after the first epoch with val acc >= budget.target_acc
-    checkpoint: bool = True  # keep best (by val/acc) and last checkpoints in the run dir
-    lr_monitor: bool = True  # log the learning rate every epoch
-    plots: bool = True  # PNGs in <run dir>/plots, also in TensorBoard's IMAGES tab (mnist_arch/plots.py)
-    progress_refresh: int = 20  # batches between progress-bar updates (each update costs CPU time)
+    rules: bool = MISSING
+    stop_at_target: bool = MISSING
+    checkpoint: bool = MISSING
+    lr_monitor: bool = MISSING
+    plots: bool = MISSING
+    progress_refresh: int = MISSING
 
     def __post_init__(self):
         _check(self.progress_refresh >= 1, f"callbacks.progress_refresh={self.progress_refresh} must be >= 1")
@@ -181,29 +201,30 @@ class CallbacksConf:
 
 @dataclass
 class LoggerConf:
-    name: str = "tensorboard"
-    graph: bool = True  # tensorboard only: trace the net once for the GRAPHS tab
+    name: str = MISSING
+    graph: bool = MISSING
 
     def __post_init__(self):
         _one_of("logger.name", self.name, LOGGERS)
+        _check(self.name == "tensorboard" or not self.graph, "logger.graph=true needs logger=tensorboard")
 
 
 @dataclass
 class Config:
-    model: ModelConf = field(default_factory=ModelConf)
-    data: DataConf = field(default_factory=DataConf)
-    optimizer: OptimizerConf = field(default_factory=OptimizerConf)
-    scheduler: SchedulerConf = field(default_factory=SchedulerConf)
-    trainer: TrainerConf = field(default_factory=TrainerConf)
-    callbacks: CallbacksConf = field(default_factory=CallbacksConf)
-    logger: LoggerConf = field(default_factory=LoggerConf)
-    budget: BudgetConf = field(default_factory=BudgetConf)
-    seed: int = 1234
-    channels_last: bool = False  # NHWC activations and weights
-    compile: bool = False  # torch.compile the net (first epoch pays the compile time)
+    model: ModelConf = MISSING
+    data: DataConf = MISSING
+    optimizer: OptimizerConf = MISSING
+    scheduler: SchedulerConf = MISSING
+    trainer: TrainerConf = MISSING
+    callbacks: CallbacksConf = MISSING
+    logger: LoggerConf = MISSING
+    budget: Budget = MISSING
+    seed: int = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
     threads: Optional[int] = None  # torch CPU threads; None: shared out between parallel jobs / DDP ranks
     ckpt_path: Optional[str] = None  # resume: "last" (<run dir>/checkpoints/last.ckpt) or a checkpoint file
-    test_weights: str = "auto"  # which weights the 10k test sees: auto | best | final (see conf/config.yaml)
+    test_weights: str = MISSING
 
     def __post_init__(self):
         _one_of("test_weights", self.test_weights, TEST_WEIGHTS)
@@ -211,9 +232,11 @@ class Config:
         _check(self.test_weights != "best" or self.data.val == "holdout",
                "test_weights=best needs data.val=holdout: with val=test the best epoch is chosen on the test set")
         _check(self.threads is None or self.threads >= 1, f"threads={self.threads} must be >= 1 (or null)")
-        _check(self.trainer.max_epochs <= self.budget.max_epochs,
-               f"trainer.max_epochs={self.trainer.max_epochs} is over budget.max_epochs={self.budget.max_epochs}; "
-               f"to play with a larger budget, also set budget.max_epochs={self.trainer.max_epochs}")
+        self.budget.check_epochs(self.trainer.max_epochs)
+
+
+# The Trainer arguments the run sets itself: from its callbacks, logger and run dir.
+SET_BY_THE_RUN = {"callbacks": "the callbacks group", "logger": "the logger group", "default_root_dir": "the run dir"}
 
 
 def register_schema() -> None:
@@ -222,5 +245,57 @@ def register_schema() -> None:
 
 
 def validate(cfg: DictConfig) -> Config:
-    """Composed config -> dataclasses; raises ConfigError (one line) on the first bad value."""
-    return OmegaConf.to_object(cfg)
+    """Composed config -> dataclasses; raises ConfigError (one line) on the first bad key or value."""
+    _refuse_unread_keys(cfg)
+    extra = _trainer_extra(cfg)
+    typed = copy.deepcopy(cfg)  # the caller's cfg keeps the extra keys (config.yaml records them)
+    with open_dict(typed.trainer):
+        for key in extra:
+            del typed.trainer[key]
+    conf: Config = OmegaConf.to_object(typed)
+    conf.trainer.extra = extra
+    return conf
+
+
+def _refuse_unread_keys(cfg: DictConfig) -> None:
+    """`+group.key=value` adds a key the schema does not have; OmegaConf would drop it unread."""
+    for node in dataclasses.fields(Config):
+        group = cfg.get(node.name)
+        if not isinstance(group, DictConfig) or node.name == "trainer":
+            continue
+        known = [f.name for f in dataclasses.fields(node.type)]
+        for key in group:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {node.name}.{close[0]}?" if close else f"its keys: {', '.join(known)}"
+                raise ConfigError(f"{node.name}.{key} is not a key of the {node.name} group; {hint}")
+
+
+def _trainer_extra(cfg: DictConfig) -> Dict[str, Any]:
+    """The keys of `trainer` beyond the typed ones: each must be an argument of pl.Trainer."""
+    _check(not cfg.trainer.get("extra"), "trainer.extra is filled by the run: give any other pl.Trainer argument "
+                                         "as +trainer.<name>=<value>")
+    typed = {f.name for f in dataclasses.fields(TrainerConf)}
+    extra = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+             for k, v in cfg.trainer.items() if k not in typed}
+    if not extra:
+        return {}
+    import pytorch_lightning as pl  # only now: the import costs seconds
+
+    for key in extra:
+        _check(key not in SET_BY_THE_RUN, f"trainer.{key} is set by {SET_BY_THE_RUN.get(key)}, not here")
+    check_arguments("trainer.", pl.Trainer, extra, "pl.Trainer")
+    return extra
+
+
+def compose(overrides=(), with_hydra: bool = False) -> DictConfig:
+    """The config `python -m mnist_arch.run <overrides>` would see, composed outside a Hydra job (the
+    layer table, benchmarks, tests). `with_hydra` keeps the `hydra` node (launcher, sweeper, callbacks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_schema()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="mnist_arch.conf", version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)

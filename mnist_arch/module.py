@@ -1,7 +1,6 @@
 """One LightningModule for every architecture: the net is injected, the recipe comes from the config."""
 import random
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -9,55 +8,31 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite: the run stops at once (summary.json: status)."""
-
-    status = "non_finite_loss"
-
-
-def interrupting_signal(e: BaseException) -> Optional[str]:
-    """'SIGINT' or 'SIGTERM' when `e` is how Lightning ends a run stopped by Ctrl-C or SIGTERM."""
-    if isinstance(e, SIGTERMException):
-        return "SIGTERM"  # raised by Lightning's loops after the batch during which SIGTERM arrived
-    if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
-        return "SIGINT"  # Lightning answers KeyboardInterrupt with sys.exit(1) raised while handling it
-    return None
-
-
-class SaveOnInterrupt(pl.Callback):
-    """Saves `path` where Ctrl-C or SIGTERM stopped the run, and only then. Mid-epoch, so it is kept for
-    inspection; `ckpt_path=last` resumes from the last completed epoch, which reproduces the run.
-    (Not Lightning's OnExceptionCheckpoint: its presence makes every fit() silently resume from the
-    newest checkpoint in the folder.)"""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if interrupting_signal(exception):
-            trainer.save_checkpoint(self.path)
+from mnist_arch.errors import NonFiniteLoss
+from mnist_arch.recipe import build_optimizer, build_scheduler
 
 
 class Classifier(pl.LightningModule):
-    """Trains `net`, which maps (N, 1, 28, 28) images to (N, 10) class scores, with NLL loss.
+    """Trains `net`, which maps (N, 1, 28, 28) images to (N, 10) class scores, with cross-entropy.
 
-    The scores may be logits or log-probabilities: forward applies log_softmax, which leaves
-    log-probabilities unchanged (log_softmax(log_softmax(z)) == log_softmax(z)) and turns logits into them.
+    The scores are logits; log-probabilities work as well, since the loss's log_softmax leaves them
+    unchanged (log_softmax(log_softmax(z)) == log_softmax(z)). `forward` returns what the net returns: the
+    log_softmax runs once per step, inside the loss.
 
-    `optimizer` and `scheduler` are the plain dicts of the `optimizer` and `scheduler` config groups.
-    The per-epoch history (val acc/loss, train loss, lr at epoch start, epoch wall time) is kept here
-    and saved in checkpoints, so `summary.json` can be written from it and a resumed run keeps its past
-    epochs.
+    `optimizer` and `scheduler` are the plain dicts of the `optimizer` and `scheduler` config groups
+    (mnist_arch/recipe.py builds them); `net_spec` is the `model` group's (name and constructor
+    arguments), saved in every checkpoint so the net can be rebuilt from the file alone
+    (`mnist_arch.models.net_from_checkpoint`). The per-epoch history (val acc/loss, train loss, lr at
+    epoch start, epoch wall time) is kept here and saved in checkpoints, so `summary.json` can be written
+    from it and a resumed run keeps its past epochs.
     """
 
     def __init__(self, net: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any],
-                 channels_last: bool = False, compile: bool = False):
+                 net_spec: Optional[Dict[str, Any]] = None, channels_last: bool = False, compile: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -73,15 +48,15 @@ class Classifier(pl.LightningModule):
                                               "lr": [], "epoch_time_s": []}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.net(x.contiguous(memory_format=self.memory_format)), dim=-1)
+        return self.net(x.contiguous(memory_format=self.memory_format))
 
     def _step(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy):
         x, y = batch
-        log_probs = self(x)
-        loss = F.nll_loss(log_probs, y)
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
         loss_metric.update(loss.detach(), weight=len(y))
-        acc_metric.update(log_probs.detach(), y)
-        return loss, log_probs.detach()
+        acc_metric.update(logits.detach(), y)
+        return loss, logits.detach()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._step(batch, self.train_loss, self.train_acc)
@@ -109,8 +84,8 @@ class Classifier(pl.LightningModule):
         self.train_acc.reset()
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        _, log_probs = self._step(batch, self.val_loss, self.val_acc)
-        return log_probs.argmax(dim=1)  # the predictions, for callbacks (plots: confusion, mistakes)
+        _, logits = self._step(batch, self.val_loss, self.val_acc)
+        return logits.argmax(dim=1)  # the predictions, for callbacks (plots: confusion, mistakes)
 
     def on_validation_epoch_end(self) -> None:
         loss, acc = self.val_loss.compute(), self.val_acc.compute()
@@ -133,6 +108,7 @@ class Classifier(pl.LightningModule):
         self.test_acc.reset()
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["net_spec"] = self.hparams.net_spec
         checkpoint["history"] = self.history
         # The random streams too (dropout masks; the data order has its own per-epoch seed), so a run
         # resumed from an epoch-end checkpoint goes on exactly as the uninterrupted one would.
@@ -157,34 +133,7 @@ class Classifier(pl.LightningModule):
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
     def configure_optimizers(self):
-        opt, sch = self.hparams.optimizer, self.hparams.scheduler
-        params = self.net.parameters()
-        if opt["name"] == "sgd":
-            optimizer = torch.optim.SGD(params, lr=opt["lr"], momentum=opt["momentum"],
-                                        nesterov=opt["nesterov"], weight_decay=opt["weight_decay"])
-        elif opt["name"] == "adam":
-            optimizer = torch.optim.Adam(params, lr=opt["lr"], betas=tuple(opt["betas"]),
-                                         weight_decay=opt["weight_decay"])
-        else:  # adamw; the schema allows no other name
-            optimizer = torch.optim.AdamW(params, lr=opt["lr"], betas=tuple(opt["betas"]),
-                                          weight_decay=opt["weight_decay"])
-
-        name, epochs = sch["name"], self.trainer.max_epochs
-        if name == "none":
-            return optimizer
-        if name == "step":
-            scheduler = {"scheduler": torch.optim.lr_scheduler.StepLR(
-                optimizer, step_size=sch["step_size"], gamma=sch["gamma"]), "interval": "epoch"}
-        elif name == "plateau":
-            scheduler = {"scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", patience=sch["patience"], factor=sch["factor"]),
-                "monitor": "val/loss", "interval": "epoch"}
-        elif name == "onecycle":
-            scheduler = {"scheduler": torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=opt["lr"], total_steps=self.trainer.estimated_stepping_batches,
-                pct_start=sch["pct_start"], div_factor=sch["div_factor"],
-                final_div_factor=sch["final_div_factor"]), "interval": "step"}
-        else:  # cosine
-            scheduler = {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=epochs, eta_min=sch["eta_min"]), "interval": "epoch"}
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        optimizer = build_optimizer(self.hparams.optimizer, self.net)
+        scheduler = build_scheduler(self.hparams.scheduler, optimizer, self.trainer.estimated_stepping_batches,
+                                    self.trainer.max_epochs)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler} if scheduler else optimizer

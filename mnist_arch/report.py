@@ -14,7 +14,6 @@ a Hydra callback set in `conf/config.yaml`, which also makes the sweep exit non-
 import argparse
 import csv
 import io
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -22,54 +21,48 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from hydra.experimental.callback import Callback
 
+from mnist_arch.record import FILE_NAME, RunRecord
+
 NOT_SHOWN = {"seed"}  # averaged over, not a setting
 
 
-def load(root: Path) -> List[Dict[str, Any]]:
-    """Every summary.json beneath `root` (a sweep, or a whole outputs/ tree), in path order."""
-    found = []
-    for path in sorted(Path(root).rglob("summary.json")):
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            summary = {"status": "unreadable", "error": f"{path}: {e}"}
-        summary.setdefault("run_dir", str(path.parent))
-        found.append(summary)
-    return found
+def load(root: Path) -> List[RunRecord]:
+    """Every run record beneath `root` (a sweep, or a whole outputs/ tree), in path order."""
+    return [RunRecord.read(path) for path in sorted(Path(root).rglob(FILE_NAME))]
 
 
-def _settings(summary: Dict[str, Any]) -> Dict[str, str]:
-    pairs = (o.split("=", 1) for o in summary.get("overrides") or [] if "=" in o)
+def _settings(record: RunRecord) -> Dict[str, str]:
+    pairs = (o.split("=", 1) for o in record.overrides if "=" in o)
     return {key.lstrip("+~"): value for key, value in pairs}
 
 
-def leaderboard(summaries: List[Dict[str, Any]]) -> Tuple[List[str], List[Dict[str, Any]], List[Dict[str, Any]]]:
+def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any]], List[Dict[str, Any]]]:
     """(the overrides that differ between jobs, one row per setting sorted best first, the failed jobs)."""
-    settings = [_settings(s) for s in summaries]
+    settings = [_settings(r) for r in records]
     keys = sorted({k for st in settings for k in st} - NOT_SHOWN - {"model"})
     differing = [k for k in keys if len({st.get(k) for st in settings}) > 1]
-    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    groups: Dict[tuple, List[RunRecord]] = {}
     failed = []
-    for summary, st in zip(summaries, settings):
-        if summary.get("status") != "completed":
-            failed.append({"model": summary.get("model"), "setting": {k: st.get(k) for k in differing},
-                           "seed": summary.get("seed"), "status": summary.get("status"),
-                           "error": summary.get("error", ""), "run_dir": summary.get("run_dir")})
+    for record, st in zip(records, settings):
+        if record.status != "completed":
+            failed.append({"model": record.model, "setting": {k: st.get(k) for k in differing},
+                           "seed": record.seed, "status": record.status, "error": record.error or "",
+                           "run_dir": record.run_dir})
             continue
-        groups.setdefault((summary.get("model"), tuple(st.get(k) for k in differing)), []).append(summary)
+        groups.setdefault((record.model, tuple(st.get(k) for k in differing)), []).append(record)
 
     rows = []
     for (model, values), jobs in groups.items():
-        best = [j["best_val_acc"] for j in jobs if j.get("best_val_acc") is not None]
-        final = [j["final_val_acc"] for j in jobs if j.get("final_val_acc") is not None]
-        test = [j["test_acc"] for j in jobs if j.get("test_acc") is not None]
-        hits = [j["target_epoch"] for j in jobs if j.get("target_epoch")]
-        statuses = [j["status"] for j in jobs]
+        best = [j.best_val_acc for j in jobs if j.best_val_acc is not None]
+        final = [j.final_val_acc for j in jobs if j.final_val_acc is not None]
+        test = [j.test_acc for j in jobs if j.test_acc is not None]
+        hits = [j.target_epoch for j in jobs if j.target_epoch]
+        statuses = [j.status for j in jobs]
         rows.append({
-            "model": model, "params": jobs[0].get("params"), "setting": dict(zip(differing, values)),
-            "seeds": sorted(j.get("seed") for j in jobs), "best": _mean_std(best), "final": _mean_std(final),
-            "test": _mean_std(test), "target": (len(hits), len(jobs), hits),
-            "target_acc": jobs[0].get("target_acc"), "wall_time_s": _mean_std([j.get("wall_time_s", 0) for j in jobs]),
+            "model": model, "params": jobs[0].params, "setting": dict(zip(differing, values)),
+            "seeds": sorted(j.seed for j in jobs), "best": _mean_std(best), "final": _mean_std(final),
+            "test": _mean_std(test), "target": (len(hits), len(jobs), hits), "target_acc": jobs[0].target_acc,
+            "wall_time_s": _mean_std([j.wall_time_s or 0 for j in jobs]),
             "status": ", ".join(f"{statuses.count(x)} {x}" for x in sorted(set(statuses))),
         })
     rows.sort(key=lambda r: -(r["best"][0] if r["best"][0] is not None else -1))

@@ -6,11 +6,8 @@ from typing import List
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-
+from mnist_arch.config import compose
 from mnist_arch.data import fetch
-from mnist_arch.config import register_schema
 
 N_TRAIN, N_TEST = 320, 80
 
@@ -62,13 +59,10 @@ def mnist_root(tmp_path, synthetic_md5) -> Path:
 @pytest.fixture(scope="session")
 def make_cfg():
     """compose(overrides) with the real config tree, as `python -m mnist_arch.run` would see it."""
-    register_schema()
 
     def make(overrides: List[str] = (), hydra: bool = False):
         """hydra=True keeps the `hydra` node (launcher, sweeper, callbacks)."""
-        GlobalHydra.instance().clear()
-        with initialize_config_module(config_module="mnist_arch.conf", version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+        return compose(overrides, with_hydra=hydra)
 
     return make
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mnist_arch import run
-from mnist_arch.budget import BudgetError, fc_layers, largest_layers
+from mnist_arch.errors import BudgetError
+from mnist_arch.rules import fc_layers, largest_layers
 from mnist_arch.module import Classifier
 from tests.conftest import fast_overrides
 from tests.nets import TinyConv, WithLinear
@@ -34,11 +35,11 @@ def _summary(run_dir):
 
 def test_within_budget_trains_and_reports_the_verdict(make_cfg, mnist_root, tmp_path, steps):
     summary = run.train(make_cfg(fast_overrides(mnist_root) + CUSTOM + ["+model.net.width=6"]), tmp_path / "r")
-    assert summary["status"] == "completed" and len(steps) == 8  # 2 epochs x 4 batches
-    assert summary["params"] == 6 * 9 + 6 + 6 * 10 + 10
-    assert summary["verdict"] == {"params_ok": True, "epochs_ok": True, "no_fc_ok": True,
-                                  "target_ok": summary["target_reached"]}
-    assert summary["target_acc"] == 0.994 and _summary(tmp_path / "r")["verdict"] == summary["verdict"]
+    assert summary.status == "completed" and len(steps) == 8  # 2 epochs x 4 batches
+    assert summary.params == 6 * 9 + 6 + 6 * 10 + 10
+    assert summary.verdict.checks() == {"params_ok": True, "epochs_ok": True, "no_fc_ok": True, "output_ok": True,
+                                        "target_ok": summary.target_reached}
+    assert summary.target_acc == 0.994 and _summary(tmp_path / "r")["verdict"] == summary.verdict.checks()
 
 
 def test_over_budget_stops_before_any_step(make_cfg, mnist_root, tmp_path, steps):
@@ -57,7 +58,7 @@ def test_fc_layer_in_a_user_net_is_refused_by_name(make_cfg, mnist_root, tmp_pat
         run.train(make_cfg(overrides), tmp_path / "r")
     assert steps == [] and _summary(tmp_path / "r")["status"] == "fc_not_allowed"
     allowed = run.train(make_cfg(overrides + ["budget.allow_fc=true"]), tmp_path / "allowed")
-    assert allowed["status"] == "completed" and allowed["verdict"]["no_fc_ok"] is True
+    assert allowed.status == "completed" and allowed.verdict.no_fc_ok is True
 
 
 def test_fc_detection_and_largest_layers():
@@ -77,33 +78,35 @@ def test_stop_at_the_first_epoch_reaching_the_target(make_cfg, mnist_root, tmp_p
     # A low target that the synthetic data reaches early; 5 epochs allowed.
     overrides = fast_overrides(mnist_root) + CUSTOM + ["trainer.max_epochs=5", "budget.target_acc=0.05"]
     summary = run.train(make_cfg(overrides), tmp_path / "r")
-    assert summary["target_epoch"] == 1 and summary["epochs_run"] == 1 and summary["target_reached"]
+    assert summary.target_epoch == 1 and summary.epochs_run == 1 and summary.target_reached
     unstopped = run.train(make_cfg(overrides + ["callbacks.stop_at_target=false"]), tmp_path / "u")
-    assert unstopped["epochs_run"] == 5 and unstopped["target_epoch"] == 1
+    assert unstopped.epochs_run == 5 and unstopped.target_epoch == 1
 
 
 def test_stop_is_inclusive_at_the_target(make_cfg, mnist_root, tmp_path):
     first = run.train(make_cfg(fast_overrides(mnist_root) + CUSTOM + ["callbacks.stop_at_target=false"]),
                       tmp_path / "a")
-    exact = first["val_acc"][0]  # the same seed reaches exactly this after epoch 1
+    exact = first.val_acc[0]  # the same seed reaches exactly this after epoch 1
     again = run.train(make_cfg(fast_overrides(mnist_root) + CUSTOM + [f"budget.target_acc={exact}"]), tmp_path / "b")
-    assert again["val_acc"][0] == exact and again["target_epoch"] == 1 and again["epochs_run"] == 1
+    assert again.val_acc[0] == exact and again.target_epoch == 1 and again.epochs_run == 1
 
 
 def test_logits_and_log_probabilities_train_identically():
-    """The contract: forward applies log_softmax, a no-op on log-probabilities."""
+    """The contract: a net returns logits or log-probabilities; the loss's one log_softmax makes the two the
+    same loss and the same gradients (log_softmax(log_softmax(z)) == log_softmax(z))."""
     torch.manual_seed(0)
     logits_net = TinyConv()
     log_prob_net = torch.nn.Sequential(TinyConv(), torch.nn.LogSoftmax(dim=-1))
     log_prob_net[0].load_state_dict(logits_net.state_dict())
-    opt = {"name": "sgd", "lr": 0.1, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0, "betas": [0.9, 0.999]}
-    a, b = Classifier(logits_net, opt, {"name": "none"}), Classifier(log_prob_net, opt, {"name": "none"})
-    x = torch.randn(16, 1, 28, 28)
-    assert torch.allclose(a(x), b(x), atol=1e-6)
-    assert torch.allclose(a(x).exp().sum(1), torch.ones(16), atol=1e-5)
-    y = torch.arange(16) % 10
-    torch.nn.functional.nll_loss(a(x), y).backward()
-    torch.nn.functional.nll_loss(b(x), y).backward()
+    opt = {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.1, "weight_decay": 0.0, "decay_norm_and_bias": False}
+    constant = {"_target_": None, "name": "none", "interval": "epoch"}
+    a, b = Classifier(logits_net, opt, constant), Classifier(log_prob_net, opt, constant)
+    batch = (torch.randn(16, 1, 28, 28), torch.arange(16) % 10)
+    loss_a, _ = a._step(batch, a.train_loss, a.train_acc)
+    loss_b, _ = b._step(batch, b.train_loss, b.train_acc)
+    assert loss_a.item() == pytest.approx(loss_b.item(), abs=1e-6)
+    loss_a.backward()
+    loss_b.backward()
     for pa, pb in zip(logits_net.parameters(), log_prob_net[0].parameters()):
         assert torch.allclose(pa.grad, pb.grad, atol=1e-6)
 

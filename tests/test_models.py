@@ -24,20 +24,22 @@ def test_reference_parameter_count(name):
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_forward_gives_log_probabilities(name):
+def test_forward_gives_finite_logits_with_no_softmax_inside(name):
+    """One log_softmax per step, in the loss: a net that normalised its own output would give rows whose
+    exp sums to 1 for any input."""
     torch.manual_seed(0)
     net = build_model(name).eval()
-    out = net(torch.randn(5, 1, 28, 28))
+    out = net(torch.randn(5, 1, 28, 28) * 3)
     assert out.shape == (5, 10)
     assert torch.isfinite(out).all()
-    assert torch.allclose(out.exp().sum(dim=1), torch.ones(5), atol=1e-5)
+    assert not torch.allclose(out.exp().sum(dim=1), torch.ones(5), atol=1e-3)
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
     net = build_model(name).train()
-    loss = torch.nn.functional.nll_loss(net(torch.randn(8, 1, 28, 28)), torch.arange(8) % 10)
+    loss = torch.nn.functional.cross_entropy(net(torch.randn(8, 1, 28, 28)), torch.arange(8) % 10)
     loss.backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"parameters without gradient: {missing}"
@@ -60,7 +62,7 @@ def test_s6_uses_dropout2d_and_ends_in_relu():
     out = net(torch.randn(16, 1, 28, 28))
     logits = seen["conv7"].flatten(1)
     assert (logits < 0).any()  # so the ReLU after the last conv is visible in the output
-    assert torch.allclose(out, torch.log_softmax(torch.relu(logits), dim=-1), atol=1e-6)
+    assert torch.allclose(out, torch.relu(logits), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(FRONTIER))

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_arch import summary
+from mnist_arch import layers, summary
+from mnist_arch.rules import Budget
 from mnist_arch.models import build_model, list_models
 
 
@@ -26,7 +27,7 @@ class HandNet(nn.Module):
 
 
 def test_hand_computed_table():
-    rows = summary.layer_table(HandNet())
+    rows = layers.layer_table(HandNet())
     assert [r.name for r in rows] == ["conv1", "pool", "conv2", "conv3", "gap"]
     assert [r.shape for r in rows] == [(4, 28, 28), (4, 14, 14), (8, 6, 6), (10, 6, 6), (10, 1, 1)]
     assert [r.params for r in rows] == [40, 0, 296, 90, 0]
@@ -35,21 +36,21 @@ def test_hand_computed_table():
     # MACs per image = output elements x (in channels x k x k)
     assert [r.macs for r in rows] == [4 * 28 * 28 * 9, 0, 8 * 6 * 6 * 4 * 9, 10 * 6 * 6 * 8, 0]
     assert [r.geometry for r in rows[:3]] == ["k3 s1 p1", "k2 s2 p0", "k3 s2 p0"]
-    totals = summary.totals_of(rows)
+    totals = layers.totals_of(rows)
     assert totals == {"macs_per_image": 28_224 + 10_368 + 2_880, "receptive_field": 28,
                       "receptive_field_layer": "gap"}
 
 
 def test_empirical_rf_of_the_hand_net():
     net = HandNet()
-    assert [summary.empirical_rf(net, name) for name in ["conv1", "pool", "conv2", "conv3"]] == [3, 4, 8, 8]
+    assert [layers.empirical_rf(net, name) for name in ["conv1", "pool", "conv2", "conv3"]] == [3, 4, 8, 8]
     # A global pool sees the whole input, whatever its size: there is no clear region to measure.
-    assert summary.empirical_rf(net, "gap") is None
+    assert layers.empirical_rf(net, "gap") is None
 
 
 def test_flatten_and_linear_end_the_feature_maps():
     net = nn.Sequential(nn.Conv2d(1, 2, 5, stride=3, dilation=2), nn.Flatten(), nn.Linear(2 * 7 * 7, 10))
-    rows = summary.layer_table(net)
+    rows = layers.layer_table(net)
     assert rows[0].geometry == "k5 s3 p0 d2" and rows[0].rf == 9 and rows[0].jump == 3
     assert rows[0].shape == (2, 7, 7)
     assert rows[1].rf is None and rows[2].rf is None and rows[2].macs == 98 * 10
@@ -58,7 +59,7 @@ def test_flatten_and_linear_end_the_feature_maps():
 @pytest.mark.parametrize("name", list_models())
 def test_analytic_rf_equals_empirical_rf_for_every_layer(name):
     net = build_model(name)
-    rows = summary.layer_table(net)
+    rows = layers.layer_table(net)
     calls = [r.name for r in rows]
     # A module called more than once (s6's one dropout) is probed at its first call, so skip its others.
     # A global pool sees the whole input at any size, so it and the layers after it have no clear
@@ -66,22 +67,22 @@ def test_analytic_rf_equals_empirical_rf_for_every_layer(name):
     spatial = next((i for i, r in enumerate(rows) if r.kind.startswith("Adaptive")), len(rows))
     checked = [r for r in rows[:spatial] if r.rf is not None and calls.count(r.name) == 1]
     assert checked, "no feature-map layer to check"
-    measured = {r.name: summary.empirical_rf(net, r.name) for r in checked}
+    measured = {r.name: layers.empirical_rf(net, r.name) for r in checked}
     assert measured == {r.name: r.rf for r in checked}
 
 
 @pytest.mark.parametrize("name, rf, params", [("s4", 28, 17_120), ("s6", 43, 19_866)])
 def test_reference_totals(name, rf, params):
     net = build_model(name)
-    table, totals = summary.describe(net, max_params=20_000, allow_fc=False)
+    table, totals, _ = layers.describe(net, Budget())
     assert totals["receptive_field"] == totals["receptive_field_measured"] == rf
-    assert sum(r.params for r in summary.layer_table(net)) == params
+    assert sum(r.params for r in layers.layer_table(net)) == params
     assert f"total: {params:,} trainable params" in table and f"final RF {rf} (measured {rf} ✓)" in table
 
 
 def test_table_is_restored_to_training_mode_and_leaves_no_hooks():
     net = build_model("s4").train()
-    summary.layer_table(net)
+    layers.layer_table(net)
     assert net.training and all(not m._forward_hooks for m in net.modules())
     out = net(torch.randn(4, 1, 28, 28))  # still trains normally
     assert out.shape == (4, 10)

@@ -12,6 +12,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from mnist_arch import report, run
+from mnist_arch.record import RunRecord
 from mnist_arch.module import Classifier
 from tests.conftest import fast_overrides
 
@@ -61,24 +62,20 @@ def test_a_sweep_goes_on_past_failing_jobs_and_exits_nonzero(mnist_root, tmp_pat
     assert nan_job["epochs_run"] == 0 and "training loss is nan at epoch 1, batch 0" in nan_job["error"]
 
 
-def write_summary(folder: Path, **fields):
-    folder.mkdir(parents=True)
-    (folder / "summary.json").write_text(json.dumps(fields))
-
-
 def test_leaderboard_numbers_from_known_summaries(tmp_path, capsys):
-    common = {"params": 17_120, "target_acc": 0.994, "status": "completed"}
-    for i, (lr, seed, best, final, target, test, wall) in enumerate([
-        ("0.01", 1, 0.9930, 0.9920, None, 0.9921, 100.0),
-        ("0.01", 2, 0.9940, 0.9936, 9, 0.9936, 110.0),
-        ("0.05", 1, 0.9950, 0.9944, 5, 0.9944, 90.0),
-        ("0.05", 2, 0.9946, 0.9946, 7, 0.9946, 96.0),
+    budget = {"max_params": 20_000, "max_epochs": 20, "target_acc": 0.994, "allow_fc": False}
+    for i, (lr, seed, val_acc, test, wall) in enumerate([
+        ("0.01", 1, [0.9930, 0.9920], 0.9921, 100.0),  # best 99.30, final 99.20, target never
+        ("0.01", 2, [0.99] * 8 + [0.9940, 0.9936], 0.9936, 110.0),  # best 99.40 = target at epoch 9
+        ("0.05", 1, [0.99] * 4 + [0.9950, 0.9944], 0.9944, 90.0),  # target at epoch 5
+        ("0.05", 2, [0.99] * 6 + [0.9946], 0.9946, 96.0),  # target at epoch 7, also the final
     ]):
-        write_summary(tmp_path / "sweep" / str(i), model="s4", seed=seed, best_val_acc=best, final_val_acc=final,
-                      target_epoch=target, test_acc=test, wall_time_s=wall,
-                      overrides=[f"optimizer.lr={lr}", f"seed={seed}", "trainer.max_epochs=10"], **common)
-    write_summary(tmp_path / "sweep" / "4", model="s6", seed=1, status="over_budget", error="19,866 > 18,000",
-                  overrides=["optimizer.lr=0.05", "seed=1", "trainer.max_epochs=10"])
+        RunRecord(status="completed", model="s4", params=17_120, budget=budget, seed=seed, val_acc=val_acc,
+                  test_acc=test, wall_time_s=wall,
+                  overrides=[f"optimizer.lr={lr}", f"seed={seed}", "trainer.max_epochs=10"]).write(
+                      tmp_path / "sweep" / str(i))
+    RunRecord(status="over_budget", model="s6", seed=1, error="19,866 > 18,000",
+              overrides=["optimizer.lr=0.05", "seed=1", "trainer.max_epochs=10"]).write(tmp_path / "sweep" / "4")
 
     differing, rows, failed = report.leaderboard(report.load(tmp_path / "sweep"))
     assert differing == ["optimizer.lr"]  # seed is averaged over; max_epochs is the same everywhere
@@ -149,9 +146,9 @@ def test_ddp_cpu_two_processes_end_to_end(mnist_root, tmp_path):
            f"hydra.run.dir={run_dir}"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["rank"] == 0
-    assert summary["epochs_run"] == 2 and 0 <= summary["test_acc"] <= 1
+    summary = RunRecord.read(run_dir)
+    assert summary.status == "completed" and summary.world_size == 2 and summary.rank == 0
+    assert summary.epochs_run == 2 and 0 <= summary.test_acc <= 1
     headlines = [line for line in done.stdout.splitlines() if line.startswith("s4 · 17,120 params")]
     assert len(headlines) == 1  # rank 0's; the other rank reports nothing
 
@@ -171,15 +168,15 @@ def test_resume_from_last_matches_the_uninterrupted_run(make_cfg, mnist_root, tm
     monkeypatch.setattr(Classifier, "training_step", ctrl_c_in_second_epoch)
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's own Ctrl-C handler
     stopped = run.train(make_cfg(overrides), tmp_path / "resumed")
-    assert stopped["status"] == "interrupted" and stopped["epochs_run"] == 1
+    assert stopped.status == "interrupted" and stopped.epochs_run == 1
     assert (tmp_path / "resumed" / "checkpoints" / "interrupted.ckpt").is_file()
 
     monkeypatch.setattr(Classifier, "training_step", real_step)
     resumed = run.train(make_cfg(overrides + ["ckpt_path=last"]), tmp_path / "resumed")
-    assert resumed["status"] == "completed" and resumed["resumed_from"].endswith("last.ckpt")
+    assert resumed.status == "completed" and resumed.resumed_from.endswith("last.ckpt")
     for key in ("val_acc", "val_loss", "train_loss", "train_acc", "lr"):
-        assert resumed[key] == straight[key], key
-    assert resumed["test_acc"] == straight["test_acc"]
+        assert getattr(resumed, key) == getattr(straight, key), key
+    assert resumed.test_acc == straight.test_acc
 
 
 def test_resume_without_a_checkpoint_is_one_clear_error(make_cfg, mnist_root, tmp_path):
@@ -201,9 +198,9 @@ def test_sigterm_saves_a_checkpoint_and_says_interrupted(mnist_root, tmp_path, m
         code = hydra_main([*fast_overrides(mnist_root), f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert code == 143 and summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
-    assert summary["epochs_run"] == 1 and (tmp_path / "run" / "checkpoints" / "interrupted.ckpt").is_file()
+    summary = RunRecord.read(tmp_path / "run")
+    assert code == 143 and summary.status == "interrupted" and summary.signal == "SIGTERM"
+    assert summary.epochs_run == 1 and (tmp_path / "run" / "checkpoints" / "interrupted.ckpt").is_file()
     assert f"hydra.run.dir={tmp_path / 'run'} ckpt_path=last" in capsys.readouterr().err
 
 

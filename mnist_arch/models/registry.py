@@ -3,26 +3,26 @@ from typing import Callable, Dict, List
 
 from torch import nn
 
-_MODELS: Dict[str, Callable[..., nn.Module]] = {}
+MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str):
     """Decorator: make `fn` (a class or factory returning an nn.Module) buildable as `name`."""
 
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
+        if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = fn
+        MODELS[name] = fn
         return fn
 
     return add
 
 
 def list_models() -> List[str]:
-    return sorted(_MODELS)
+    return sorted(MODELS)
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    if name not in _MODELS:
+    if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return _MODELS[name](**kwargs)
+    return MODELS[name](**kwargs)

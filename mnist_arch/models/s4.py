@@ -7,13 +7,14 @@ momentum 0.9, batch 128, which the write-up does not state; seeds 1-5, val = 10k
 99.26% ± 0.11 (RESULTS.md).
 
 Layout as written: 3 conv blocks, max-pool, a 1x1 conv block, 4 conv blocks, a bare 3x3 conv + BN,
-log-softmax. A block is conv -> ReLU -> BN -> Dropout (ReLU before BN, as in the write-up); dropout is
-0.15 except where the write-up sets 0 (conv3, conv7, conv8). All convs are unpadded and keep their bias.
+log-softmax. The log-softmax is not in the net: the training loss (cross-entropy) applies it once, which
+trains exactly as the write-up's log-softmax + NLL loss, so `forward` returns the logits. A block is
+conv -> ReLU -> BN -> Dropout (ReLU before BN, as in the write-up); dropout is 0.15 except where the
+write-up sets 0 (conv3, conv7, conv8). All convs are unpadded and keep their bias.
 
 Comments give the output shape (C x H x W) and the receptive field (RF) on the 28 x 28 input.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mnist_arch.models.registry import register
@@ -49,4 +50,4 @@ class S4(nn.Module):
         x = self.pool1(self.conv3(self.conv2(self.conv1(x))))
         x = self.conv8(self.conv7(self.conv6(self.conv5(self.conv4(x)))))
         x = self.bnorm(self.conv9(x))
-        return F.log_softmax(x.flatten(1), dim=-1)  # (N, 10) log-probabilities
+        return x.flatten(1)  # (N, 10) logits; the write-up's log-softmax is the loss's (see the docstring)

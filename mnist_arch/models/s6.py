@@ -8,7 +8,8 @@ final-epoch 99.28% ± 0.09, no seed reaching 99.40%; on the holdout protocol, te
 
 Order as written: conv -> ReLU -> BN -> Dropout2d(0.25) twice, conv -> ReLU -> BN -> max-pool ->
 Dropout2d, conv -> ReLU -> BN, strided conv -> ReLU (no BN: the write-up defines `bn6` but never calls
-it, so it holds no trained parameter and is left out), last 3x3 conv -> ReLU, log-softmax.
+it, so it holds no trained parameter and is left out), last 3x3 conv -> ReLU, log-softmax (applied once by the training loss, cross-entropy: `forward`
+returns the logits).
 
 Known failure mode, kept because it is the write-up's: the ReLU after the last conv clips logits at 0,
 so a class whose logit turns negative for (nearly) every image gets no gradient and stays dead; such a
@@ -47,5 +48,4 @@ class S6(nn.Module):
         x = self.drop(self.pool(self.bn3(F.relu(self.conv3(x)))))
         x = self.bn5(F.relu(self.conv5(x)))
         x = F.relu(self.conv6(x))
-        x = F.relu(self.conv7(x))
-        return F.log_softmax(x.flatten(1), dim=-1)  # (N, 10) log-probabilities
+        return F.relu(self.conv7(x)).flatten(1)  # (N, 10) logits, clipped at 0 by the write-up's ReLU

@@ -1,0 +1,101 @@
+"""The run's Lightning callbacks: the rules (refuse before any step, stop at target), checkpoints,
+interruption, and the table that turns the `callbacks` config group into the list the Trainer gets.
+
+Each switch of the group (`callbacks.rules`, `callbacks.checkpoint`, ...) names one entry of SWITCHES;
+a new callback is one entry there and one line in conf/callbacks/default.yaml.
+"""
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from mnist_arch.errors import BudgetError
+from mnist_arch.plots import RunPlots
+from mnist_arch.rules import Budget, judge_net, reached
+
+
+class RulesCheck(pl.Callback):
+    """At fit start, before any step: parameter budget, no-FC rule, output shape (mnist_arch.rules)."""
+
+    def __init__(self, budget: Budget):
+        self.budget = budget
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        broken = judge_net(pl_module.net, self.budget).failure()
+        if broken:
+            raise BudgetError(*broken)
+
+
+class StopAtTarget(pl.Callback):
+    """Stop after the first epoch whose val acc >= target (inclusive, which EarlyStopping's strict
+    `stopping_threshold` is not), through Lightning's own `trainer.should_stop`."""
+
+    def __init__(self, target_acc: float):
+        self.target_acc = target_acc
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        history = pl_module.history["val_acc"]
+        if not trainer.sanity_checking and history and reached(history[-1], self.target_acc):
+            trainer.should_stop = True
+
+
+def interrupting_signal(e: BaseException) -> Optional[str]:
+    """'SIGINT' or 'SIGTERM' when `e` is how Lightning ends a run stopped by Ctrl-C or SIGTERM."""
+    if isinstance(e, SIGTERMException):
+        return "SIGTERM"  # raised by Lightning's loops after the batch during which SIGTERM arrived
+    if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
+        return "SIGINT"  # Lightning answers KeyboardInterrupt with sys.exit(1) raised while handling it
+    return None
+
+
+class SaveOnInterrupt(pl.Callback):
+    """Saves `path` where Ctrl-C or SIGTERM stopped the run, and only then. Mid-epoch, so it is kept for
+    inspection; `ckpt_path=last` resumes from the last completed epoch, which reproduces the run.
+    (Not Lightning's OnExceptionCheckpoint: its presence makes every fit() silently resume from the
+    newest checkpoint in the folder.)"""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if interrupting_signal(exception):
+            trainer.save_checkpoint(self.path)
+
+
+def checkpoints(conf, run_dir: Path) -> List[pl.Callback]:
+    folder = run_dir / "checkpoints"
+    best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val/acc", mode="max",
+                           auto_insert_metric_name=False)
+    # Lightning's save_last only copies a checkpoint when the best one is saved; this one is every
+    # epoch's, saved at train-epoch end after the module's own epoch-end hook, so it holds the whole
+    # epoch's history and resuming from it (ckpt_path=last) reproduces the uninterrupted run.
+    last = ModelCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False, save_on_train_epoch_end=True)
+    return [best, last, SaveOnInterrupt(folder / "interrupted.ckpt")]
+
+
+# callbacks.<switch> -> what it adds, from the validated config and the run dir.
+SWITCHES: Dict[str, Callable[..., List[pl.Callback]]] = {
+    "rules": lambda conf, run_dir: [RulesCheck(conf.budget)],
+    "stop_at_target": lambda conf, run_dir: [StopAtTarget(conf.budget.target_acc)],
+    "checkpoint": checkpoints,
+    "lr_monitor": lambda conf, run_dir: [LearningRateMonitor(logging_interval="epoch")],
+    "plots": lambda conf, run_dir: [RunPlots(run_dir / "plots", conf.budget.target_acc, conf.data.val)],
+}
+
+
+def build_callbacks(conf, run_dir: Path) -> List[pl.Callback]:
+    """Every callback whose switch is on, plus the progress bar when the trainer shows one."""
+    callbacks = [cb for switch, make in SWITCHES.items() if getattr(conf.callbacks, switch)
+                 for cb in make(conf, run_dir)]
+    if conf.trainer.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=conf.callbacks.progress_refresh))
+    return callbacks
+
+
+def find(callbacks: List[pl.Callback], kind: type, **attrs) -> Optional[pl.Callback]:
+    """The first callback of `kind` whose attributes match, e.g. find(cbs, ModelCheckpoint, monitor="val/acc")."""
+    return next((cb for cb in callbacks if isinstance(cb, kind)
+                 and all(getattr(cb, k) == v for k, v in attrs.items())), None)

@@ -1,0 +1,59 @@
+"""The optimizer and the lr scheduler, built from their config groups: no branch per name.
+
+Each option of `conf/optimizer/` and `conf/scheduler/` names its class in `_target_`; every other key is
+one of that class's arguments, except the few listed in NOT_ARGUMENTS, which say how the run uses it.
+A new optimizer or scheduler is one YAML file (plus a schema field in config.py if it brings a key no
+other option has). Arguments the class does not take are refused when the config is validated.
+"""
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from mnist_arch.targets import arguments, locate
+
+NOT_ARGUMENTS = {
+    "_target_",  # the class
+    "name",  # what tables and TensorBoard call it
+    "decay_norm_and_bias",  # optimizer: weight decay on BN weights and biases too (default: conv/linear weights only)
+    "interval",  # scheduler: step it every "epoch" or every "step" (batch)
+    "monitor",  # scheduler: the metric it watches (ReduceLROnPlateau)
+}
+
+
+def class_arguments(conf: Dict[str, Any]) -> Dict[str, Any]:
+    """The keys of an optimizer or scheduler config that go to its class (None: the class's default)."""
+    return {k: v for k, v in conf.items() if k not in NOT_ARGUMENTS and v is not None}
+
+
+def param_groups(net: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> List[Dict[str, Any]]:
+    """Weight decay on conv and linear weights only: a decayed BN scale or bias shrinks what
+    normalisation just restored and regularises nothing (the usual practice, e.g. nanoGPT's dim >= 2)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    if decay_norm_and_bias or weight_decay == 0:
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def build_optimizer(conf: Dict[str, Any], net: nn.Module) -> torch.optim.Optimizer:
+    kwargs = class_arguments(conf)
+    groups = param_groups(net, kwargs.pop("weight_decay", 0.0), conf.get("decay_norm_and_bias", False))
+    return locate(conf["_target_"], "optimizer._target_")(groups, **kwargs)
+
+
+def build_scheduler(conf: Dict[str, Any], optimizer: torch.optim.Optimizer, total_batches: int,
+                    max_epochs: int) -> Optional[Dict[str, Any]]:
+    """Lightning's lr-scheduler dict, or None for a constant lr (`scheduler=none`: no _target_).
+    A scheduler that takes `total_steps` and is not given it gets the run's length in its interval:
+    `total_batches` optimizer steps (interval step) or `max_epochs` (interval epoch)."""
+    if not conf.get("_target_"):
+        return None
+    cls = locate(conf["_target_"], "scheduler._target_")
+    kwargs = class_arguments(conf)
+    if "total_steps" in (arguments(cls) or []) and "total_steps" not in kwargs:
+        kwargs["total_steps"] = total_batches if conf["interval"] == "step" else max_epochs
+    scheduler = {"scheduler": cls(optimizer, **kwargs), "interval": conf["interval"]}
+    if conf.get("monitor"):
+        scheduler["monitor"] = conf["monitor"]
+    return scheduler

@@ -1,0 +1,151 @@
+"""The run record: what `summary.json` holds, written by one writer and read back by one reader.
+
+Every job writes one, whatever happened to it: completed, interrupted, refused before training
+(bad_config, over_budget, ...), or crashed. The report, the run's headline and TensorBoard's HPARAMS tab
+read these fields, not keys by string. Fields that follow from others (best epoch, target epoch, the
+verdict) are properties: written into the JSON for people and other tools, recomputed when read, so they
+can never disagree with the per-epoch lists. `version` tells a reader which layout a file has: files
+without one are version 1 (mnist_arch before the record existed), and read the same way.
+"""
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from mnist_arch.rules import Budget, Verdict, judge
+
+RECORD_VERSION = 2
+FILE_NAME = "summary.json"
+HISTORY = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "epoch_time_s")  # per-epoch lists
+
+
+@dataclass
+class RunRecord:
+    status: str = "running"  # completed | interrupted | over_budget | fc_not_allowed | bad_output | bad_config
+    #                          | data_error | non_finite_loss | failed | running (still going, or killed hard)
+    error: Optional[str] = None  # why, when it did not complete
+    signal: Optional[str] = None  # SIGINT | SIGTERM, when interrupted
+    model: Optional[str] = None
+    net_spec: Optional[Dict[str, Any]] = None  # the model group: name + constructor arguments
+    params: Optional[int] = None
+    fc_layers: List[str] = field(default_factory=list)
+    output_shape: Optional[List[int]] = None  # for a probe batch of 2 images
+    macs_per_image: Optional[int] = None
+    receptive_field: Optional[int] = None
+    receptive_field_layer: Optional[str] = None
+    receptive_field_measured: Optional[int] = None
+    budget: Optional[Dict[str, Any]] = None
+    seed: Optional[int] = None
+    val_split: Optional[str] = None
+    val_acc: List[float] = field(default_factory=list)
+    val_loss: List[float] = field(default_factory=list)
+    train_loss: List[float] = field(default_factory=list)
+    train_acc: List[float] = field(default_factory=list)
+    lr: List[float] = field(default_factory=list)  # at epoch start
+    epoch_time_s: List[float] = field(default_factory=list)  # train + val
+    test_acc: Optional[float] = None
+    test_ckpt: Optional[str] = None  # best | final: which weights the test saw
+    wall_time_s: Optional[float] = None
+    plots: List[str] = field(default_factory=list)
+    plots_time_s: Optional[float] = None
+    device: Optional[str] = None
+    rank: int = 0
+    world_size: int = 1
+    git_commit: Optional[str] = None  # + "-dirty" when the checkout had uncommitted changes
+    git_diff: Optional[str] = None  # then: the file in the run dir holding `git diff HEAD`
+    versions: Dict[str, Optional[str]] = field(default_factory=dict)
+    overrides: List[str] = field(default_factory=list)
+    run_dir: Optional[str] = None
+    resumed_from: Optional[str] = None
+    data_verified: Optional[bool] = None
+    version: int = RECORD_VERSION
+
+    # --- what follows from the fields above --------------------------------------------------------
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.val_acc)
+
+    @property
+    def best_epoch(self) -> Optional[int]:
+        """1-based; ties go to the earliest epoch."""
+        if not self.val_acc:
+            return None
+        return max(range(len(self.val_acc)), key=lambda i: (self.val_acc[i], -i)) + 1
+
+    @property
+    def best_val_acc(self) -> Optional[float]:
+        return self.val_acc[self.best_epoch - 1] if self.val_acc else None
+
+    @property
+    def final_val_acc(self) -> Optional[float]:
+        return self.val_acc[-1] if self.val_acc else None
+
+    @property
+    def verdict(self) -> Optional[Verdict]:
+        """The rules' judgement of this run (None when it was refused before its net was built)."""
+        if self.budget is None or self.params is None:
+            return None
+        return judge(Budget(**self.budget), self.params, self.fc_layers, self.output_shape, self.val_acc)
+
+    @property
+    def target_acc(self) -> Optional[float]:
+        return self.budget["target_acc"] if self.budget else None
+
+    @property
+    def target_epoch(self) -> Optional[int]:
+        return self.verdict.target_epoch if self.verdict else None
+
+    @property
+    def target_reached(self) -> bool:
+        return self.target_epoch is not None
+
+    def headline(self) -> str:
+        """e.g. s4 · 17,120 params ✓ ≤20,000 · no FC ✓ · 99.42% at epoch 9 ✓ (target 99.40%, ≤20 epochs,
+        9 run, val=test) · test acc 99.42% (final weights)"""
+        verdict = self.verdict
+        if verdict is None:
+            return f"{self.model} · {self.status}: {self.error}"
+        test = f" · test acc {self.test_acc:.2%} ({self.test_ckpt} weights)" if self.test_acc is not None else ""
+        return f"{self.model} · {verdict.headline()}, val={self.val_split}){test}"
+
+    # --- the one writer and the one reader ----------------------------------------------------------
+
+    def to_dict(self) -> Dict[str, Any]:
+        verdict = self.verdict
+        derived = {"epochs_run": self.epochs_run, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+                   "final_val_acc": self.final_val_acc, "target_acc": self.target_acc,
+                   "target_reached": self.target_reached, "target_epoch": self.target_epoch,
+                   "verdict": verdict.checks() if verdict else None}
+        return {**dataclasses.asdict(self), **derived}
+
+    def write(self, run_dir: Union[str, Path]) -> Path:
+        """Into <run_dir>/summary.json, atomically: a reader never sees half a file."""
+        path = Path(run_dir) / FILE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(partial, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "RunRecord":
+        """Any version's fields; derived ones and keys this version does not know are left out."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        record = cls(**{k: v for k, v in data.items() if k in known})
+        record.version = data.get("version", 1)
+        return record
+
+    @classmethod
+    def read(cls, path: Union[str, Path]) -> "RunRecord":
+        """A summary.json (or the run dir holding one). An unreadable file reads as status 'unreadable'."""
+        path = Path(path)
+        path = path / FILE_NAME if path.is_dir() else path
+        try:
+            record = cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            record = cls(status="unreadable", error=f"{path}: {e}")
+        record.run_dir = record.run_dir or str(path.parent)
+        return record

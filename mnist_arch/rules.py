@@ -1,0 +1,179 @@
+"""The rules of the game in one place: the budget, and one judgement of a net and a run against it.
+
+    verdict = judge(budget, params=17_120, fc=[], output_shape=(2, 10), val_acc=[0.98, 0.994])
+    verdict.checks()    # {"params_ok": True, "no_fc_ok": True, "output_ok": True, "epochs_ok": True, "target_ok": True}
+    verdict.failure()   # None, or (status, message) for the first rule a net breaks before training
+    verdict.lines()     # the ✓/✗ lines of the layer table
+    verdict.headline()  # "17,120 params ✓ ≤20,000 · no FC ✓ · 99.40% at epoch 2 ✓ (target 99.40%, ...)"
+
+The callbacks (refuse before any step, stop at target), the layer table, the run's headline and
+`summary.json` all ask `judge`; nothing else decides whether a rule holds or how the verdict reads.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from mnist_arch.errors import BudgetError, ConfigError
+
+# Every layer type that is a fully connected layer in disguise; 1x1 convolutions are allowed.
+FC_TYPES = (nn.Linear, nn.LazyLinear, nn.Bilinear)
+PROBE_BATCH = 2  # images in the output-shape probe
+
+
+@dataclass
+class Budget:
+    """The game: "99.4% val acc, under 20k parameters, within 20 epochs, no fully connected layer".
+    The values live in conf/budget/default.yaml; this is their type and their valid ranges."""
+
+    max_params: int = 20_000  # trainable parameters, counted at fit start
+    max_epochs: int = 20  # trainer.max_epochs above this is refused before training
+    target_acc: float = 0.994  # val acc (fraction) that counts as reached
+    allow_fc: bool = False  # nn.Linear / LazyLinear / Bilinear anywhere in the net is refused
+
+    def __post_init__(self):
+        if self.max_params <= 0:
+            raise ConfigError(f"budget.max_params={self.max_params} must be > 0")
+        if self.max_epochs < 1:
+            raise ConfigError(f"budget.max_epochs={self.max_epochs} must be >= 1")
+        if not 0 < self.target_acc <= 1:
+            raise ConfigError(f"budget.target_acc={self.target_acc} must be a fraction in (0, 1]")
+
+    def check_epochs(self, max_epochs: int) -> None:
+        """The epoch rule is judged on the config too, so an over-long run never starts."""
+        if max_epochs > self.max_epochs:
+            raise ConfigError(f"trainer.max_epochs={max_epochs} is over budget.max_epochs={self.max_epochs}; "
+                              f"to play with a larger budget, also set budget.max_epochs={max_epochs}")
+
+
+def count_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def largest_layers(net: nn.Module, k: int = 3) -> List[Tuple[str, int]]:
+    sizes = [(name, sum(p.numel() for p in m.parameters(recurse=False) if p.requires_grad))
+             for name, m in net.named_modules()]
+    return sorted([s for s in sizes if s[1] > 0], key=lambda s: -s[1])[:k]
+
+
+def fc_layers(net: nn.Module) -> List[str]:
+    return [name or "(the net itself)" for name, m in net.named_modules() if isinstance(m, FC_TYPES)]
+
+
+def output_shape(net: nn.Module) -> Tuple[int, ...]:
+    """What the net gives for a batch of PROBE_BATCH zero images (eval mode, no grad)."""
+    device = next(net.parameters(), torch.zeros(0)).device
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            return tuple(net.eval()(torch.zeros(PROBE_BATCH, 1, 28, 28, device=device)).shape)
+    finally:
+        net.train(was_training)
+
+
+def reached(acc: float, target: float) -> bool:
+    """acc >= target, immune to float32 noise (val accs are multiples of 1e-4 on 10k images)."""
+    return round(acc, 6) >= round(target, 6)
+
+
+def mark(ok: Optional[bool]) -> str:
+    return "✓" if ok else "✗"
+
+
+@dataclass
+class Verdict:
+    """What `judge` found. A field left None was not judged (no net to probe, no epoch run yet)."""
+
+    budget: Budget
+    params: int
+    fc: List[str]
+    output_shape: Optional[Tuple[int, ...]] = None
+    val_acc: Optional[List[float]] = None  # per epoch; None before training
+    largest: List[Tuple[str, int]] = field(default_factory=list)  # for the over-budget message
+
+    @property
+    def params_ok(self) -> bool:
+        return self.params <= self.budget.max_params
+
+    @property
+    def no_fc_ok(self) -> bool:
+        return self.budget.allow_fc or not self.fc
+
+    @property
+    def output_ok(self) -> Optional[bool]:
+        return None if self.output_shape is None else tuple(self.output_shape) == (PROBE_BATCH, 10)
+
+    @property
+    def epochs_ok(self) -> Optional[bool]:
+        """The epochs actually run (a resumed run brings its past ones) within budget.max_epochs."""
+        return None if self.val_acc is None else len(self.val_acc) <= self.budget.max_epochs
+
+    @property
+    def target_epoch(self) -> Optional[int]:
+        """The first epoch (1-based) whose val acc reached the target within the epoch budget."""
+        hits = [i + 1 for i, acc in enumerate(self.val_acc or []) if reached(acc, self.budget.target_acc)]
+        return hits[0] if hits and hits[0] <= self.budget.max_epochs else None
+
+    def checks(self) -> Dict[str, Optional[bool]]:
+        """summary.json's `verdict`."""
+        return {"params_ok": self.params_ok, "no_fc_ok": self.no_fc_ok, "output_ok": self.output_ok,
+                "epochs_ok": self.epochs_ok, "target_ok": None if self.val_acc is None else self.target_epoch is not None}
+
+    def failure(self) -> Optional[Tuple[str, str]]:
+        """(status, message) for the first rule the net breaks before training; None if it may train."""
+        b = self.budget
+        if not self.params_ok:
+            top = ", ".join(f"{name} {n:,}" for name, n in self.largest)
+            return "over_budget", (f"{self.params:,} > {b.max_params:,} trainable parameters (budget.max_params)"
+                                   + (f"; largest layers: {top}" if top else ""))
+        if not self.no_fc_ok:
+            return "fc_not_allowed", (f"fully connected layer(s) not allowed: {', '.join(self.fc)} "
+                                      "(1x1 convolutions are; budget.allow_fc=true lifts the rule)")
+        if self.output_ok is False:
+            return "bad_output", (f"the net must map (N, 1, 28, 28) to (N, 10); it gave {self.output_shape} "
+                                  f"for N={PROBE_BATCH}")
+        return None
+
+    def lines(self) -> List[str]:
+        """The budget checks under the layer table."""
+        b = self.budget
+        fc = "FC layers: " + (", ".join(self.fc) if self.fc else "none")
+        lines = [f"params: {self.params:,} ≤ {b.max_params:,} {mark(self.params_ok)} (budget.max_params)",
+                 fc + ("" if b.allow_fc else f" {mark(self.no_fc_ok)} (budget.allow_fc=false)")]
+        if self.output_shape is not None:
+            lines.append(f"output for {PROBE_BATCH} images: {tuple(self.output_shape)} {mark(self.output_ok)} "
+                         f"(must be ({PROBE_BATCH}, 10))")
+        return lines
+
+    def headline(self) -> str:
+        """e.g. "17,120 params ✓ ≤20,000 · no FC ✓ · 99.42% at epoch 9 ✓ (target 99.40%, ≤20 epochs, 9 run"
+        (the run's headline closes the parenthesis with what only the run knows)."""
+        b, val_acc = self.budget, self.val_acc or []
+        fc = "FC allowed" if b.allow_fc else f"no FC {mark(self.no_fc_ok)}"
+        epoch = self.target_epoch
+        if epoch is not None:
+            acc = f"{val_acc[epoch - 1]:.2%} at epoch {epoch} ✓"
+        elif val_acc:
+            best = max(range(len(val_acc)), key=lambda i: (val_acc[i], -i))
+            acc = f"best {val_acc[best]:.2%} at epoch {best + 1} ✗"
+        else:
+            acc = "no validation epoch ran ✗"
+        return (f"{self.params:,} params {mark(self.params_ok)} ≤{b.max_params:,} · {fc} · {acc} "
+                f"(target {b.target_acc:.2%}, ≤{b.max_epochs} epochs, {len(val_acc)} run")
+
+
+def judge(budget: Budget, params: int, fc: Sequence[str], output_shape: Optional[Sequence[int]] = None,
+          val_acc: Optional[Sequence[float]] = None, largest: Sequence[Tuple[str, int]] = ()) -> Verdict:
+    return Verdict(budget, params, list(fc), None if output_shape is None else tuple(output_shape),
+                   None if val_acc is None else list(val_acc), list(largest))
+
+
+def judge_net(net: nn.Module, budget: Budget, val_acc: Optional[Sequence[float]] = None) -> Verdict:
+    """Judge a net in hand: counts its parameters, finds its FC layers, probes its output shape."""
+    try:
+        shape = output_shape(net)
+    except Exception as e:  # noqa: BLE001 - a net that cannot run on a 28x28 image breaks the output rule
+        raise BudgetError("bad_output", f"the net must map (N, 1, 28, 28) to (N, 10); it failed on "
+                                        f"({PROBE_BATCH}, 1, 28, 28): {type(e).__name__}: {e}") from e
+    return judge(budget, count_params(net), fc_layers(net), shape, val_acc, largest_layers(net))

@@ -1,0 +1,40 @@
+"""Config keys that name Python objects (`_target_: torch.optim.SGD`): find the object, and refuse an
+argument it does not take, in one line that names the closest one it does. A typo such as
+`optimizer.momentm=0.9` must stop the run, not train without momentum."""
+import difflib
+import importlib
+import inspect
+from typing import Any, Callable, Iterable
+
+from mnist_arch.errors import ConfigError
+
+
+def locate(path: str, key: str) -> Callable[..., Any]:
+    """`package.module.Name` -> the object; `key` is the config key that named it, for the message."""
+    module, _, attr = str(path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"{key}={path} could not be built: {type(e).__name__}: {e}") from e
+
+
+def arguments(fn: Callable[..., Any]) -> Iterable[str]:
+    """The keyword arguments `fn` takes; None when it takes any (**kwargs)."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_arguments(prefix: str, fn: Callable[..., Any], given: Iterable[str], owner: str,
+                    supplied: Iterable[str] = ()) -> None:
+    """`supplied`: the arguments the run passes itself (an optimizer's params), not a config's to give."""
+    known = arguments(fn)
+    if known is None:
+        return
+    known = [name for name in known if name not in supplied]
+    for key in given:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"it takes: {', '.join(known)}"
+            raise ConfigError(f"{prefix}{key} is not an argument of {owner}; {hint}")
