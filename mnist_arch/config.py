@@ -39,11 +39,15 @@ def _one_of(key: str, value: str, allowed) -> None:
 
 @dataclass
 class ModelConf:
-    name: str = MISSING  # a registered name, or "custom" for any nn.Module given by net._target_
+    name: str = MISSING  # a registered name, "custom" (any nn.Module given by net._target_), or a preset's label
+    arch: Optional[str] = None  # a preset's registered constructor (conf/model/public_3762.yaml: convnet)
     net: Dict[str, Any] = field(default_factory=dict)  # constructor keyword arguments (+ _target_ if custom)
 
     def __post_init__(self):
-        _one_of("model.name", self.name, [*list_models(), CUSTOM])
+        if self.arch is not None:
+            _one_of("model.arch", self.arch, list_models())
+        else:
+            _one_of("model.name", self.name, [*list_models(), CUSTOM])
         target = self.net.get("_target_")
         if self.name == CUSTOM:
             _check(bool(target), "model=custom needs the net's class: model.net._target_=package.module.Class")
@@ -63,8 +67,12 @@ class DataConf:
     eval_batch_size: int = MISSING
     drop_last: bool = MISSING
     rotation: float = MISSING
+    rotation_p: float = MISSING
     translate: float = MISSING
     scale: float = MISSING
+    brightness: float = MISSING
+    contrast: float = MISSING
+    jitter_p: float = MISSING
     erasing: float = MISSING
     num_workers: int = MISSING
     download: bool = MISSING
@@ -84,6 +92,10 @@ class DataConf:
         _check(0 <= self.translate <= 0.5, f"data.translate={self.translate} must be in [0, 0.5] (image fraction)")
         _check(0 <= self.scale < 1, f"data.scale={self.scale} must be in [0, 1)")
         _check(0 <= self.erasing <= 1, f"data.erasing={self.erasing} must be a probability in [0, 1]")
+        for key in ("rotation_p", "jitter_p"):
+            _check(0 <= getattr(self, key) <= 1, f"data.{key}={getattr(self, key)} must be a probability in [0, 1]")
+        for key in ("brightness", "contrast"):
+            _check(0 <= getattr(self, key) < 1, f"data.{key}={getattr(self, key)} must be in [0, 1)")
         _check(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
         _check(self.fetch_timeout_s > 0, f"data.fetch_timeout_s={self.fetch_timeout_s} must be > 0")
 
@@ -133,6 +145,8 @@ class SchedulerConf:
     final_div_factor: Optional[float] = None  # onecycle
     T_max: Optional[int] = None  # cosine
     eta_min: Optional[float] = None  # cosine
+    milestones: Optional[List[float]] = None  # piecewise
+    factors: Optional[List[float]] = None  # piecewise
 
     def __post_init__(self):
         _one_of("scheduler.interval", self.interval, INTERVALS)
@@ -258,17 +272,23 @@ def validate(cfg: DictConfig) -> Config:
 
 
 def _refuse_unread_keys(cfg: DictConfig) -> None:
-    """`+group.key=value` adds a key the schema does not have; OmegaConf would drop it unread."""
+    """`+key=value` or `+group.key=value` adds a key the schema does not have; OmegaConf would drop it
+    unread. (trainer: see _trainer_extra; model.net: the net's constructor checks its arguments.)"""
+    top = [f.name for f in dataclasses.fields(Config)]
+    _refuse_unknown("", [k for k in cfg if k != "hydra"], top, "the config")
     for node in dataclasses.fields(Config):
         group = cfg.get(node.name)
-        if not isinstance(group, DictConfig) or node.name == "trainer":
-            continue
-        known = [f.name for f in dataclasses.fields(node.type)]
-        for key in group:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean {node.name}.{close[0]}?" if close else f"its keys: {', '.join(known)}"
-                raise ConfigError(f"{node.name}.{key} is not a key of the {node.name} group; {hint}")
+        if isinstance(group, DictConfig) and node.name != "trainer":
+            known = [f.name for f in dataclasses.fields(node.type)]
+            _refuse_unknown(f"{node.name}.", group, known, f"the {node.name} group")
+
+
+def _refuse_unknown(prefix: str, keys, known, where: str) -> None:
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"its keys: {', '.join(known)}"
+            raise ConfigError(f"{prefix}{key} is not a key of {where}; {hint}")
 
 
 def _trainer_extra(cfg: DictConfig) -> Dict[str, Any]:

@@ -5,7 +5,8 @@ one of that class's arguments, except the few listed in NOT_ARGUMENTS, which say
 A new optimizer or scheduler is one YAML file (plus a schema field in config.py if it brings a key no
 other option has). Arguments the class does not take are refused when the config is validated.
 """
-from typing import Any, Dict, List, Optional
+import bisect
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -57,3 +58,30 @@ def build_scheduler(conf: Dict[str, Any], optimizer: torch.optim.Optimizer, tota
     if conf.get("monitor"):
         scheduler["monitor"] = conf["monitor"]
     return scheduler
+
+
+class PiecewiseLinearLR(torch.optim.lr_scheduler.LRScheduler):
+    """lr = optimizer.lr x a factor interpolated linearly between (milestone, factor) points, held flat
+    past the ends. Milestones count scheduler steps: epochs with interval=epoch (scheduler=piecewise).
+    E.g. milestones [0, 2, 8, 12, 15], factors [0.5, 1, 0.1, 0.05, 0]: half the peak at epoch 1, the peak at
+    epoch 3, then down to a tenth by epoch 9, a twentieth by 13, and zero at 16."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, milestones: Sequence[float], factors: Sequence[float],
+                 last_epoch: int = -1):
+        if len(milestones) != len(factors) or len(milestones) < 2 or list(milestones) != sorted(milestones):
+            raise ValueError(f"scheduler.milestones={list(milestones)} must rise and pair up with "
+                             f"scheduler.factors={list(factors)} (two points at least)")
+        self.milestones, self.factors = list(milestones), list(factors)
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: float) -> float:
+        m, f = self.milestones, self.factors
+        if step <= m[0]:
+            return f[0]
+        if step >= m[-1]:
+            return f[-1]
+        i = bisect.bisect_right(m, step)
+        return f[i - 1] + (f[i] - f[i - 1]) * (step - m[i - 1]) / (m[i] - m[i - 1])
+
+    def get_lr(self) -> List[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]

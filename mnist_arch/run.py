@@ -102,6 +102,9 @@ def main(cfg: DictConfig) -> Optional[float]:
     try:
         record = train(cfg, run_dir)
     except RunError as e:
+        if not in_sweep and isinstance(e, ConfigError):  # refused before anything ran: a usage error
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
         if not in_sweep:
             sys.exit(f"error: {e}")
         log.error("error: %s", e)

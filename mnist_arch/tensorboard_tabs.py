@@ -30,7 +30,8 @@ def add_hparams(logger: TensorBoardLogger, conf, record: RunRecord) -> None:
     """The HPARAMS tab: one row per run with its recipe and results, so a sweep compares there.
     Metrics that do not exist (no test, target never reached) are NaN, shown blank/NaN there."""
     data, opt = conf.data, conf.optimizer
-    aug = {"rotation": data.rotation, "translate": data.translate, "scale": data.scale, "erasing": data.erasing}
+    aug = {"rotation": data.rotation, "translate": data.translate, "scale": data.scale,
+           "brightness": data.brightness, "contrast": data.contrast, "erasing": data.erasing}
     hparams = {"model": record.model, "params": record.params, "optimizer": opt.name, "lr": opt.lr,
                "momentum": opt.momentum if opt.momentum is not None else float("nan"),
                "weight_decay": opt.weight_decay, "scheduler": conf.scheduler.name, "batch_size": data.batch_size,

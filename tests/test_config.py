@@ -1,4 +1,5 @@
 """Hydra composition of every config group option, and the schema's refusals."""
+import importlib.resources
 import os
 import subprocess
 import sys
@@ -11,14 +12,23 @@ from mnist_arch.models import list_models
 
 
 def options(group: str):
-    import importlib.resources
-
     folder = importlib.resources.files("mnist_arch.conf") / group
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def test_model_configs_mirror_the_registry():
-    assert options("model") == sorted([*list_models(), "custom"])
+    """One conf/model/<name>.yaml per registered name (and custom); the other options are presets, whose
+    `arch` is registered."""
+    import yaml
+
+    folder = importlib.resources.files("mnist_arch.conf") / "model"
+    names = {}
+    for option in options("model"):
+        spec = yaml.safe_load((folder / f"{option}.yaml").read_text())
+        assert spec["name"] == option
+        names[option] = spec.get("arch")
+    assert sorted(o for o, arch in names.items() if arch is None) == sorted([*list_models(), "custom"])
+    assert {arch for arch in names.values() if arch} <= set(list_models())
 
 
 def test_defaults_are_the_reference_protocol(make_cfg):
@@ -31,7 +41,8 @@ def test_defaults_are_the_reference_protocol(make_cfg):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.name=resnet", "model.name='resnet' is not one of: frontier_20k, frontier_4k, frontier_8k, s4, s6, custom"),
+        ("model.name=resnet", "model.name='resnet' is not one of: convnet, frontier_20k, frontier_4k, frontier_8k, s4, s6, "
+                               "custom"),
         ("model=custom", "model=custom needs the net's class: model.net._target_=package.module.Class"),
         ("trainer.max_epochs=30", "trainer.max_epochs=30 is over budget.max_epochs=20; to play with a larger "
                                   "budget, also set budget.max_epochs=30"),
@@ -46,8 +57,9 @@ def test_defaults_are_the_reference_protocol(make_cfg):
         ("+optimizer.momentm=0.5", "optimizer.momentm is not a key of the optimizer group; did you mean "
                                    "optimizer.momentum?"),
         ("+data.not_a_key=1", "data.not_a_key is not a key of the data group; its keys: root, pipeline, val, "
-                              "holdout_size, batch_size, eval_batch_size, drop_last, rotation, translate, scale, "
-                              "erasing, num_workers, download, verify, fetch_timeout_s"),
+                              "holdout_size, batch_size, eval_batch_size, drop_last, rotation, rotation_p, "
+                              "translate, scale, brightness, contrast, jitter_p, erasing, num_workers, download, "
+                              "verify, fetch_timeout_s"),
         ("optimizer.momentum=2", "optimizer.momentum=2.0 must be in [0, 1)"),
         ("scheduler=step scheduler.patience=3", "scheduler.patience is not an argument of "
                                                 "torch.optim.lr_scheduler.StepLR (scheduler=step); it takes: "
@@ -60,6 +72,13 @@ def test_defaults_are_the_reference_protocol(make_cfg):
         ("+trainer.overfit_batchs=3", "trainer.overfit_batchs is not an argument of pl.Trainer; did you mean "
                                       "trainer.overfit_batches?"),
         ("+trainer.callbacks=[]", "trainer.callbacks is set by the callbacks group, not here"),
+        ("+callbacks.not_a_key=1", "callbacks.not_a_key is not a key of the callbacks group; its keys: rules, "
+                                   "stop_at_target, checkpoint, lr_monitor, plots, progress_refresh"),
+        ("+logger.grpah=false", "logger.grpah is not a key of the logger group; did you mean logger.graph?"),
+        ("+budget.max_param=1000", "budget.max_param is not a key of the budget group; did you mean "
+                                   "budget.max_params?"),
+        ("+model.width=3", "model.width is not a key of the model group; its keys: name, arch, net"),
+        ("+sed=3", "sed is not a key of the config; did you mean seed?"),
         ("logger=csv logger.graph=true", "logger.graph=true needs logger=tensorboard"),
         ("data.val=train", "data.val='train' is not one of: test, holdout"),
         ("data.holdout_size=0", "data.holdout_size=0 must be between 1 and 59999"),
@@ -97,6 +116,9 @@ def _cli(*args, data_root: Path):
         ("data.holdout_size=70000", "error: data.holdout_size=70000 must be between 1 and 59999"),
         ("trainer.max_epoch=3", "Key 'max_epoch' not in 'TrainerConf'"),  # a typo in a key
         ("trainer.max_epochs=25", "error: trainer.max_epochs=25 is over budget.max_epochs=20"),
+        ("+trainer.not_a_knob=1", "error: trainer.not_a_knob is not an argument of pl.Trainer"),
+        ("+optimizer.weight_decy=5e-4", "error: optimizer.weight_decy is not a key of the optimizer group; did you "
+                                        "mean optimizer.weight_decay?"),
     ],
 )
 def test_cli_bad_input_is_one_clear_error_before_any_fetch(tmp_path, override, expected):
@@ -107,9 +129,28 @@ def test_cli_bad_input_is_one_clear_error_before_any_fetch(tmp_path, override, e
     assert not (tmp_path / "data").exists()  # nothing was fetched
     if expected.startswith("error:"):
         assert len(done.stderr.strip().splitlines()) == 1  # exactly one line
+        assert done.returncode == 2  # refused before anything ran
     if override.startswith("model="):
         listed = done.stderr.split("Available options in 'model':")[1].split("Config search path")[0].split()
-        assert listed == sorted([*list_models(), "custom"])
+        assert listed == options("model")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+model.net.dropuot=0.1", "model.net.dropuot is not an argument of model s4; did you mean model.net.dropout?"),
+    ("model=frontier_4k", None),
+])
+def test_a_net_argument_is_refused_by_name_when_the_net_is_built(make_cfg, override, message):
+    from dataclasses import asdict
+
+    from mnist_arch.models import build_net
+
+    conf = validate(make_cfg([override]))
+    if message is None:
+        assert build_net(asdict(conf.model)) is not None
+        return
+    with pytest.raises(ConfigError) as err:
+        build_net(asdict(conf.model))
+    assert str(err.value) == message
 
 
 def test_reference_experiments_set_the_write_ups_recipes(make_cfg):

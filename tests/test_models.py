@@ -13,7 +13,8 @@ def test_registry_lists_the_references():
 
 
 def test_unknown_name_lists_what_exists():
-    with pytest.raises(KeyError, match="unknown model 'nope'; available: frontier_20k, frontier_4k, frontier_8k, s4, s6"):
+    with pytest.raises(KeyError, match="unknown model 'nope'; available: convnet, frontier_20k, frontier_4k, "
+                                       "frontier_8k, s4, s6"):
         build_model("nope")
 
 
@@ -71,3 +72,55 @@ def test_frontier_models_fit_their_budgets_without_fc(name):
     params, budget = FRONTIER[name]
     assert sum(p.numel() for p in net.parameters() if p.requires_grad) == params <= budget
     assert not any(isinstance(m, torch.nn.Linear) for m in net.modules())
+
+
+PUBLIC = {"public_3762": 3_762, "public_7918": 7_918, "public_9994": 9_994}  # their published totals
+
+
+@pytest.mark.parametrize("preset", sorted(PUBLIC))
+def test_public_presets_have_their_published_parameter_counts(make_cfg, preset):
+    from dataclasses import asdict
+
+    from mnist_arch.config import validate
+    from mnist_arch.models import build_net
+
+    net = build_net(asdict(validate(make_cfg([f"model={preset}"])).model))
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == PUBLIC[preset]
+    assert not any(isinstance(m, torch.nn.Linear) for m in net.modules())
+    assert net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.net.stages=[[4,4],[8,0]]"], r"model.net.stages\[1\]\[1\]=0: a conv needs a width of at least 1"),
+    (["model.net.stages=[[8],[8],[8],[8],[8],[8]]"], r"model.net.stages\[5\]: the max-pool before it shrinks the "
+                                                     r"map below 1x1"),
+    (["model.net.stages=[[8,8,8,8,8,8,8],[8,8,8,8]]", "model.net.padding=valid"],
+     r"model.net.stages\[1\]: its conv 4 \(valid padding\) shrinks the map below 1x1"),
+    (["model.net.padding=[same,valid]"], r"model.net.padding has 2 entries for 3 stages"),
+    (["model.net.order=relu_relu"], r"model.net.order='relu_relu' must be bn_relu or relu_bn"),
+])
+def test_convnet_refuses_shapes_that_cannot_work_naming_the_stage(make_cfg, overrides, message):
+    from dataclasses import asdict
+
+    from mnist_arch.config import ConfigError, validate
+    from mnist_arch.models import build_net
+
+    with pytest.raises(ConfigError, match=message):
+        build_net(asdict(validate(make_cfg(["model=convnet", *overrides])).model))
+
+
+def test_convnet_options_build_what_they_say():
+    from mnist_arch.models.convnet import ConvNet
+
+    relu_first = ConvNet([[4], [6]], order="relu_bn", head="conv_gap", dropout=0.1, transitions=[[3], []])
+    kinds = [type(m).__name__ for m in relu_first.features.modules() if not list(m.children())]
+    assert kinds == ["Conv2d", "ReLU", "BatchNorm2d", "Conv2d", "ReLU", "BatchNorm2d", "MaxPool2d", "Dropout",
+                     "Conv2d", "ReLU", "BatchNorm2d"]
+    assert relu_first.features[1][0].kernel_size == (1, 1) and not relu_first.gap_first
+    valid = ConvNet([[4, 4]], padding="valid", bias=True, class_bias=False)
+    assert valid.features[0][0].padding == (0, 0) and valid.features[0][0].bias is not None
+    assert valid.classes.bias is None
+    seen = {}
+    valid.features.register_forward_hook(lambda m, i, o: seen.update(shape=tuple(o.shape)))
+    valid(torch.zeros(1, 1, 28, 28))
+    assert seen["shape"] == (1, 4, 24, 24)

@@ -12,7 +12,7 @@ import yaml
 from mnist_arch.config import DataConf, validate
 from mnist_arch.data import MNISTDataModule
 from mnist_arch.models import build_net, net_from_checkpoint
-from mnist_arch.recipe import build_optimizer, build_scheduler
+from mnist_arch.recipe import PiecewiseLinearLR, build_optimizer, build_scheduler
 from mnist_arch.rules import Budget
 from tests.conftest import fast_overrides
 
@@ -66,9 +66,10 @@ def test_weight_decay_skips_norm_weights_and_biases_unless_asked(make_cfg):
     ("plateau", torch.optim.lr_scheduler.ReduceLROnPlateau, "epoch", {"patience": 2, "factor": 0.5, "mode": "min"}),
     ("onecycle", torch.optim.lr_scheduler.OneCycleLR, "step", {"total_steps": 100}),
     ("cosine", torch.optim.lr_scheduler.CosineAnnealingLR, "epoch", {"T_max": 20, "eta_min": 0.0}),
+    ("piecewise", PiecewiseLinearLR, "epoch", {"milestones": [0, 2, 8, 12, 15], "factors": [0.5, 1.0, 0.1, 0.05, 0.0]}),
 ])
 def test_each_scheduler_is_what_its_name_says(make_cfg, option, cls, interval, expected):
-    assert options("scheduler") == ["cosine", "none", "onecycle", "plateau", "step"]
+    assert options("scheduler") == ["cosine", "none", "onecycle", "piecewise", "plateau", "step"]
     _, optimizer, scheduler = built(make_cfg, [f"scheduler={option}"], total_batches=100)
     if cls is None:
         assert scheduler is None
@@ -79,6 +80,19 @@ def test_each_scheduler_is_what_its_name_says(make_cfg, option, cls, interval, e
         assert scheduler["monitor"] == "val/loss"
     if option == "onecycle":  # the peak is optimizer.lr, reached after pct_start of the steps
         assert optimizer.param_groups[0]["max_lr"] == 0.01 and optimizer.param_groups[0]["initial_lr"] == 0.01 / 25
+
+
+def test_piecewise_follows_the_published_3762_schedule(make_cfg):
+    """The log of public_3762's claimed run lists these learning rates for its 15 epochs."""
+    published = [0.05, 0.075, 0.1, 0.085, 0.07, 0.055, 0.04, 0.025, 0.01, 0.00875, 0.0075, 0.00625, 0.005,
+                 0.003333, 0.001667]
+    _, optimizer, scheduler = built(make_cfg, ["experiment=public_3762"])
+    seen = []
+    for _ in published:
+        seen.append(round(optimizer.param_groups[0]["lr"], 6))
+        optimizer.step()
+        scheduler["scheduler"].step()
+    assert seen == published
 
 
 def test_onecycle_stepped_per_epoch_spans_the_epochs(make_cfg):
@@ -125,7 +139,8 @@ def test_a_checkpoint_rebuilds_its_net_alone(make_cfg, mnist_root, tmp_path):
                                               "+model.net.width=5"]
     record = run.train(make_cfg(overrides), tmp_path / "run")
     net, checkpoint = net_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    assert checkpoint["net_spec"] == {"name": "custom", "net": {"_target_": "tests.nets.TinyConv", "width": 5}}
+    assert checkpoint["net_spec"] == {"name": "custom", "arch": None,
+                                      "net": {"_target_": "tests.nets.TinyConv", "width": 5}}
     assert not net.training and net.body[0].out_channels == 5
     datamodule = MNISTDataModule(root=str(mnist_root), download=False, eval_batch_size=40)
     datamodule.setup("test")

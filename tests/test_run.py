@@ -201,3 +201,14 @@ def test_frontier_experiments_compose_and_run(make_cfg, mnist_root, tmp_path, na
     assert cfg.budget.max_params == budget and cfg.data.val == "holdout"
     summary = run.train(cfg, tmp_path / "run")
     assert summary.status == "completed" and summary.params <= budget and summary.verdict.no_fc_ok
+
+
+@pytest.mark.parametrize("name, params, budget", [("public_3762", 3_762, 4_000), ("public_7918", 7_918, 8_000),
+                                                  ("public_9994", 9_994, 10_000)])
+def test_public_experiments_compose_and_run(make_cfg, mnist_root, tmp_path, name, params, budget):
+    overrides = [o for o in fast_overrides(mnist_root) if not o.startswith(("trainer.max_epochs", "data.batch_size"))]
+    cfg = make_cfg([f"experiment={name}", *overrides, "trainer.fast_dev_run=true"])
+    assert cfg.budget.max_params == budget and cfg.data.val == "test" and cfg.trainer.max_epochs == 15
+    summary = run.train(cfg, tmp_path / "run")
+    assert summary.status == "completed" and summary.params == params and summary.model == name
+    assert summary.net_spec["arch"] == "convnet"

@@ -37,8 +37,12 @@ class MNISTDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1000,
         drop_last: bool = False,
         rotation: float = 0.0,
+        rotation_p: float = 1.0,
         translate: float = 0.0,
         scale: float = 0.0,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        jitter_p: float = 1.0,
         erasing: float = 0.0,
         num_workers: int = 0,
         download: bool = True,
@@ -50,7 +54,8 @@ class MNISTDataModule(pl.LightningDataModule):
         self.root = Path(root).expanduser() if root else default_root()
         self.pipeline, self.val, self.holdout_size = pipeline, val, holdout_size
         self.batch_size, self.eval_batch_size, self.drop_last = batch_size, eval_batch_size, drop_last
-        self.augment = Augment(rotation=rotation, translate=translate, scale=scale, erasing=erasing)
+        self.augment = Augment(rotation=rotation, rotation_p=rotation_p, translate=translate, scale=scale,
+                               brightness=brightness, contrast=contrast, jitter_p=jitter_p, erasing=erasing)
         self.num_workers, self.download, self.verify = num_workers, download, verify
         self.fetch_timeout_s, self.seed = fetch_timeout_s, seed
         self.splits = None  # name -> (uint8 images, int64 labels), or (Dataset, None) for torchvision
@@ -86,10 +91,19 @@ class MNISTDataModule(pl.LightningDataModule):
     def _torchvision_splits(self, train, test, train_idx: torch.Tensor, holdout_idx: torch.Tensor) -> dict:
         a = self.augment
         normalise = [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
-        warp = [transforms.RandomAffine(a.rotation, translate=(a.translate, a.translate) if a.translate else None,
-                                        scale=(1 - a.scale, 1 + a.scale) if a.scale else None, fill=0)]
+        # The same augmentations as the tensor pipeline, as PIL transforms: one affine warp (rotation, shift,
+        # zoom) or, with rotation_p < 1, a rotation applied with that probability and then shift and zoom;
+        # then the brightness/contrast jitter with probability jitter_p; random erasing after normalising.
+        translate = (a.translate, a.translate) if a.translate else None
+        zoom = (1 - a.scale, 1 + a.scale) if a.scale else None
+        warp = [transforms.RandomAffine(a.rotation, translate=translate, scale=zoom, fill=0)] if a.warps else []
+        if a.warps and a.rotation_p < 1:
+            warp = [transforms.RandomApply([transforms.RandomRotation(a.rotation, fill=0)], p=a.rotation_p),
+                    transforms.RandomAffine(0, translate=translate, scale=zoom, fill=0)]
+        jitter = [transforms.RandomApply([transforms.ColorJitter(brightness=a.brightness, contrast=a.contrast)],
+                                         p=a.jitter_p)] if a.jitters else []
         erase = [transforms.RandomErasing(p=a.erasing, value=0)] if a.erasing > 0 else []
-        train_tf = transforms.Compose((warp if a.warps else []) + normalise + erase)
+        train_tf = transforms.Compose(warp + jitter + normalise + erase)
         eval_tf = transforms.Compose(normalise)
         # Views of the datasets setup() already read, each with its own transform: the files are read once.
         train, holdout_view, test = (_with_transform(train, train_tf), _with_transform(train, eval_tf),

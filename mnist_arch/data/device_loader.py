@@ -22,13 +22,25 @@ class Augment:
     """Strengths of the on-device augmentation; all zero means none at all."""
 
     rotation: float = 0.0  # degrees, uniform in [-rotation, rotation]
+    rotation_p: float = 1.0  # probability that an image is rotated at all
     translate: float = 0.0  # fraction of the image side, uniform in [-translate, translate] per axis
     scale: float = 0.0  # zoom factor uniform in [1 - scale, 1 + scale]
+    brightness: float = 0.0  # pixel factor uniform in [1 - brightness, 1 + brightness] (ColorJitter's)
+    contrast: float = 0.0  # contrast factor uniform in [1 - contrast, 1 + contrast] (ColorJitter's)
+    jitter_p: float = 1.0  # probability that an image gets the brightness/contrast jitter
     erasing: float = 0.0  # probability of erasing one rectangle (2%-33% of the image, set to 0 after normalising)
 
     @property
     def warps(self) -> bool:
         return self.rotation > 0 or self.translate > 0 or self.scale > 0
+
+    @property
+    def jitters(self) -> bool:
+        return self.brightness > 0 or self.contrast > 0
+
+    @property
+    def random(self) -> bool:
+        return self.warps or self.jitters or self.erasing > 0
 
 
 def affine_warp(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
@@ -39,6 +51,8 @@ def affine_warp(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> to
     n = x.shape[0]
     u = torch.rand(n, 4, device=x.device, generator=generator) * 2 - 1  # uniform in [-1, 1]
     angle = u[:, 0] * math.radians(aug.rotation)
+    if aug.rotation_p < 1:  # drawn only then, so recipes without it keep their random stream
+        angle = angle * (torch.rand(n, device=x.device, generator=generator) < aug.rotation_p)
     zoom = 1 + u[:, 1] * aug.scale
     shift = u[:, 2:] * aug.translate * 2  # normalised coordinates span 2 per image side
     # affine_grid maps output coordinates to input ones: the inverse of "zoom, rotate, then shift".
@@ -47,6 +61,19 @@ def affine_warp(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> to
     offset = -(inverse @ shift.unsqueeze(2))  # (N, 2, 1)
     grid = F.affine_grid(torch.cat([inverse, offset], 2), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def color_jitter(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
+    """torchvision ColorJitter's brightness then contrast on [0, 1] pixels, per image, vectorised: brightness
+    scales the pixels, contrast blends each image with its own mean; applied with probability jitter_p."""
+    n = x.shape[0]
+    u = torch.rand(n, 3, 1, 1, 1, device=x.device, generator=generator)
+    keep = u[:, 2] >= aug.jitter_p  # these images are left as they are
+    brightness = torch.where(keep, 1.0, 1 + (u[:, 0] * 2 - 1) * aug.brightness)
+    contrast = torch.where(keep, 1.0, 1 + (u[:, 1] * 2 - 1) * aug.contrast)
+    x = (x * brightness).clamp(0, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean).clamp(0, 1)
 
 
 def random_erase(x: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
@@ -126,7 +153,7 @@ class DeviceLoader:
         device = self.images.device
         order = self.indices().to(device)
         generator = None
-        if self.augment.warps or self.augment.erasing > 0:
+        if self.augment.random:
             generator = torch.Generator(device=device)
             generator.manual_seed(self.seed * 100_003 + self.sampler.epoch + 1)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
@@ -134,6 +161,8 @@ class DeviceLoader:
             x = self.images[idx].unsqueeze(1).float().div(255)
             if self.augment.warps:
                 x = affine_warp(x, self.augment, generator)
+            if self.augment.jitters:
+                x = color_jitter(x, self.augment, generator)
             x = x.sub(MEAN).div(STD)
             if self.augment.erasing > 0:
                 x = random_erase(x, self.augment.erasing, generator)

@@ -1,8 +1,9 @@
 """A net from its spec, or from a checkpoint alone: the one place where a config becomes a net.
 
 A spec is the plain dict of the `model` config group: `{"name": "s4", "net": {"dropout": 0.15}}` for a
-registered architecture, `{"name": "custom", "net": {"_target_": "my_pkg.nets.Tiny", "width": 8}}` for any
-importable nn.Module. Every checkpoint a run writes carries its spec under `net_spec`, so
+registered architecture, `{"name": "public_3762", "arch": "convnet", "net": {"stages": ...}}` for a preset
+(a label for a registered constructor and its arguments), `{"name": "custom", "net": {"_target_":
+"my_pkg.nets.Tiny", "width": 8}}` for any importable nn.Module. Every checkpoint a run writes carries its spec under `net_spec`, so
 `net_from_checkpoint` rebuilds the trained net from the file alone, loaded with `weights_only=True`.
 """
 from pathlib import Path
@@ -20,7 +21,7 @@ CUSTOM = "custom"  # model=custom: the net's class comes from model.net._target_
 
 def build_net(spec: Dict[str, Any]) -> nn.Module:
     """The spec's net, freshly initialised; a bad name, class path or argument is a ConfigError."""
-    name, kwargs = spec["name"], dict(spec.get("net") or {})
+    name, kwargs = spec.get("arch") or spec["name"], dict(spec.get("net") or {})
     if name == CUSTOM:
         target = kwargs.pop("_target_", None)
         make, owner = locate(target, "model.net._target_"), target
@@ -29,11 +30,15 @@ def build_net(spec: Dict[str, Any]) -> nn.Module:
     else:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join([*list_models(), CUSTOM])}")
     check_arguments("model.net.", make, kwargs, owner)
-    if name != CUSTOM:
-        return make(**kwargs)
     try:
         return make(**kwargs)
+    except ValueError as e:  # a registered net refusing its arguments says why (e.g. convnet's shapes)
+        if name != CUSTOM:
+            raise ConfigError(str(e)) from e
+        raise ConfigError(f"model.net._target_={target} could not be built: {type(e).__name__}: {e}") from e
     except Exception as e:  # noqa: BLE001 - a user's constructor failing is a config error, said in one line
+        if name != CUSTOM:
+            raise
         raise ConfigError(f"model.net._target_={target} could not be built: {type(e).__name__}: {e}") from e
 
 
