@@ -182,6 +182,7 @@ class TrainerConf:
     deterministic: bool = MISSING
     log_every_n_steps: int = MISSING
     enable_progress_bar: bool = MISSING
+    enable_model_summary: bool = MISSING
     fast_dev_run: Any = False
     limit_train_batches: Any = None
     limit_val_batches: Any = None

@@ -1,4 +1,5 @@
 """One LightningModule for every architecture: the net is injected, the recipe comes from the config."""
+import logging
 import random
 import time
 from typing import Any, Dict, List, Optional
@@ -10,10 +11,12 @@ import torch.nn.functional as F
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mnist_arch.errors import NonFiniteLoss
 from mnist_arch.recipe import build_optimizer, build_scheduler
+
+log = logging.getLogger("mnist_arch")
 
 
 class Classifier(pl.LightningModule):
@@ -43,9 +46,11 @@ class Classifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
+        self.val_confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)  # [true, predicted]
         self.val_acc_best = MaxMetric()
-        self.history: Dict[str, List[float]] = {"val_acc": [], "val_loss": [], "train_loss": [], "train_acc": [],
-                                              "lr": [], "epoch_time_s": []}
+        # Per epoch: scalars, each class's val acc, and the classes no validation image was predicted as.
+        self.history: Dict[str, list] = {"val_acc": [], "val_loss": [], "train_loss": [], "train_acc": [],
+                                         "lr": [], "epoch_time_s": [], "val_acc_per_class": [], "unpredicted": []}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.contiguous(memory_format=self.memory_format))
@@ -85,14 +90,24 @@ class Classifier(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         _, logits = self._step(batch, self.val_loss, self.val_acc)
-        return logits.argmax(dim=1)  # the predictions, for callbacks (plots: confusion, mistakes)
+        predicted = logits.argmax(dim=1)
+        self.val_confusion.update(predicted, batch[1])
+        return predicted  # for callbacks (plots: confusion, mistakes)
 
     def on_validation_epoch_end(self) -> None:
-        loss, acc = self.val_loss.compute(), self.val_acc.compute()
+        loss, acc, confusion = self.val_loss.compute(), self.val_acc.compute(), self.val_confusion.compute()
         self.val_loss.reset()
         self.val_acc.reset()
+        self.val_confusion.reset()
         if self.trainer.sanity_checking:  # the pre-fit sanity batches are not an epoch
             return
+        per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
+        unpredicted = [k for k in range(10) if confusion[:, k].sum() == 0]
+        self.history["val_acc_per_class"].append(per_class)
+        self.history["unpredicted"].append(unpredicted)
+        if unpredicted:
+            log.warning("epoch %d: no validation image was predicted as class %s (a ReLU on the logits can "
+                        "stop a class's gradient)", self.current_epoch + 1, ", ".join(map(str, unpredicted)))
         self.val_acc_best.update(acc)
         self.log_dict({"val/loss": loss, "val/acc": acc, "val/acc_best": self.val_acc_best.compute()},
                       prog_bar=True)

@@ -45,6 +45,8 @@ class RunRecord:
     train_acc: List[float] = field(default_factory=list)
     lr: List[float] = field(default_factory=list)  # at epoch start
     epoch_time_s: List[float] = field(default_factory=list)  # train + val
+    val_acc_per_class: List[float] = field(default_factory=list)  # the last epoch's, digit 0 to 9
+    unpredicted: List[List[int]] = field(default_factory=list)  # per epoch: classes no val image was predicted as
     test_acc: Optional[float] = None
     test_ckpt: Optional[str] = None  # best | final: which weights the test saw
     wall_time_s: Optional[float] = None
@@ -102,6 +104,26 @@ class RunRecord:
     def target_reached(self) -> bool:
         return self.target_epoch is not None
 
+    @property
+    def never_predicted(self) -> Dict[int, int]:
+        """class -> the epoch (1-based) since which no validation image was predicted as it, for the
+        classes still unpredicted at the last epoch."""
+        since: Dict[int, int] = {}
+        for klass in (self.unpredicted[-1] if self.unpredicted else []):
+            epoch = len(self.unpredicted)
+            while epoch > 1 and klass in self.unpredicted[epoch - 2]:
+                epoch -= 1
+            since[klass] = epoch
+        return since
+
+    def add_history(self, history: Dict[str, list]) -> None:
+        """The module's per-epoch history: scalar lists rounded to 6 places, the last epoch's per-class acc."""
+        for key in HISTORY:
+            setattr(self, key, [round(v, 6) for v in history.get(key, [])])
+        per_class = history.get("val_acc_per_class") or [[]]
+        self.val_acc_per_class = [round(a, 6) for a in per_class[-1]]
+        self.unpredicted = [list(epoch) for epoch in history.get("unpredicted", [])]
+
     def headline(self) -> str:
         """e.g. s4 · 17,120 params ✓ ≤20,000 · no FC ✓ · 99.42% at epoch 9 ✓ (target 99.40%, ≤20 epochs,
         9 run, val=test) · test acc 99.42% (final weights)"""
@@ -109,7 +131,9 @@ class RunRecord:
         if verdict is None:
             return f"{self.model} · {self.status}: {self.error}"
         test = f" · test acc {self.test_acc:.2%} ({self.test_ckpt} weights)" if self.test_acc is not None else ""
-        return f"{self.model} · {verdict.headline()}, val={self.val_split}){test}"
+        dead = "".join(f" · ⚠ class {k} never predicted since epoch {e}: a ReLU on the logits can stop a class's "
+                       "gradient" for k, e in self.never_predicted.items())
+        return f"{self.model} · {verdict.headline()}, val={self.val_split}){test}{dead}"
 
     # --- the one writer and the one reader ----------------------------------------------------------
 

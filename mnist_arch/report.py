@@ -2,6 +2,7 @@
 
     python -m mnist_arch.report outputs/multirun/2026-11-22/10-00-00
     python -m mnist_arch.report outputs --csv board.csv
+    python -m mnist_arch.report outputs --plot pareto.png        # accuracy against parameters
 
 Jobs that differ only in `seed` form one row: model, params, the overrides that differ between jobs,
 the seeds, best-epoch and final-epoch val acc as mean ± std over the seeds, how many reached the target
@@ -62,6 +63,7 @@ def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any
             "model": model, "params": jobs[0].params, "setting": dict(zip(differing, values)),
             "seeds": sorted(j.seed for j in jobs), "best": _mean_std(best), "final": _mean_std(final),
             "test": _mean_std(test), "target": (len(hits), len(jobs), hits), "target_acc": jobs[0].target_acc,
+            "max_params": (jobs[0].budget or {}).get("max_params"),
             "wall_time_s": _mean_std([j.wall_time_s or 0 for j in jobs]),
             "status": ", ".join(f"{statuses.count(x)} {x}" for x in sorted(set(statuses))),
         })
@@ -121,14 +123,64 @@ def csv_text(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict
     return out.getvalue()
 
 
-def write(root: Path, csv_path: Optional[Path] = None) -> Tuple[str, List[Dict[str, Any]]]:
-    """Build the leaderboard of `root`, write its CSV (default: <root>/leaderboard.csv) and markdown."""
+def write(root: Path, csv_path: Optional[Path] = None, plot_path: Optional[Path] = None,
+          metric: str = "test") -> Tuple[str, List[Dict[str, Any]]]:
+    """Build the leaderboard of `root`, write its CSV (default: <root>/leaderboard.csv) and markdown, and
+    the Pareto plot when `plot_path` is given."""
     differing, rows, failed = leaderboard(load(root))
     text = markdown(differing, rows, failed)
     (csv_path or root / "leaderboard.csv").write_text(csv_text(differing, rows, failed))
     if csv_path is None:
         (root / "leaderboard.md").write_text(text + "\n")
+    if plot_path is not None:
+        pareto(rows, differing, metric).savefig(plot_path, dpi=100)
     return text, failed
+
+
+METRICS = {"test": "test acc", "final": "final-epoch val acc", "best": "best-epoch val acc"}
+
+
+def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test"):
+    """Accuracy against parameters, one point per setting: the mean over its seeds with ± std error bars,
+    labelled; dashed lines at each budget's parameter limit and target accuracy. The settings no other
+    setting beats with fewer parameters (the Pareto front) are joined by a line."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    ax = figure.add_subplot()
+    points = []
+    for r in rows:
+        mean, std = r[metric]
+        if mean is None or not isinstance(r["params"], int):
+            continue
+        label = " ".join([str(r["model"]), *(f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items()
+                                             if k != "experiment")])
+        points.append((r["params"], mean, std or 0.0, label, len(r["seeds"])))
+    for params, mean, std, label, n in points:
+        ax.errorbar(params, 100 * mean, yerr=100 * std, fmt="o", capsize=3, markersize=4)
+        ax.annotate(f"{label} (n={n})", (params, 100 * mean), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    front, best = [], -1.0
+    for params, mean, *_ in sorted(points):
+        if mean > best:
+            front.append((params, 100 * mean))
+            best = mean
+    if len(front) > 1:
+        ax.plot(*zip(*front), "-", color="gray", linewidth=1, alpha=0.6, label="Pareto front")
+    for limit in sorted({r["max_params"] for r in rows if r.get("max_params")}):
+        ax.axvline(limit, color="red", linestyle="--", linewidth=0.8, alpha=0.6)
+        ax.annotate(f"≤{limit:,} params", (limit, 0), xycoords=("data", "axes fraction"), rotation=90,
+                    fontsize=7, color="red", xytext=(-10, 5), textcoords="offset points")
+    for target in sorted({r["target_acc"] for r in rows if r.get("target_acc")}):
+        ax.axhline(100 * target, color="green", linestyle="--", linewidth=0.8, alpha=0.6)
+        ax.annotate(f"target {target:.2%}", (0, 100 * target), xycoords=("axes fraction", "data"), fontsize=7,
+                    color="green", xytext=(4, 2), textcoords="offset points")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(f"{METRICS[metric]} (%), mean ± std over seeds")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{METRICS[metric]} against parameters ({len(points)} settings)", fontsize=9)
+    return figure
 
 
 class Leaderboard(Callback):
@@ -149,13 +201,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mnist_arch.report", description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a sweep dir, or any folder with run dirs beneath it")
     parser.add_argument("--csv", type=Path, default=None, help="where the CSV goes (default: <root>/leaderboard.csv)")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw accuracy against parameters (a PNG)")
+    parser.add_argument("--metric", choices=list(METRICS), default="test",
+                        help="the accuracy the plot shows (default: test acc, the final score of each run)")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         sys.exit(f"error: {args.root} is not a folder")
     if not load(args.root):
         sys.exit(f"error: no summary.json beneath {args.root}")
-    text, _ = write(args.root, args.csv)
-    print(text)
+    text, _ = write(args.root, args.csv, args.plot, args.metric)
+    print(text + (f"\n\nplot: {args.plot}" if args.plot else ""))
 
 
 if __name__ == "__main__":

@@ -76,8 +76,7 @@ def train(cfg: DictConfig, run_dir: Path) -> RunRecord:
         if record.status != "interrupted":
             raise
     finally:
-        for key, values in model.history.items():
-            setattr(record, key, [round(v, 6) for v in values])
+        record.add_history(model.history)
         plots = find(callbacks, RunPlots)
         if plots:
             record.plots_time_s, record.plots = round(plots.seconds, 3), sorted(plots.written)

@@ -98,6 +98,28 @@ def test_leaderboard_numbers_from_known_summaries(tmp_path, capsys):
     assert lines[1].startswith("s4,17120,0.05,2,1 2,0.9948") and lines[-1].startswith("s6,,0.05,1,1,")
 
 
+def test_pareto_plot_of_known_summaries(tmp_path):
+    budget = {"max_params": 20_000, "max_epochs": 20, "target_acc": 0.994, "allow_fc": False}
+    for i, (model, params, seed, acc) in enumerate([("small", 3_762, 1, 0.9930), ("small", 3_762, 2, 0.9940),
+                                                      ("big", 19_000, 1, 0.9950), ("mid", 9_000, 1, 0.9920)]):
+        RunRecord(status="completed", model=model, params=params, budget=budget, seed=seed, val_acc=[acc],
+                  test_acc=acc, overrides=[f"seed={seed}"]).write(tmp_path / "runs" / str(i))
+    differing, rows, _ = report.leaderboard(report.load(tmp_path / "runs"))
+    ax = report.pareto(rows, differing).axes[0]
+    points = sorted((c.lines[0].get_xdata()[0], round(c.lines[0].get_ydata()[0], 4)) for c in ax.containers)
+    assert points == [(3_762, 99.35), (9_000, 99.2), (19_000, 99.5)]  # small: the mean of its two seeds
+    front = next(line for line in ax.lines if line.get_label() == "Pareto front")
+    assert list(front.get_xdata()) == [3_762, 19_000]  # mid is beaten by small with fewer parameters
+    assert any(list(line.get_xdata()) == [20_000, 20_000] for line in ax.lines)  # the parameter rule
+    assert any(list(line.get_ydata()) == [99.4, 99.4] for line in ax.lines)  # the target
+    assert [t.get_text() for t in ax.texts if t.get_text().startswith("small")] == ["small (n=2)"]
+
+    report.main([str(tmp_path / "runs"), "--plot", str(tmp_path / "pareto.png")])
+    from matplotlib.image import imread
+
+    assert imread(tmp_path / "pareto.png").shape[:2] == (500, 800)
+
+
 def test_report_cli_refuses_a_folder_without_runs(tmp_path):
     with pytest.raises(SystemExit, match="no summary.json beneath"):
         report.main([str(tmp_path)])

@@ -1,0 +1,85 @@
+"""Ship a trained net: ONNX or TorchScript, checked against the PyTorch net before it is called done.
+
+    python -m mnist_arch.export outputs/2026-11-23/10-00-00_s4 --format onnx
+    python -m mnist_arch.export outputs/.../checkpoints/last.ckpt --format torchscript --out s4.pt
+
+The exported file takes (N, 1, 28, 28) float images normalised as in training ((pixel/255 - 0.1307) /
+0.3081; N is free) and returns (N, 10) logits. After writing, it runs the file (onnxruntime for ONNX: pip
+install 'mnist-arch[export]'; torch.jit.load for TorchScript) on a batch of real-looking inputs, prints the
+largest absolute difference from the PyTorch net, and exits 1 if it exceeds the tolerance.
+"""
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from mnist_arch.errors import RunError
+
+TOLERANCE = 1e-4  # max |exported - pytorch| on logits, float32
+CHECK_BATCH = 64
+
+
+def export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
+    torch.onnx.export(net, (example,), str(out), input_names=["images"], output_names=["logits"],
+                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+
+
+def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise RunError("checking an ONNX file needs onnxruntime: pip install 'mnist-arch[export]'") from e
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+
+def export_torchscript(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
+    with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export; it still ships
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.trace(net, example).save(str(out))
+
+
+def run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path))(x)
+
+
+FORMATS = {"onnx": (".onnx", export_onnx, run_onnx), "torchscript": (".pt", export_torchscript, run_torchscript)}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    from mnist_arch import trained as trained_nets
+
+    parser = argparse.ArgumentParser(prog="python -m mnist_arch.export", description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a run dir (its tested checkpoint) or a .ckpt file")
+    parser.add_argument("--format", choices=list(FORMATS), required=True)
+    parser.add_argument("--out", type=Path, default=None, help="the file to write (default: <run dir>/<model>.onnx|.pt)")
+    args = parser.parse_args(argv)
+    suffix, export, run = FORMATS[args.format]
+    try:
+        trained = trained_nets.load(args.run)
+        out = args.out or trained.out_dir / f"{trained.name}{suffix}"
+        torch.manual_seed(0)
+        check = torch.randn(CHECK_BATCH, 1, 28, 28)  # normalised inputs span about the same range
+        try:
+            export(trained.net, check[:2], out)
+        except Exception as e:  # noqa: BLE001 - an op the exporter cannot express: say which, in one line
+            raise RunError(f"{trained.name} cannot be exported to {args.format}: "
+                           f"{type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+        with torch.no_grad():
+            diff = (run(out, check) - trained.net(check)).abs().max().item()
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    ok = diff <= TOLERANCE
+    print(f"{out}: {args.format}, max |exported - pytorch| = {diff:.2e} on {CHECK_BATCH} inputs "
+          f"({'within' if ok else 'OVER'} {TOLERANCE:g})")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

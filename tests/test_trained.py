@@ -1,0 +1,164 @@
+"""Using a trained net: evaluate, predict, export; and the per-class diagnosis every run records."""
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from mnist_arch import evaluate, export, predict, run
+from mnist_arch.data.digits import prepare
+from mnist_arch.record import RunRecord
+from tests.conftest import N_TEST, fast_overrides, synthetic_split
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, make_cfg):
+    """One short run (TinyConv, val=test) on synthetic files, shared by the tests below; their checksums stay
+    patched in while those tests run."""
+    import hashlib
+
+    from mnist_arch.data import fetch
+    from tests.conftest import synthetic_files
+
+    tmp = tmp_path_factory.mktemp("trained")
+    files = synthetic_files()
+    raw = fetch.raw_folder(tmp / "data")
+    raw.mkdir(parents=True)
+    for name, data in files.items():
+        (raw / name).write_bytes(data)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fetch, "MD5", {name: hashlib.md5(data).hexdigest() for name, data in files.items()})
+        overrides = fast_overrides(tmp / "data") + ["model=custom", "model.net._target_=tests.nets.TinyConv",
+                                                    "trainer.max_epochs=3", "callbacks.plots=false"]
+        record = run.train(make_cfg(overrides), tmp / "run")
+        yield tmp, record
+
+
+def test_evaluate_scores_the_test_set_as_the_run_did(trained_run, capsys):
+    tmp, record = trained_run
+    evaluate.main([str(tmp / "run")])
+    out = capsys.readouterr().out
+    result = json.loads((tmp / "run" / "evaluate.json").read_text())
+    assert result["accuracy"] == pytest.approx(record.test_acc, abs=1e-6) and result["images"] == N_TEST
+    assert result["checkpoint"].endswith("last.ckpt") and result["split"] == "10k test"
+    assert len(result["per_class"]) == 10 and sum(map(sum, result["confusion"])) == N_TEST
+    assert result["per_class"] == pytest.approx(record.val_acc_per_class, abs=1e-6)  # the last epoch = final weights
+    assert f"{record.test_acc:.2%}" in out and "confusion (rows: true digit" in out
+
+    evaluate.main([str(tmp / "run" / "checkpoints" / "best.ckpt"), "data.val=holdout", "data.holdout_size=64"])
+    holdout = json.loads((tmp / "run" / "evaluate.json").read_text())
+    assert holdout["split"] == "holdout" and holdout["images"] == 64
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nowhere"], "error: nowhere: no such run dir or checkpoint file"),
+    (["{run}", "optimizer.lr=1"], "error: optimizer.lr=1: evaluate takes data.* overrides only"),
+    (["{other}"], "its weights do not fit s6 as built now"),
+])
+def test_evaluate_refuses_in_one_line(trained_run, tmp_path, capsys, args, message):
+    tmp, _ = trained_run
+    checkpoint = torch.load(tmp / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["net_spec"] = {"name": "s6", "net": {}}
+    torch.save(checkpoint, tmp_path / "other.ckpt")
+    args = [a.format(run=tmp / "run", other=tmp_path / "other.ckpt") for a in args]
+    with pytest.raises(SystemExit) as done:
+        evaluate.main(args)
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_mnist_images_saved_as_png_predict_as_the_run_does(trained_run, tmp_path, capsys):
+    """The synthetic 10k-test stand-in, saved as 8-bit PNGs: predict must give the net's own predictions."""
+    from mnist_arch import trained as trained_nets
+
+    tmp, _ = trained_run
+    images, _ = synthetic_split(N_TEST, 1)  # the test split conftest writes
+    paths = []
+    for i, image in enumerate(images[:12]):
+        paths.append(tmp_path / f"digit_{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    net = trained_nets.load(tmp / "run")
+    expected = net.probabilities(torch.from_numpy(images[:12]).unsqueeze(1).float() / 255).argmax(1).tolist()
+    with pytest.raises(SystemExit) as done:
+        predict.main([str(tmp / "run"), *map(str, paths), "--json"])
+    results = json.loads(capsys.readouterr().out)
+    assert done.value.code == 0 and [r["digit"] for r in results] == expected
+    assert all(0 < r["probability"] <= 1 and r["runner_up"] != r["digit"] for r in results)
+
+
+def test_predict_reads_every_kind_and_reports_bad_files_one_line_each(trained_run, tmp_path, capsys):
+    tmp, _ = trained_run
+    images, _ = synthetic_split(5, 3)
+    np.save(tmp_path / "stack.npy", images)
+    (tmp_path / "notes.txt").write_text("not a picture")
+    Image.new("L", (40, 30), 255).save(tmp_path / "blank.png")
+    idx = next((tmp / "data").rglob("t10k-images-idx3-ubyte"))
+    with pytest.raises(SystemExit) as done:
+        predict.main([str(tmp / "run"), str(tmp_path / "stack.npy"), str(tmp_path / "notes.txt"),
+                      str(tmp_path / "blank.png"), str(tmp_path), str(idx)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert done.value.code == 1  # some files could not be read; the others were
+    assert len(lines) == 5 + 3 + N_TEST
+    assert all(re.match(r".*stack\.npy\[\d\]: \d \(p [01]\.\d{3}; runner-up \d p [01]\.\d{3}\)$", line)
+               for line in lines[:5])
+    assert lines[5].endswith("notes.txt: error: not an image file (PNG, JPEG, ...), an .npy array or an IDX file")
+    assert lines[6].endswith("blank.png: error: the image is blank (one flat colour): no digit to read")
+    assert lines[7] == f"{tmp_path}: error: is a directory"
+    assert re.match(r".*t10k-images-idx3-ubyte\[0\]: \d \(p ", lines[8])
+
+
+def test_a_drawn_digit_is_prepared_the_way_mnist_digits_were():
+    """Dark ink on white paper, off-centre, wider than tall: inverted, cropped, fitted in 20x20, centred."""
+    paper = Image.new("RGB", (200, 120), "white")
+    ImageDraw.Draw(paper).rectangle([20, 30, 100, 70], fill=(20, 20, 60))  # an 81 x 41 dark bar, top left
+    x = prepare(np.asarray(paper.convert("L"), dtype=np.float32))
+    assert x.shape == (28, 28) and x.max() > 0.9 and x[0].max() == 0  # light ink, dark ground
+    rows, cols = (x > 0.1).any(1).nonzero().flatten(), (x > 0.1).any(0).nonzero().flatten()
+    assert cols[-1] - cols[0] + 1 == 20 and 9 <= rows[-1] - rows[0] + 1 <= 12  # fitted to 20 wide, aspect kept
+    mass = x.sum()
+    cy = (x.sum(1) * torch.arange(28)).sum() / mass
+    cx = (x.sum(0) * torch.arange(28)).sum() / mass
+    assert abs(cy - 13.5) <= 0.6 and abs(cx - 13.5) <= 0.6  # centred by centre of mass
+
+
+def test_torchscript_export_matches_the_net(trained_run, tmp_path, capsys):
+    tmp, _ = trained_run
+    with pytest.raises(SystemExit) as done:
+        export.main([str(tmp / "run"), "--format", "torchscript", "--out", str(tmp_path / "net.pt")])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and (tmp_path / "net.pt").is_file() and "within 0.0001" in out
+    loaded = torch.jit.load(str(tmp_path / "net.pt"))
+    assert loaded(torch.zeros(3, 1, 28, 28)).shape == (3, 10)  # any batch size
+
+
+def test_onnx_export_matches_the_net(trained_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    tmp, _ = trained_run
+    with pytest.raises(SystemExit) as done:
+        export.main([str(tmp / "run"), "--format", "onnx"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and (tmp / "run" / "custom.onnx").is_file()
+    diff = float(re.search(r"max \|exported - pytorch\| = ([0-9.e+-]+)", out).group(1))
+    assert diff <= 1e-4
+
+
+def test_a_class_never_predicted_is_recorded_and_warned(make_cfg, mnist_root, tmp_path, caplog):
+    """ConstantScores always says 0: classes 1-9 are never predicted, from epoch 1 on."""
+    overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.ConstantScores"]
+    record = run.train(make_cfg(overrides), tmp_path / "run")
+    assert record.unpredicted == [list(range(1, 10))] * 2 and record.never_predicted == {k: 1 for k in range(1, 10)}
+    assert record.val_acc_per_class[0] == 1.0 and record.val_acc_per_class[1:] == [0.0] * 9
+    assert "⚠ class 9 never predicted since epoch 1: a ReLU on the logits can stop a class's gradient" in \
+        record.headline()
+    assert "epoch 2: no validation image was predicted as class 1, 2, 3" in caplog.text
+    assert RunRecord.read(tmp_path / "run").val_acc_per_class == record.val_acc_per_class
+
+
+def test_one_model_table_and_accuracy_to_four_places(make_cfg, mnist_root, tmp_path, capsys):
+    overrides = [o for o in fast_overrides(mnist_root) if o != "trainer.enable_progress_bar=false"]
+    run.train(make_cfg(overrides + ["callbacks.progress_refresh=1", "trainer.max_epochs=1"]), tmp_path / "run")
+    captured = capsys.readouterr()
+    assert "FLOPs" not in captured.out and "Total params" not in captured.out  # Lightning's own summary is off
+    assert re.search(r"val/acc=\d\.\d{4}\b", captured.out)  # the bar (Lightning prints it to stdout): 4 places
