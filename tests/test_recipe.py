@@ -129,6 +129,18 @@ def test_schema_yaml_and_classes_agree():
     for group, schema in [("optimizer", OptimizerConf), ("scheduler", SchedulerConf)]:
         for option in options(group):
             assert set(yaml_of(group, option)) <= {f.name for f in dataclasses.fields(schema)}, option
+    from mnist_arch.models.registry import MODELS
+
+    for option in options("model"):  # a registered net's YAML gives its constructor's own defaults
+        spec = yaml_of("model", option)
+        if spec["name"] in MODELS:
+            defaults = {k: p.default for k, p in inspect.signature(MODELS[spec["name"]]).parameters.items()}
+            as_lists = yaml.safe_load(yaml.safe_dump({k: _lists(defaults[k]) for k in spec["net"]}))
+            assert spec["net"] == as_lists, option
+
+
+def _lists(value):
+    return [_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def test_a_checkpoint_rebuilds_its_net_alone(make_cfg, mnist_root, tmp_path):
