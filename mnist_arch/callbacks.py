@@ -4,11 +4,14 @@ interruption, and the table that turns the `callbacks` config group into the lis
 Each switch of the group (`callbacks.rules`, `callbacks.checkpoint`, ...) names one entry of SWITCHES;
 a new callback is one entry there and one line in conf/callbacks/default.yaml.
 """
+import sys
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks.progress.progress_bar import ProgressBar as LightningProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_arch.errors import BudgetError
@@ -72,6 +75,43 @@ class ProgressBar(TQDMProgressBar):
         return {k: f"{v:.4f}" if "acc" in k and isinstance(v, float) else v for k, v in metrics.items()}
 
 
+class EpochLines(LightningProgressBar):
+    """Progress as one line per epoch, for logs written to a file or read under a scheduler, where a
+    carriage-return bar leaves thousands of partial updates on one line:
+
+        epoch 3/20 · train loss 0.0871 · val loss 0.0456 · val acc 0.9912 · 12.3 s
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._enabled, self._started = True, 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (self._enabled and trainer.is_global_zero):
+            return
+        m = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        parts += [f"{label} {m[key].item():.4f}" for key, label in
+                  [("train/loss", "train loss"), ("val/loss", "val loss"), ("val/acc", "val acc")] if key in m]
+        parts.append(f"{time.perf_counter() - self._started:.1f} s")
+        print(" · ".join(parts), flush=True)
+
+
+def progress_bar(conf) -> LightningProgressBar:
+    """callbacks.progress: auto (a bar on a terminal, one line per epoch otherwise) | bar | lines."""
+    lines = conf.callbacks.progress == "lines" or (conf.callbacks.progress == "auto" and not sys.stdout.isatty())
+    return EpochLines() if lines else ProgressBar(refresh_rate=conf.callbacks.progress_refresh)
+
+
 def checkpoints(conf, run_dir: Path) -> List[pl.Callback]:
     folder = run_dir / "checkpoints"
     best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val/acc", mode="max",
@@ -95,11 +135,11 @@ SWITCHES: Dict[str, Callable[..., List[pl.Callback]]] = {
 
 
 def build_callbacks(conf, run_dir: Path) -> List[pl.Callback]:
-    """Every callback whose switch is on, plus the progress bar when the trainer shows one."""
+    """Every callback whose switch is on, plus the progress display when the trainer shows one."""
     callbacks = [cb for switch, make in SWITCHES.items() if getattr(conf.callbacks, switch)
                  for cb in make(conf, run_dir)]
     if conf.trainer.enable_progress_bar:
-        callbacks.append(ProgressBar(refresh_rate=conf.callbacks.progress_refresh))
+        callbacks.append(progress_bar(conf))
     return callbacks
 
 

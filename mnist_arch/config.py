@@ -25,6 +25,7 @@ VAL_SPLITS = ("test", "holdout")
 PIPELINES = ("tensor", "torchvision")
 TEST_WEIGHTS = ("auto", "best", "final")
 INTERVALS = ("epoch", "step")
+PROGRESS = ("auto", "bar", "lines")
 MNIST_TRAIN_SIZE = 60_000
 
 
@@ -208,9 +209,11 @@ class CallbacksConf:
     checkpoint: bool = MISSING
     lr_monitor: bool = MISSING
     plots: bool = MISSING
+    progress: str = MISSING
     progress_refresh: int = MISSING
 
     def __post_init__(self):
+        _one_of("callbacks.progress", self.progress, PROGRESS)
         _check(self.progress_refresh >= 1, f"callbacks.progress_refresh={self.progress_refresh} must be >= 1")
 
 

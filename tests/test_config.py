@@ -73,7 +73,7 @@ def test_defaults_are_the_reference_protocol(make_cfg):
                                       "trainer.overfit_batches?"),
         ("+trainer.callbacks=[]", "trainer.callbacks is set by the callbacks group, not here"),
         ("+callbacks.not_a_key=1", "callbacks.not_a_key is not a key of the callbacks group; its keys: rules, "
-                                   "stop_at_target, checkpoint, lr_monitor, plots, progress_refresh"),
+                                   "stop_at_target, checkpoint, lr_monitor, plots, progress, progress_refresh"),
         ("+logger.grpah=false", "logger.grpah is not a key of the logger group; did you mean logger.graph?"),
         ("+budget.max_param=1000", "budget.max_param is not a key of the budget group; did you mean "
                                    "budget.max_params?"),

@@ -123,7 +123,7 @@ def test_schema_yaml_and_classes_agree():
     from mnist_arch.callbacks import SWITCHES
 
     assert set(yaml_of("callbacks", "default")) == {f.name for f in dataclasses.fields(CallbacksConf)}
-    assert set(SWITCHES) == set(yaml_of("callbacks", "default")) - {"progress_refresh"}
+    assert set(SWITCHES) == set(yaml_of("callbacks", "default")) - {"progress", "progress_refresh"}
     for option in options("logger"):
         assert set(yaml_of("logger", option)) == {f.name for f in dataclasses.fields(LoggerConf)}
     for group, schema in [("optimizer", OptimizerConf), ("scheduler", SchedulerConf)]:

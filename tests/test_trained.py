@@ -158,7 +158,20 @@ def test_a_class_never_predicted_is_recorded_and_warned(make_cfg, mnist_root, tm
 
 def test_one_model_table_and_accuracy_to_four_places(make_cfg, mnist_root, tmp_path, capsys):
     overrides = [o for o in fast_overrides(mnist_root) if o != "trainer.enable_progress_bar=false"]
-    run.train(make_cfg(overrides + ["callbacks.progress_refresh=1", "trainer.max_epochs=1"]), tmp_path / "run")
+    run.train(make_cfg(overrides + ["callbacks.progress=bar", "callbacks.progress_refresh=1",
+                                    "trainer.max_epochs=1"]), tmp_path / "run")
     captured = capsys.readouterr()
     assert "FLOPs" not in captured.out and "Total params" not in captured.out  # Lightning's own summary is off
     assert re.search(r"val/acc=\d\.\d{4}\b", captured.out)  # the bar (Lightning prints it to stdout): 4 places
+
+
+def test_output_to_a_file_gets_one_line_per_epoch(make_cfg, mnist_root, tmp_path, capsys):
+    """pytest's captured stdout is not a terminal: progress=auto then writes lines, not bar updates."""
+    overrides = [o for o in fast_overrides(mnist_root) if o != "trainer.enable_progress_bar=false"]
+    record = run.train(make_cfg(overrides + ["trainer.max_epochs=3"]), tmp_path / "run")
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert "\r" not in out and len(lines) == 3
+    assert re.fullmatch(r"epoch 3/3 · train loss \d\.\d{4} · val loss \d\.\d{4} · val acc \d\.\d{4} · "
+                        r"\d+\.\d s", lines[-1])
+    assert f"val acc {record.val_acc[-1]:.4f}" in lines[-1]
