@@ -190,15 +190,26 @@ class TrainerConf:
     limit_test_batches: Any = None
     num_sanity_val_steps: Optional[int] = None
     gradient_clip_val: Optional[float] = None
+    overfit_batches: Any = None  # a number (or fraction) of training batches, trained on every epoch
+    profiler: Optional[str] = None  # simple | advanced | pytorch: the report goes to <run dir>/fit-profile.txt
+    detect_anomaly: Optional[bool] = None  # the op that first makes a NaN/inf in backward raises
     extra: Dict[str, Any] = field(default_factory=dict)  # other pl.Trainer arguments (+trainer.<name>)
 
     def __post_init__(self):
         _check(self.max_epochs >= 1, f"trainer.max_epochs={self.max_epochs} must be >= 1")
+        _check(self.profiler in (None, "simple", "advanced", "pytorch"),
+               f"trainer.profiler={self.profiler!r} is not one of: simple, advanced, pytorch")
         _check(self.log_every_n_steps >= 1, f"trainer.log_every_n_steps={self.log_every_n_steps} must be >= 1")
 
-    def kwargs(self) -> Dict[str, Any]:
-        """What pl.Trainer gets (None values left to Lightning's defaults)."""
+    def kwargs(self, run_dir) -> Dict[str, Any]:
+        """What pl.Trainer gets (None values left to Lightning's defaults); a profiler named here writes its
+        report into the run dir."""
         typed = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra" and v is not None}
+        if self.profiler:
+            from pytorch_lightning.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
+
+            kinds = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
+            typed["profiler"] = kinds[self.profiler](dirpath=run_dir, filename="profile")
         return {**typed, **self.extra}
 
 
@@ -243,9 +254,13 @@ class Config:
     threads: Optional[int] = None  # torch CPU threads; None: shared out between parallel jobs / DDP ranks
     ckpt_path: Optional[str] = None  # resume: "last" (<run dir>/checkpoints/last.ckpt) or a checkpoint file
     test_weights: str = MISSING
+    save: bool = MISSING  # false: no files but the log (debug=fdr)
 
     def __post_init__(self):
         _one_of("test_weights", self.test_weights, TEST_WEIGHTS)
+        _check(self.save or not (self.callbacks.checkpoint or self.callbacks.plots or self.callbacks.lr_monitor),
+               "save=false writes no files: also set callbacks.checkpoint=false callbacks.plots=false "
+               "callbacks.lr_monitor=false (debug=fdr does)")
         # Picking the best epoch by test accuracy and then reporting that test accuracy is tuning on it.
         _check(self.test_weights != "best" or self.data.val == "holdout",
                "test_weights=best needs data.val=holdout: with val=test the best epoch is chosen on the test set")

@@ -62,6 +62,7 @@ class RunRecord:
     run_dir: Optional[str] = None
     resumed_from: Optional[str] = None
     data_verified: Optional[bool] = None
+    overfit_batches: Optional[float] = None  # debug=overfit: the batches trained on every epoch
     version: int = RECORD_VERSION
 
     # --- what follows from the fields above --------------------------------------------------------
@@ -133,7 +134,9 @@ class RunRecord:
         test = f" · test acc {self.test_acc:.2%} ({self.test_ckpt} weights)" if self.test_acc is not None else ""
         dead = "".join(f" · ⚠ class {k} never predicted since epoch {e}: a ReLU on the logits can stop a class's "
                        "gradient" for k, e in self.never_predicted.items())
-        return f"{self.model} · {verdict.headline()}, val={self.val_split}){test}{dead}"
+        overfit = (f" · overfit {self.overfit_batches:g} batches: train acc {self.train_acc[-1]:.2%}"
+                   if self.overfit_batches and self.train_acc else "")
+        return f"{self.model} · {verdict.headline()}, val={self.val_split}){test}{overfit}{dead}"
 
     # --- the one writer and the one reader ----------------------------------------------------------
 

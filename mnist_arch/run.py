@@ -53,14 +53,15 @@ def train(cfg: DictConfig, run_dir: Path) -> RunRecord:
     model = Classifier(net, asdict(conf.optimizer), asdict(conf.scheduler), spec, conf.channels_last, conf.compile)
 
     callbacks = build_callbacks(conf, run_dir)
-    logger = _logger(conf, run_dir, net, layers)
-    trainer = pl.Trainer(**conf.trainer.kwargs(), callbacks=callbacks, logger=logger, default_root_dir=run_dir)
+    logger = _logger(conf, run_dir, net, layers) if conf.save else False
+    trainer = pl.Trainer(**conf.trainer.kwargs(run_dir), callbacks=callbacks, logger=logger, default_root_dir=run_dir)
     record = RunRecord(model=conf.model.name, net_spec=spec, params=verdict.params, fc_layers=verdict.fc,
                        output_shape=list(verdict.output_shape), **shape_totals, budget=asdict(conf.budget),
                        seed=conf.seed, val_split=conf.data.val, resumed_from=resume and str(resume),
                        data_verified=conf.data.verify, overrides=provenance.overrides(), run_dir=str(run_dir),
-                       rank=trainer.global_rank, world_size=trainer.world_size)
-    writer = trainer.is_global_zero  # under DDP every rank runs this function; one writes the files
+                       rank=trainer.global_rank, world_size=trainer.world_size,
+                       overfit_batches=conf.trainer.overfit_batches or None)
+    writer = trainer.is_global_zero and conf.save  # under DDP every rank runs this; one writes the files
     if writer:
         _write_inputs(cfg, run_dir, record, layers)
 

@@ -123,7 +123,10 @@ class MNISTDataModule(pl.LightningDataModule):
                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         images, labels = self.splits[split]
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        return DeviceLoader(images, labels, batch_size, shuffle=train, drop_last=self.drop_last and train,
+        # overfit_batches trains on the same first batches every epoch: no shuffling (Lightning turns it
+        # off for its own samplers; this loader is not one)
+        shuffle = train and not (self.trainer is not None and self.trainer.overfit_batches > 0)
+        return DeviceLoader(images, labels, batch_size, shuffle=shuffle, drop_last=self.drop_last and train,
                             seed=self.seed, augment=self.augment if train else None, rank=rank, world_size=world)
 
     def train_dataloader(self):
