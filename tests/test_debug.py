@@ -72,3 +72,16 @@ def test_default_is_a_careful_cpu_epoch(make_cfg, mnist_root, tmp_path):
         ("cpu", True, True, 1)
     record = run.train(make_cfg([*base(mnist_root), *TINY, "debug=default"]), tmp_path / "run")
     assert record.status == "completed" and record.epochs_run == 1
+
+
+def test_lr_find_suggests_an_override_and_draws_the_curve(make_cfg, mnist_root, tmp_path):
+    import json
+
+    from mnist_arch import lr_find
+
+    cfg = make_cfg([*base(mnist_root), "model=s6", "trainer.max_epochs=20"])
+    suggestion = lr_find.find(cfg, tmp_path / "run")
+    found = json.loads((tmp_path / "run" / "lr_find.json").read_text())
+    assert lr_find.MIN_LR <= suggestion <= lr_find.MAX_LR and found["suggestion"] == suggestion
+    assert len(found["lr"]) == len(found["loss"]) > 10 and found["lr"] == sorted(found["lr"])
+    assert (tmp_path / "run" / "lr_find.png").stat().st_size > 10_000

@@ -31,3 +31,29 @@ def test_wheel_ships_the_configs_and_runs_outside_the_checkout(tmp_path):
                               capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert composed.returncode == 0, composed.stderr
     assert "name: s6" in composed.stdout and "name: sgd" in composed.stdout
+
+
+def test_console_commands_are_on_path_and_complete_like_hydra(tmp_path):
+    """pip install puts the commands on PATH; mnist-arch completes overrides through Hydra's -sc."""
+    import shutil
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"mnist-arch", "mnist-arch-summary", "mnist-arch-report", "mnist-arch-evaluate", "mnist-arch-predict",
+            "mnist-arch-export", "mnist-arch-lr-find"} <= set(scripts)
+    for name, target in scripts.items():  # every entry names a function that exists
+        module, _, function = target.partition(":")
+        assert callable(getattr(__import__(module, fromlist=[function]), function)), name
+        assert shutil.which(name), f"{name} is not on PATH (reinstall: pip install -e '.[dev]')"
+
+    env = {**os.environ, "COMP_LINE": "mnist-arch mod"}
+    query = subprocess.run(["mnist-arch", "-sc", "query=bash"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=120)
+    assert "model=" in query.stdout.split()
+    env["COMP_LINE"] = "mnist-arch model=public_"
+    options = subprocess.run(["mnist-arch", "-sc", "query=bash"], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=120).stdout.split()
+    assert options == ["model=public_3762", "model=public_7918", "model=public_9994"]
+    table = subprocess.run(["mnist-arch-summary", "model=s6"], capture_output=True, text=True, cwd=tmp_path,
+                           timeout=120)
+    assert table.returncode == 0 and "params: 19,866 ≤ 20,000 ✓" in table.stdout
