@@ -176,7 +176,24 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
-def format_table(rows: List[Layer], verdict: Verdict, measured_rf: Optional[int] = None) -> str:
+def torch_macs(net: nn.Module, input_shape: Sequence[int] = INPUT_SHAPE) -> Optional[int]:
+    """Multiply-accumulates of one image as torch's FlopCounterMode counts them (its FLOPs / 2), as a
+    cross-check of the table's own count; None when the net cannot be run under it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = net.training
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net.eval()(torch.zeros(1, *input_shape, device=net_device(net)))
+        return counter.get_total_flops() // 2
+    except Exception:  # noqa: BLE001 - a cross-check only
+        return None
+    finally:
+        net.train(was_training)
+
+
+def format_table(rows: List[Layer], verdict: Verdict, measured_rf: Optional[int] = None,
+                 macs_by_torch: Optional[int] = None) -> str:
     """The table, its totals and the budget checks, as printed by the CLI and at the start of a run."""
     header = ("layer", "type", "geometry", "output", "params", "RF", "jump", "MACs")
     lines = [(r.name, r.kind, r.geometry, "x".join(map(str, r.shape)), f"{r.params:,}",
@@ -192,7 +209,14 @@ def format_table(rows: List[Layer], verdict: Verdict, measured_rf: Optional[int]
     rf = f"final RF {totals['receptive_field']}" if totals["receptive_field"] else "no feature-map output"
     if measured_rf is not None:
         rf += f" (measured {measured_rf} {mark(measured_rf == totals['receptive_field'])})"
-    text += ["", f"total: {verdict.params:,} trainable params · {totals['macs_per_image']:,} MACs per image · {rf}",
+    macs = f"{totals['macs_per_image']:,} MACs per image"
+    if macs_by_torch is not None:
+        macs += f" (torch's FlopCounterMode: {macs_by_torch:,} {mark(macs_by_torch == totals['macs_per_image'])}"
+        if macs_by_torch != totals["macs_per_image"]:
+            macs += ("; it also counts matrix products outside conv and linear modules (functional ops, "
+                     "attention), which this table leaves out")
+        macs += ")"
+    text += ["", f"total: {verdict.params:,} trainable params · {macs} · {rf}",
              *verdict.lines()]
     return "\n".join(text)
 
@@ -217,7 +241,8 @@ def describe(net: nn.Module, budget: Budget) -> Tuple[str, dict, Verdict]:
         except Exception:  # noqa: BLE001 - a cross-check only: a net the probe cannot run just goes unmeasured
             measured = None
     verdict = judge_net(net, budget)
-    return format_table(rows, verdict, measured), {**totals, "receptive_field_measured": measured}, verdict
+    return format_table(rows, verdict, measured, torch_macs(net)), {**totals, "receptive_field_measured": measured}, \
+        verdict
 
 
 def main(argv: Optional[List[str]] = None) -> None:

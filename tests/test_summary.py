@@ -114,3 +114,34 @@ def test_cli_reports_a_typo_in_one_message():
     with pytest.raises(SystemExit) as bad_name:
         summary.main(["model=s5"])
     assert str(bad_name.value.code).startswith("error: ") and "s5" in str(bad_name.value.code)
+
+
+@pytest.mark.parametrize("name", [*list_models(), "public_3762", "public_7918", "public_9994"])
+def test_table_macs_agree_with_torchs_flop_counter(make_cfg, name):
+    from dataclasses import asdict
+
+    from mnist_arch.config import validate
+    from mnist_arch.models import build_net
+
+    net = build_net(asdict(validate(make_cfg([f"model={name}"])).model))
+    table, totals, _ = layers.describe(net, Budget(max_params=10**6))
+    assert totals["macs_per_image"] == layers.torch_macs(net) > 0
+    assert f"(torch's FlopCounterMode: {totals['macs_per_image']:,} ✓)" in table
+
+
+class MatmulHead(nn.Module):
+    """A conv, then a functional matmul the table's per-module count cannot see."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 28)
+        self.weight = nn.Parameter(torch.ones(4, 10))
+
+    def forward(self, x):
+        return self.conv(x).flatten(1) @ self.weight
+
+
+def test_a_difference_from_torchs_count_is_explained():
+    table, totals, _ = layers.describe(MatmulHead(), Budget())
+    assert totals["macs_per_image"] == 4 * 28 * 28 and layers.torch_macs(MatmulHead()) == 4 * 28 * 28 + 40
+    assert "(torch's FlopCounterMode: 3,176 ✗; it also counts matrix products outside conv and linear" in table

@@ -148,6 +148,35 @@ def test_three_optuna_trials_with_one_failing(mnist_root, tmp_path, monkeypatch)
     assert f"best_value: {best}" in results
     assert "1 job(s) of the sweep did not complete" in str(code)
 
+    import optuna  # the study was kept in SQLite in the sweep dir, every trial with its state
+
+    study = optuna.load_study(study_name="mnist_arch", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert study.best_value == best
+
+    # optuna-dashboard (the dashboard extra) serves that study: a real server on the loopback, bounded wait
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["optuna-dashboard", f"sqlite:///{sweep / 'optuna.db'}", "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, names = time.monotonic() + 30, None
+        while names is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as answer:
+                    names = [st["study_name"] for st in json.loads(answer.read())["study_summaries"]]
+            except OSError:
+                time.sleep(0.5)
+        assert names == ["mnist_arch"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
 
 def test_joblib_runs_two_jobs_in_parallel_with_shared_cores(mnist_root, tmp_path, monkeypatch):
     sweep = tmp_path / "par"
