@@ -123,6 +123,37 @@ def test_a_drawn_digit_is_prepared_the_way_mnist_digits_were():
     assert abs(cy - 13.5) <= 0.6 and abs(cx - 13.5) <= 0.6  # centred by centre of mass
 
 
+def test_a_digit_rendered_as_text_is_read_and_predicted(trained_run, tmp_path, capsys):
+    """A '7' typed in black on a white card, larger and off-centre: one prediction line, and the prepared
+    image is MNIST-shaped (light ink, 20 px tall box, centred)."""
+    from PIL import ImageFont
+
+    tmp, _ = trained_run
+    card = Image.new("RGB", (120, 90), "white")
+    ImageDraw.Draw(card).text((70, 10), "7", fill="black", font=ImageFont.load_default(size=60))
+    card.save(tmp_path / "seven.jpg")
+    x = prepare(np.asarray(card.convert("L"), dtype=np.float32))
+    rows = (x > 0.1).any(1).nonzero().flatten()
+    assert rows[-1] - rows[0] + 1 == 20 and x[:, :3].max() == 0 and x[:, -3:].max() == 0
+    with pytest.raises(SystemExit) as done:
+        predict.main([str(tmp / "run"), str(tmp_path / "seven.jpg")])
+    assert done.value.code == 0
+    assert re.fullmatch(r".*seven\.jpg: \d \(p [01]\.\d{3}; runner-up \d p [01]\.\d{3}\)", capsys.readouterr().out.strip())
+
+
+def test_a_net_the_exporter_cannot_express_is_one_line(tmp_path, capsys):
+    from tests.nets import FFTFeatures
+
+    state = {f"net.{k}": v for k, v in FFTFeatures().state_dict().items()}
+    torch.save({"net_spec": {"name": "custom", "net": {"_target_": "tests.nets.FFTFeatures"}}, "state_dict": state},
+               tmp_path / "fft.ckpt")
+    with pytest.raises(SystemExit) as done:
+        export.main([str(tmp_path / "fft.ckpt"), "--format", "onnx"])
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: custom cannot be exported to onnx: ") and "fft" in err
+
+
 def test_torchscript_export_matches_the_net(trained_run, tmp_path, capsys):
     tmp, _ = trained_run
     with pytest.raises(SystemExit) as done:
