@@ -272,9 +272,22 @@ class Config:
 SET_BY_THE_RUN = {"callbacks": "the callbacks group", "logger": "the logger group", "default_root_dir": "the run dir"}
 
 
+def run_stamp() -> str:
+    """The run dir's time stamp (HH-MM-SS), or `slurm-<job id>` inside a Slurm job: the tasks of one
+    multi-task job (srun -n 2, DDP) start at slightly different times and must share one run dir."""
+    import os
+    from datetime import datetime
+
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"slurm-{job}" if job else datetime.now().strftime("%H-%M-%S")
+
+
 def register_schema() -> None:
-    """Make the schema the first default of `conf/config.yaml`, so every merge is type-checked."""
+    """Make the schema the first default of `conf/config.yaml`, so every merge is type-checked; and the
+    run dir's `${run_stamp:}`."""
     ConfigStore.instance().store(name="schema", node=Config)
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
 
 
 def validate(cfg: DictConfig) -> Config:

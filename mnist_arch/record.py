@@ -132,8 +132,14 @@ class RunRecord:
         if verdict is None:
             return f"{self.model} · {self.status}: {self.error}"
         test = f" · test acc {self.test_acc:.2%} ({self.test_ckpt} weights)" if self.test_acc is not None else ""
-        dead = "".join(f" · ⚠ class {k} never predicted since epoch {e}: a ReLU on the logits can stop a class's "
-                       "gradient" for k, e in self.never_predicted.items())
+        dead = ""
+        if self.never_predicted:  # e.g. "class 9 never predicted since epoch 1", grouped by that epoch
+            by_epoch: Dict[int, List[int]] = {}
+            for klass, epoch in sorted(self.never_predicted.items()):
+                by_epoch.setdefault(epoch, []).append(klass)
+            groups = [f"{'class' if len(ks) == 1 else 'classes'} {', '.join(map(str, ks))} never predicted since "
+                      f"epoch {e}" for e, ks in sorted(by_epoch.items())]
+            dead = f" · ⚠ {'; '.join(groups)}: a ReLU on the logits can stop a class's gradient"
         overfit = (f" · overfit {self.overfit_batches:g} batches: train acc {self.train_acc[-1]:.2%}"
                    if self.overfit_batches and self.train_acc else "")
         return f"{self.model} · {verdict.headline()}, val={self.val_split}){test}{overfit}{dead}"

@@ -145,10 +145,15 @@ def _resume_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[Path]:
 
 
 def _set_threads(conf: Config) -> None:
-    """Torch threads per process: `threads`, else the cores shared out between the jobs a parallel
-    launcher (hydra.launcher.n_jobs) and the CPU processes of DDP run at once; else torch's default."""
+    """Torch threads per process: `threads`, else the CPUs Slurm gave this task (SLURM_CPUS_PER_TASK: a
+    cluster without CPU binding still shows every core to every job), else the cores shared out between
+    the jobs a parallel launcher (hydra.launcher.n_jobs) and the CPU processes of DDP run at once; else
+    torch's default."""
     import torch
 
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        torch.set_num_threads(conf.threads or int(os.environ["SLURM_CPUS_PER_TASK"]))
+        return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = 1
     n_jobs = HydraConfig.get().launcher.get("n_jobs") if HydraConfig.initialized() else None
