@@ -38,22 +38,32 @@ def synthetic_files(seed: int = 0) -> dict:
     }
 
 
+def checksums(files: dict) -> dict:
+    """The MD5s that make `files` verify: patch them over fetch.MD5."""
+    return {name: hashlib.md5(data).hexdigest() for name, data in files.items()}
+
+
+def write_root(root: Path, files: dict) -> Path:
+    """A data root whose raw folder holds `files`."""
+    raw = fetch.raw_folder(root)
+    raw.mkdir(parents=True)
+    for name, data in files.items():
+        (raw / name).write_bytes(data)
+    return root
+
+
 @pytest.fixture
 def synthetic_md5(monkeypatch) -> dict:
     """The synthetic files' bytes; their MD5s replace the canonical ones for this test."""
     files = synthetic_files()
-    monkeypatch.setattr(fetch, "MD5", {name: hashlib.md5(data).hexdigest() for name, data in files.items()})
+    monkeypatch.setattr(fetch, "MD5", checksums(files))
     return files
 
 
 @pytest.fixture
 def mnist_root(tmp_path, synthetic_md5) -> Path:
     """A data root whose raw folder holds the four synthetic IDX files (verified by their MD5)."""
-    raw = fetch.raw_folder(tmp_path / "data")
-    raw.mkdir(parents=True)
-    for name, data in synthetic_md5.items():
-        (raw / name).write_bytes(data)
-    return tmp_path / "data"
+    return write_root(tmp_path / "data", synthetic_md5)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """What a run leaves to look at: the layer table, PNG plots, and TensorBoard's scalars, images, text,
 graph and hparams, read back with TensorBoard's own event reader and served by a real server."""
-import hashlib
 import json
 import socket
 import subprocess
@@ -17,7 +16,7 @@ from mnist_arch import callbacks as callbacks_module
 from mnist_arch import plots as plots_module
 from mnist_arch import run
 from mnist_arch.data import fetch
-from tests.conftest import N_TEST, fast_overrides, synthetic_files
+from tests.conftest import N_TEST, checksums, fast_overrides, synthetic_files, write_root
 
 PLOTS = {"samples", "curves", "kernels", "confusion"}  # + misclassified whenever the net got one wrong
 
@@ -27,10 +26,7 @@ def tiny_run(tmp_path_factory, make_cfg):
     """One two-epoch s6 run on synthetic IDX files, shared by the tests below: (run dir, summary, plots)."""
     tmp = tmp_path_factory.mktemp("tb")
     files = synthetic_files()
-    raw = fetch.raw_folder(tmp / "data")
-    raw.mkdir(parents=True)
-    for name, data in files.items():
-        (raw / name).write_bytes(data)
+    write_root(tmp / "data", files)
     made = []
 
     class Kept(plots_module.RunPlots):  # the run's RunPlots callback, kept for its confusion counts
@@ -39,7 +35,7 @@ def tiny_run(tmp_path_factory, make_cfg):
             made.append(self)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fetch, "MD5", {name: hashlib.md5(data).hexdigest() for name, data in files.items()})
+        mp.setattr(fetch, "MD5", checksums(files))
         mp.setattr(callbacks_module, "RunPlots", Kept)
         summary = run.train(make_cfg(fast_overrides(tmp / "data") + ["model=s6", "seed=3", "data.rotation=10"]),
                             tmp / "run")

@@ -17,19 +17,13 @@ from tests.conftest import N_TEST, fast_overrides, synthetic_split
 def trained_run(tmp_path_factory, make_cfg):
     """One short run (TinyConv, val=test) on synthetic files, shared by the tests below; their checksums stay
     patched in while those tests run."""
-    import hashlib
-
     from mnist_arch.data import fetch
-    from tests.conftest import synthetic_files
+    from tests.conftest import checksums, synthetic_files, write_root
 
     tmp = tmp_path_factory.mktemp("trained")
-    files = synthetic_files()
-    raw = fetch.raw_folder(tmp / "data")
-    raw.mkdir(parents=True)
-    for name, data in files.items():
-        (raw / name).write_bytes(data)
+    write_root(tmp / "data", synthetic_files())
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fetch, "MD5", {name: hashlib.md5(data).hexdigest() for name, data in files.items()})
+        mp.setattr(fetch, "MD5", checksums(synthetic_files()))
         overrides = fast_overrides(tmp / "data") + ["model=custom", "model.net._target_=tests.nets.TinyConv",
                                                     "trainer.max_epochs=3", "callbacks.plots=false"]
         record = run.train(make_cfg(overrides), tmp / "run")
