@@ -147,10 +147,11 @@ class RunRecord:
     # --- the one writer and the one reader ----------------------------------------------------------
 
     def to_dict(self) -> Dict[str, Any]:
-        verdict = self.verdict
+        verdict = self.verdict  # judged once here; target_epoch and target_reached follow from it
+        target_epoch = verdict.target_epoch if verdict else None
         derived = {"epochs_run": self.epochs_run, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
                    "final_val_acc": self.final_val_acc, "target_acc": self.target_acc,
-                   "target_reached": self.target_reached, "target_epoch": self.target_epoch,
+                   "target_reached": target_epoch is not None, "target_epoch": target_epoch,
                    "verdict": verdict.checks() if verdict else None}
         return {**dataclasses.asdict(self), **derived}
 
