@@ -48,7 +48,7 @@ VARIANTS = {
     "ours+compile": ["compile=true"],
 }
 TRAIN_IMAGES = 60_000
-S6_RECIPE = ["model=s6", "data.batch_size=64", "optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.9",
+S6_RECIPE = ["model=s6", "data.batch_size=64", "optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.9", "optimizer.nesterov=false",
              "scheduler=plateau", "scheduler.patience=2", "scheduler.factor=0.5"]
 
 

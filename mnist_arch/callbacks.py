@@ -98,7 +98,12 @@ class EpochLines(LightningProgressBar):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (self._enabled and trainer.is_global_zero):
             return
-        m = trainer.callback_metrics
+        m = dict(trainer.callback_metrics)
+        # Callbacks' epoch-end hooks run before the module's, which logs train/loss: read this epoch's
+        # running mean from the module, or the line would show the previous epoch's.
+        train_loss = getattr(pl_module, "train_loss", None)
+        if train_loss is not None and train_loss.update_count:
+            m["train/loss"] = train_loss.compute()
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
         parts += [f"{label} {m[key].item():.4f}" for key, label in
                   [("train/loss", "train loss"), ("val/loss", "val loss"), ("val/acc", "val acc")] if key in m]

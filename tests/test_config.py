@@ -31,11 +31,19 @@ def test_model_configs_mirror_the_registry():
     assert {arch for arch in names.values() if arch} <= set(list_models())
 
 
-def test_defaults_are_the_reference_protocol(make_cfg):
+def test_defaults_are_the_reference_protocol_with_the_default_recipe(make_cfg):
     conf = validate(make_cfg())
-    assert (conf.model.name, conf.data.val, conf.data.batch_size) == ("s4", "test", 64)
-    assert (conf.optimizer.name, conf.optimizer.lr, conf.trainer.accelerator) == ("sgd", 0.01, "auto")
+    assert (conf.model.name, conf.data.val, conf.data.batch_size) == ("s4", "test", 128)
+    assert (conf.optimizer.name, conf.optimizer.lr, conf.optimizer.nesterov) == ("sgd", 0.1, True)
+    assert (conf.scheduler.name, conf.scheduler.pct_start, conf.trainer.accelerator) == ("onecycle", 0.2, "auto")
     assert conf.trainer.max_epochs == 20 and isinstance(conf.seed, int)
+
+
+@pytest.mark.parametrize("experiment, batch, scheduler", [("s4_reference", 128, "none"), ("s6_reference", 64, "plateau")])
+def test_the_write_ups_recipes_do_not_follow_the_default_one(make_cfg, experiment, batch, scheduler):
+    conf = validate(make_cfg([f"experiment={experiment}"]))
+    assert (conf.optimizer.lr, conf.optimizer.momentum, conf.optimizer.nesterov) == (0.01, 0.9, False)
+    assert (conf.data.batch_size, conf.scheduler.name) == (batch, scheduler)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +76,11 @@ def test_defaults_are_the_reference_protocol(make_cfg):
                                                   "(optimizer=adam); it takes: lr, betas, eps, weight_decay, amsgrad, "
                                                   "foreach, maximize, capturable, differentiable, fused, "
                                                   "decoupled_weight_decay"),
-        ("scheduler.gamma=0.5", "scheduler.gamma does nothing with scheduler=none (a constant lr)"),
+        ("scheduler=none scheduler.gamma=0.5", "scheduler.gamma does nothing with scheduler=none (a constant lr)"),
+        ("scheduler.gamma=0.5", "scheduler.gamma is not an argument of torch.optim.lr_scheduler.OneCycleLR "
+                                "(scheduler=onecycle); it takes: max_lr, total_steps, epochs, steps_per_epoch, "
+                                "pct_start, anneal_strategy, cycle_momentum, base_momentum, max_momentum, "
+                                "div_factor, final_div_factor, three_phase, last_epoch"),
         ("+trainer.overfit_batchs=3", "trainer.overfit_batchs is not an argument of pl.Trainer; did you mean "
                                       "trainer.overfit_batches?"),
         ("+trainer.callbacks=[]", "trainer.callbacks is set by the callbacks group, not here"),

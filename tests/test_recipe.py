@@ -34,17 +34,17 @@ def built(make_cfg, overrides, total_batches=100, max_epochs=10):
 
 
 @pytest.mark.parametrize("option, cls, expected", [
-    ("sgd", torch.optim.SGD, {"lr": 0.01, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}),
+    ("sgd", torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0}),
     ("adam", torch.optim.Adam, {"lr": 0.001, "betas": (0.9, 0.999), "weight_decay": 0.0}),
     ("adamw", torch.optim.AdamW, {"lr": 0.001, "betas": (0.9, 0.999), "weight_decay": 0.01}),
 ])
 def test_each_optimizer_is_what_its_name_says(make_cfg, option, cls, expected):
     assert options("optimizer") == ["adam", "adamw", "sgd"]
-    _, optimizer, _ = built(make_cfg, [f"optimizer={option}"])
+    _, optimizer, _ = built(make_cfg, [f"optimizer={option}", "scheduler=none"])  # a scheduler moves lr/momentum
     assert type(optimizer) is cls
     group = optimizer.param_groups[0]
     assert {k: tuple(group[k]) if k == "betas" else group[k] for k in expected} == expected
-    _, tuned, _ = built(make_cfg, [f"optimizer={option}", "optimizer.lr=0.123"])
+    _, tuned, _ = built(make_cfg, [f"optimizer={option}", "optimizer.lr=0.123", "scheduler=none"])
     assert tuned.param_groups[0]["lr"] == 0.123  # an override reaches the class
 
 
@@ -79,7 +79,7 @@ def test_each_scheduler_is_what_its_name_says(make_cfg, option, cls, interval, e
     if option == "plateau":
         assert scheduler["monitor"] == "val/loss"
     if option == "onecycle":  # the peak is optimizer.lr, reached after pct_start of the steps
-        assert optimizer.param_groups[0]["max_lr"] == 0.01 and optimizer.param_groups[0]["initial_lr"] == 0.01 / 25
+        assert optimizer.param_groups[0]["max_lr"] == 0.1 and optimizer.param_groups[0]["initial_lr"] == 0.1 / 25
 
 
 def test_piecewise_follows_the_published_3762_schedule(make_cfg):

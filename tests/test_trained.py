@@ -202,4 +202,5 @@ def test_output_to_a_file_gets_one_line_per_epoch(make_cfg, mnist_root, tmp_path
     assert "\r" not in out and len(lines) == 3
     assert re.fullmatch(r"epoch 3/3 · train loss \d\.\d{4} · val loss \d\.\d{4} · val acc \d\.\d{4} · "
                         r"\d+\.\d s", lines[-1])
-    assert f"val acc {record.val_acc[-1]:.4f}" in lines[-1]
+    for line, train_loss, val_acc in zip(lines, record.train_loss, record.val_acc):  # each epoch's own numbers
+        assert f"train loss {train_loss:.4f} " in line and f"val acc {val_acc:.4f}" in line

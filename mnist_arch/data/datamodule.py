@@ -33,7 +33,7 @@ class MNISTDataModule(pl.LightningDataModule):
         pipeline: str = "tensor",
         val: str = "test",
         holdout_size: int = 5000,
-        batch_size: int = 64,
+        batch_size: int = 128,
         eval_batch_size: int = 1000,
         drop_last: bool = False,
         rotation: float = 0.0,
