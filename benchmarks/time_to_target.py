@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="more overrides for every run (e.g. threads=1)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="ttt_"))
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:  # seed-major: every recipe sees the machine in the same state, in turn
         for name in args.recipes:
