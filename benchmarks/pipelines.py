@@ -3,6 +3,7 @@
     python benchmarks/pipelines.py speed                 # s4 @ batch 128, s6 @ batch 64, + time-to-target
     python benchmarks/pipelines.py speed --models s6 --epochs 4 --no-ttt
     python benchmarks/pipelines.py accuracy              # s6, seeds 1-3, 3 epochs, on each pipeline
+    python benchmarks/pipelines.py loop                  # s6 @ batch 64: ours (all features on) vs floor
 
 `speed`: each variant is a real `mnist_arch.run` training run (real MNIST, real Trainer, validation
 every epoch):
@@ -27,6 +28,7 @@ import contextlib
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -198,6 +200,45 @@ def accuracy(args) -> None:
         args.json.write_text(json.dumps(curves, indent=2) + "\n")
 
 
+def loop(args) -> None:
+    """Our loop, with every user-visible feature on, against the bare floor, alternating run by run so both
+    see the same machine; then the whole process against the usual pipeline."""
+    print(f"machine: {machine()}", flush=True)
+    # Everything a user gets: checkpoints (best + last), TensorBoard, plots, lr monitor, epoch lines.
+    overrides = [*S6_RECIPE, f"trainer.max_epochs={args.epochs}", f"seed={args.seed}", "callbacks.progress=lines"]
+    print(f"-- ours: python -m mnist_arch.run {' '.join(overrides)}\n-- floor: floor_epochs('s6', 64)", flush=True)
+    raw = {"machine": machine(), "overrides": overrides, "repeats": [], "process": []}
+    for repeat in range(args.repeats):
+        ours = train(overrides).epoch_time_s
+        floor = floor_epochs("s6", REFERENCE_BATCH["s6"], args.epochs, args.seed)
+        raw["repeats"].append({"ours": ours, "floor": floor})
+        print(f"   repeat {repeat + 1}: ours {ours}, floor {floor}", flush=True)
+    print("\n| repeat | ours: epoch s (median, epochs 2+) | floor | ours / floor |\n|---:|---:|---:|---:|")
+    ratios = []
+    for i, r in enumerate(raw["repeats"], 1):
+        o, f = statistics.median(r["ours"][1:] or r["ours"]), statistics.median(r["floor"][1:] or r["floor"])
+        ratios.append(o / f)
+        print(f"| {i} | {o:.2f} | {f:.2f} | {o / f:.3f} |")
+    print(f"\nours / floor: median {statistics.median(ratios):.3f} over {len(ratios)} repeats "
+          f"(range {min(ratios):.3f}-{max(ratios):.3f})")
+    if args.process:
+        print("\n| repeat | usual: whole process s | ours | usual / ours |\n|---:|---:|---:|---:|")
+        for repeat in range(args.process):
+            seconds = {}
+            for variant in ("usual", "ours"):
+                with tempfile.TemporaryDirectory() as run_dir:
+                    command = [sys.executable, "-m", "mnist_arch.run", *overrides, *VARIANTS[variant],
+                               f"hydra.run.dir={run_dir}"]
+                    started = time.perf_counter()
+                    subprocess.run(command, check=True, capture_output=True)
+                    seconds[variant] = time.perf_counter() - started
+            raw["process"].append(seconds)
+            print(f"| {repeat + 1} | {seconds['usual']:.1f} | {seconds['ours']:.1f} | "
+                  f"{seconds['usual'] / seconds['ours']:.2f}x |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(raw, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -213,10 +254,15 @@ def main() -> None:
     same = commands.add_parser("accuracy", help="val acc per epoch over seeds, usual vs ours")
     same.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     same.add_argument("--epochs", type=int, default=3)
-    for command in (fast, same):
+    at_floor = commands.add_parser("loop", help="s6 epoch, ours with every feature on against the floor, alternating")
+    at_floor.add_argument("--repeats", type=int, default=4)
+    at_floor.add_argument("--epochs", type=int, default=3, help="epochs per run; the median skips the first")
+    at_floor.add_argument("--seed", type=int, default=1)
+    at_floor.add_argument("--process", type=int, default=1, help="whole-process runs of usual and ours (0: none)")
+    for command in (fast, same, at_floor):
         command.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
-    speed(args) if args.command == "speed" else accuracy(args)
+    {"speed": speed, "accuracy": accuracy, "loop": loop}[args.command](args)
 
 
 if __name__ == "__main__":

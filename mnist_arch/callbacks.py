@@ -100,13 +100,14 @@ class EpochLines(LightningProgressBar):
             return
         m = dict(trainer.callback_metrics)
         # Callbacks' epoch-end hooks run before the module's, which logs train/loss: read this epoch's
-        # running mean from the module, or the line would show the previous epoch's.
-        train_loss = getattr(pl_module, "train_loss", None)
-        if train_loss is not None and train_loss.update_count:
-            m["train/loss"] = train_loss.compute()
+        # running mean from the module, or the line would show the previous epoch's. Only this process's
+        # batches: a collective here, on rank 0 alone, would hang a DDP run.
+        train = "train loss" if trainer.world_size == 1 else "train loss (rank 0)"
+        if hasattr(pl_module, "train_means"):
+            m["train/loss"] = pl_module.train_means()[0]
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
         parts += [f"{label} {m[key].item():.4f}" for key, label in
-                  [("train/loss", "train loss"), ("val/loss", "val loss"), ("val/acc", "val acc")] if key in m]
+                  [("train/loss", train), ("val/loss", "val loss"), ("val/acc", "val acc")] if key in m]
         parts.append(f"{time.perf_counter() - self._started:.1f} s")
         print(" · ".join(parts), flush=True)
 

@@ -102,8 +102,8 @@ def test_logits_and_log_probabilities_train_identically():
     constant = {"_target_": None, "name": "none", "interval": "epoch"}
     a, b = Classifier(logits_net, opt, constant), Classifier(log_prob_net, opt, constant)
     batch = (torch.randn(16, 1, 28, 28), torch.arange(16) % 10)
-    loss_a, _ = a._step(batch, a.train_loss, a.train_acc)
-    loss_b, _ = b._step(batch, b.train_loss, b.train_acc)
+    loss_a, _ = a._step(batch, a.val_loss, a.val_acc)
+    loss_b, _ = b._step(batch, b.val_loss, b.val_acc)
     assert loss_a.item() == pytest.approx(loss_b.item(), abs=1e-6)
     loss_a.backward()
     loss_b.backward()
@@ -134,3 +134,24 @@ def test_cli_over_budget_exits_non_zero_with_one_line(mnist_root, tmp_path, monk
     assert str(done.value.code).startswith("error: 17,120 > 5,000 trainable parameters")
     assert "\n" not in str(done.value.code)
     assert _summary(tmp_path)["status"] == "over_budget"
+
+
+def test_epoch_train_loss_and_acc_are_the_image_weighted_means_of_its_batches():
+    """The running sums behind train/loss and train/acc: with lr 0 the net does not move, so the epoch's
+    numbers must equal one pass over the same batches (of unequal sizes) computed here."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    net = TinyConv()
+    opt = {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.0, "weight_decay": 0.0, "decay_norm_and_bias": False}
+    module = Classifier(net, opt, {"_target_": None, "name": "none", "interval": "epoch"})
+    x, y = torch.randn(23, 1, 28, 28), torch.randint(0, 10, (23,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=10)  # batches of 10, 10 and 3 images
+    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0).fit(module, loader)
+    with torch.no_grad():
+        losses = [torch.nn.functional.cross_entropy(net(xb), yb, reduction="sum") for xb, yb in loader]
+        correct = (net(x).argmax(1) == y).sum().item()
+    assert module.history["train_loss"] == [pytest.approx(sum(losses).item() / 23, rel=1e-5)]
+    assert module.history["train_acc"] == [pytest.approx(correct / 23)]
