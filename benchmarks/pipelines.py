@@ -25,6 +25,7 @@ mean +- std, to show the fast path learns what the usual one learns.
 """
 import argparse
 import contextlib
+import itertools
 import json
 import platform
 import statistics
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -61,8 +63,9 @@ def train(overrides):
         return run.train(cfg, Path(run_dir))
 
 
-def floor_epochs(model: str, batch: int, epochs: int, seed: int) -> list:
-    """Epoch times of a bare training loop on the resident tensors: what the kernels alone cost."""
+def floor_epochs(model: str, batch: int, epochs: int, seed: int, steps: Optional[int] = None) -> list:
+    """Epoch times of a bare training loop on the resident tensors: what the kernels alone cost. With
+    `steps`, each epoch is that many training batches and no eval pass."""
     from torchvision import datasets
 
     from mnist_arch.data import DeviceLoader, default_root, ensure_mnist
@@ -79,13 +82,13 @@ def floor_epochs(model: str, batch: int, epochs: int, seed: int) -> list:
         train_loader.sampler.set_epoch(epoch)
         start = time.perf_counter()
         net.train()
-        for x, y in train_loader:
+        for x, y in itertools.islice(train_loader, steps):
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
             opt.step()
         net.eval()
         with torch.inference_mode():
-            for x, y in test_loader:
+            for x, y in test_loader if steps is None else []:
                 net(x)
         times.append(round(time.perf_counter() - start, 3))
     return times
@@ -213,14 +216,34 @@ def loop(args) -> None:
         floor = floor_epochs("s6", REFERENCE_BATCH["s6"], args.epochs, args.seed)
         raw["repeats"].append({"ours": ours, "floor": floor})
         print(f"   repeat {repeat + 1}: ours {ours}, floor {floor}", flush=True)
-    print("\n| repeat | ours: epoch s (median, epochs 2+) | floor | ours / floor |\n|---:|---:|---:|---:|")
     ratios = []
     for i, r in enumerate(raw["repeats"], 1):
+        if i == 1:
+            print("\n| repeat | ours: epoch s (median, epochs 2+) | floor | ours / floor |\n|---:|---:|---:|---:|")
         o, f = statistics.median(r["ours"][1:] or r["ours"]), statistics.median(r["floor"][1:] or r["floor"])
         ratios.append(o / f)
         print(f"| {i} | {o:.2f} | {f:.2f} | {o / f:.3f} |")
-    print(f"\nours / floor: median {statistics.median(ratios):.3f} over {len(ratios)} repeats "
-          f"(range {min(ratios):.3f}-{max(ratios):.3f})")
+    if ratios:
+        print(f"\nours / floor: median {statistics.median(ratios):.3f} over {len(ratios)} repeats "
+              f"(range {min(ratios):.3f}-{max(ratios):.3f})")
+    if args.slices:
+        # The machine's speed drifts by +-20% over tens of seconds, more than the margin measured. So also:
+        # short slices alternating in one process, `--steps` training steps each (no validation), ours
+        # (the same features on) then the floor; the ratio of each adjacent pair; the first pair warms up.
+        sliced = [o for o in overrides if not o.startswith(("trainer.max_epochs=", "scheduler"))]
+        sliced += ["scheduler=none",  # plateau needs a val loss; a slice has no validation
+                   "trainer.max_epochs=1", f"+trainer.limit_train_batches={args.steps}", "+trainer.limit_val_batches=0"]
+        print(f"\n-- slices of {args.steps} steps: python -m mnist_arch.run {' '.join(sliced)}", flush=True)
+        for i in range(args.slices + 1):
+            ours = train(sliced).epoch_time_s[0]
+            floor = floor_epochs("s6", REFERENCE_BATCH["s6"], 1, args.seed, steps=args.steps)[0]
+            if i:  # the first pair warms up
+                raw.setdefault("slices", []).append({"ours": ours, "floor": floor})
+        pairs = [r["ours"] / r["floor"] for r in raw["slices"]]
+        print(f"ours / floor per slice pair: {', '.join(f'{p:.3f}' for p in pairs)}\n"
+              f"median {statistics.median(pairs):.3f} over {len(pairs)} pairs (range {min(pairs):.3f}-{max(pairs):.3f}); "
+              f"ms per step: ours {1e3 * statistics.median(r['ours'] for r in raw['slices']) / args.steps:.2f}, "
+              f"floor {1e3 * statistics.median(r['floor'] for r in raw['slices']) / args.steps:.2f}")
     if args.process:
         print("\n| repeat | usual: whole process s | ours | usual / ours |\n|---:|---:|---:|---:|")
         for repeat in range(args.process):
@@ -259,6 +282,8 @@ def main() -> None:
     at_floor.add_argument("--epochs", type=int, default=3, help="epochs per run; the median skips the first")
     at_floor.add_argument("--seed", type=int, default=1)
     at_floor.add_argument("--process", type=int, default=1, help="whole-process runs of usual and ours (0: none)")
+    at_floor.add_argument("--slices", type=int, default=0, help="also: alternating short slices, this many pairs")
+    at_floor.add_argument("--steps", type=int, default=150, help="training steps per slice")
     for command in (fast, same, at_floor):
         command.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()

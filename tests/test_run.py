@@ -101,11 +101,11 @@ def test_pipelines_and_speed_flags_train_end_to_end(make_cfg, mnist_root, tmp_pa
 @pytest.mark.parametrize(
     "scheduler, check",
     [
-        ("none", lambda lr: lr == [0.01, 0.01]),
-        ("step", lambda lr: lr == [0.01, 0.005]),
-        ("plateau", lambda lr: lr[0] == 0.01),
-        ("onecycle", lambda lr: lr[0] == pytest.approx(0.01 / 25) and lr[1] > lr[0]),
-        ("cosine", lambda lr: lr[0] == 0.01 and lr[1] < lr[0]),
+        ("none", lambda lr: lr == [0.1, 0.1]),
+        ("step", lambda lr: lr == [0.1, 0.05]),
+        ("plateau", lambda lr: lr[0] == 0.1),
+        ("onecycle", lambda lr: lr[0] == pytest.approx(0.1 / 25) and lr[1] > lr[0]),
+        ("cosine", lambda lr: lr[0] == 0.1 and lr[1] < lr[0]),
     ],
 )
 def test_each_scheduler_drives_the_learning_rate(make_cfg, mnist_root, tmp_path, scheduler, check):

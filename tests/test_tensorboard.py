@@ -89,7 +89,7 @@ def test_event_files_hold_scalars_images_text_graph_and_hparams(tiny_run):
         events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info.hparams
     assert hparams["model"].string_value == "s6" and hparams["seed"].number_value == 3
     assert hparams["params"].number_value == 19_866 and hparams["batch_size"].number_value == 32
-    assert hparams["augmentation"].string_value == "rotation 10" and hparams["scheduler"].string_value == "none"
+    assert hparams["augmentation"].string_value == "rotation 10" and hparams["scheduler"].string_value == "onecycle"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         events.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} >= {"hp/best_val_acc", "hp/test_acc", "hp/target_epoch"}
