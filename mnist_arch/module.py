@@ -57,18 +57,21 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.contiguous(memory_format=self.memory_format))
 
-    def _step(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy):
+    def _logits_and_loss(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        return logits, F.cross_entropy(logits, y)
+
+    def _step(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy):
+        y = batch[1]
+        logits, loss = self._logits_and_loss(batch)
         loss_metric.update(loss.detach(), weight=len(y))
         acc_metric.update(logits.detach(), y)
         return loss, logits.detach()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        y = batch[1]
+        logits, loss = self._logits_and_loss(batch)
         with torch.no_grad():
             self.train_sums[0] += loss * len(y)
             self.train_sums[1] += (logits.argmax(dim=1) == y).sum()
