@@ -49,8 +49,7 @@ def test_the_write_ups_recipes_do_not_follow_the_default_one(make_cfg, experimen
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.name=resnet", "model.name='resnet' is not one of: convnet, frontier_20k, frontier_4k, frontier_8k, s4, s6, "
-                               "custom"),
+        ("model.name=resnet", "model.name='resnet' is not one of: convnet, s4, s6, custom"),
         ("model=custom", "model=custom needs the net's class: model.net._target_=package.module.Class"),
         ("trainer.max_epochs=30", "trainer.max_epochs=30 is over budget.max_epochs=20; to play with a larger "
                                   "budget, also set budget.max_epochs=30"),
