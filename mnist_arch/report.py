@@ -150,12 +150,14 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
     figure = Figure(figsize=(8, 5), layout="constrained")
     ax = figure.add_subplot()
     points = []
-    for r in rows:
+    # A point is labelled by its model, plus its settings only where the model appears more than once:
+    # runs gathered from several sweeps differ in many keys that would otherwise crowd every label.
+    shown = [r for r in rows if r[metric][0] is not None and isinstance(r["params"], int)]
+    repeated = {m for m in (r["model"] for r in shown) if sum(x["model"] == m for x in shown) > 1}
+    for r in shown:
         mean, std = r[metric]
-        if mean is None or not isinstance(r["params"], int):
-            continue
         label = " ".join([str(r["model"]), *(f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items()
-                                             if k != "experiment")])
+                                             if k != "experiment" and r["model"] in repeated)])
         points.append((r["params"], mean, std or 0.0, label, len(r["seeds"])))
     for params, mean, std, label, n in points:
         ax.errorbar(params, 100 * mean, yerr=100 * std, fmt="o", capsize=3, markersize=4)

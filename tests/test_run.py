@@ -201,6 +201,7 @@ def test_frontier_experiments_compose_and_run(make_cfg, mnist_root, tmp_path, na
     assert cfg.budget.max_params == budget and cfg.data.val == "holdout"
     summary = run.train(cfg, tmp_path / "run")
     assert summary.status == "completed" and summary.params <= budget and summary.verdict.no_fc_ok
+    assert summary.model == name and summary.net_spec["arch"] == "convnet"
 
 
 @pytest.mark.parametrize("name, params, budget", [("public_3762", 3_762, 4_000), ("public_7918", 7_918, 8_000),

@@ -100,19 +100,22 @@ def test_leaderboard_numbers_from_known_summaries(tmp_path, capsys):
 
 def test_pareto_plot_of_known_summaries(tmp_path):
     budget = {"max_params": 20_000, "max_epochs": 20, "target_acc": 0.994, "allow_fc": False}
-    for i, (model, params, seed, acc) in enumerate([("small", 3_762, 1, 0.9930), ("small", 3_762, 2, 0.9940),
-                                                      ("big", 19_000, 1, 0.9950), ("mid", 9_000, 1, 0.9920)]):
+    for i, (model, params, seed, acc, lr) in enumerate([
+            ("small", 3_762, 1, 0.9930, 0.1), ("small", 3_762, 2, 0.9940, 0.1), ("big", 19_000, 1, 0.9950, 0.1),
+            ("mid", 9_000, 1, 0.9920, 0.1), ("mid", 9_000, 1, 0.9910, 0.2)]):
         RunRecord(status="completed", model=model, params=params, budget=budget, seed=seed, val_acc=[acc],
-                  test_acc=acc, overrides=[f"seed={seed}"]).write(tmp_path / "runs" / str(i))
+                  test_acc=acc, overrides=[f"seed={seed}", f"optimizer.lr={lr}"]).write(tmp_path / "runs" / str(i))
     differing, rows, _ = report.leaderboard(report.load(tmp_path / "runs"))
     ax = report.pareto(rows, differing).axes[0]
     points = sorted((c.lines[0].get_xdata()[0], round(c.lines[0].get_ydata()[0], 4)) for c in ax.containers)
-    assert points == [(3_762, 99.35), (9_000, 99.2), (19_000, 99.5)]  # small: the mean of its two seeds
+    assert points == [(3_762, 99.35), (9_000, 99.1), (9_000, 99.2), (19_000, 99.5)]  # small: its two seeds' mean
     front = next(line for line in ax.lines if line.get_label() == "Pareto front")
     assert list(front.get_xdata()) == [3_762, 19_000]  # mid is beaten by small with fewer parameters
     assert any(list(line.get_xdata()) == [20_000, 20_000] for line in ax.lines)  # the parameter rule
     assert any(list(line.get_ydata()) == [99.4, 99.4] for line in ax.lines)  # the target
-    assert [t.get_text() for t in ax.texts if t.get_text().startswith("small")] == ["small (n=2)"]
+    # The settings name a point only where its model is not enough to tell it from another.
+    assert sorted(t.get_text() for t in ax.texts if "(n=" in t.get_text()) == [
+        "big (n=1)", "mid lr=0.1 (n=1)", "mid lr=0.2 (n=1)", "small (n=2)"]
 
     report.main([str(tmp_path / "runs"), "--plot", str(tmp_path / "pareto.png")])
     from matplotlib.image import imread
