@@ -3,6 +3,7 @@
     python -m mnist_arch.report outputs/multirun/2026-11-22/10-00-00
     python -m mnist_arch.report outputs --csv board.csv
     python -m mnist_arch.report outputs --plot pareto.png        # accuracy against parameters
+    python -m mnist_arch.report outputs --plot pareto.png --ymin 98.8   # the axis from 98.8%
 
 Jobs that differ only in `seed` form one row: model, params, the overrides that differ between jobs,
 the seeds, best-epoch and final-epoch val acc as mean ± std over the seeds, how many reached the target
@@ -124,7 +125,7 @@ def csv_text(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict
 
 
 def write(root: Path, csv_path: Optional[Path] = None, plot_path: Optional[Path] = None,
-          metric: str = "test") -> Tuple[str, List[Dict[str, Any]]]:
+          metric: str = "test", ymin: Optional[float] = None) -> Tuple[str, List[Dict[str, Any]]]:
     """Build the leaderboard of `root`, write its CSV (default: <root>/leaderboard.csv) and markdown, and
     the Pareto plot when `plot_path` is given."""
     differing, rows, failed = leaderboard(load(root))
@@ -133,17 +134,19 @@ def write(root: Path, csv_path: Optional[Path] = None, plot_path: Optional[Path]
     if csv_path is None:
         (root / "leaderboard.md").write_text(text + "\n")
     if plot_path is not None:
-        pareto(rows, differing, metric).savefig(plot_path, dpi=100)
+        pareto(rows, differing, metric, ymin).savefig(plot_path, dpi=100)
     return text, failed
 
 
 METRICS = {"test": "test acc", "final": "final-epoch val acc", "best": "best-epoch val acc"}
 
 
-def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test"):
+def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test", ymin: Optional[float] = None):
     """Accuracy against parameters, one point per setting: the mean over its seeds with ± std error bars,
     labelled; dashed lines at each budget's parameter limit and target accuracy. The settings no other
-    setting beats with fewer parameters (the Pareto front) are joined by a line."""
+    setting beats with fewer parameters (the Pareto front) are joined by a line. `ymin` (percent) cuts
+    the axis so that one failed seed does not flatten the rest; a point under it is drawn on the bottom
+    edge as a down-pointing triangle, its mean ± std written in its label, never left out."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
 
@@ -160,6 +163,11 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
                                              if k != "experiment" and r["model"] in repeated)])
         points.append((r["params"], mean, std or 0.0, label, len(r["seeds"])))
     for params, mean, std, label, n in points:
+        if ymin is not None and 100 * mean < ymin:
+            ax.plot(params, ymin, "v", markersize=7, clip_on=False)
+            ax.annotate(f"{label} (n={n}): {100 * mean:.2f}% ± {100 * std:.2f}, below the axis", (params, ymin),
+                        textcoords="offset points", xytext=(-60, 8), fontsize=7)
+            continue
         ax.errorbar(params, 100 * mean, yerr=100 * std, fmt="o", capsize=3, markersize=4)
         ax.annotate(f"{label} (n={n})", (params, 100 * mean), textcoords="offset points", xytext=(5, 4), fontsize=7)
     front, best = [], -1.0
@@ -177,6 +185,8 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
         ax.axhline(100 * target, color="green", linestyle="--", linewidth=0.8, alpha=0.6)
         ax.annotate(f"target {target:.2%}", (0, 100 * target), xycoords=("axes fraction", "data"), fontsize=7,
                     color="green", xytext=(4, 2), textcoords="offset points")
+    if ymin is not None:
+        ax.set_ylim(bottom=ymin)
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel(f"{METRICS[metric]} (%), mean ± std over seeds")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
@@ -210,12 +220,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--plot", type=Path, default=None, help="also draw accuracy against parameters (a PNG)")
     parser.add_argument("--metric", choices=list(METRICS), default="test",
                         help="the accuracy the plot shows (default: test acc, the final score of each run)")
+    parser.add_argument("--ymin", type=float, default=None,
+                        help="bottom of the plot's accuracy axis, in percent (points below it sit on the edge)")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         sys.exit(f"error: {args.root} is not a folder")
     if not load(args.root):
         sys.exit(f"error: no summary.json beneath {args.root}")
-    text, _ = write(args.root, args.csv, args.plot, args.metric)
+    text, _ = write(args.root, args.csv, args.plot, args.metric, args.ymin)
     print(text + (f"\n\nplot: {args.plot}" if args.plot else ""))
 
 

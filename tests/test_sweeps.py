@@ -117,7 +117,12 @@ def test_pareto_plot_of_known_summaries(tmp_path):
     assert sorted(t.get_text() for t in ax.texts if "(n=" in t.get_text()) == [
         "big (n=1)", "mid lr=0.1 (n=1)", "mid lr=0.2 (n=1)", "small (n=2)"]
 
-    report.main([str(tmp_path / "runs"), "--plot", str(tmp_path / "pareto.png")])
+    # A point under --ymin sits on the bottom edge with its value in its label, so nothing is hidden.
+    ax = report.pareto(rows, differing, ymin=99.3).axes[0]
+    assert ax.get_ylim()[0] == 99.3 and any(t.get_text() == "mid lr=0.2 (n=1): 99.10% ± 0.00, below the axis"
+                                            for t in ax.texts)
+
+    report.main([str(tmp_path / "runs"), "--plot", str(tmp_path / "pareto.png"), "--ymin", "99"])
     from matplotlib.image import imread
 
     assert imread(tmp_path / "pareto.png").shape[:2] == (500, 800)
