@@ -18,6 +18,7 @@ import csv
 import io
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -156,7 +157,7 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
     # A point is labelled by its model, plus its settings only where the model appears more than once:
     # runs gathered from several sweeps differ in many keys that would otherwise crowd every label.
     shown = [r for r in rows if r[metric][0] is not None and isinstance(r["params"], int)]
-    repeated = {m for m in (r["model"] for r in shown) if sum(x["model"] == m for x in shown) > 1}
+    repeated = {m for m, n in Counter(r["model"] for r in shown).items() if n > 1}
     for r in shown:
         mean, std = r[metric]
         label = " ".join([str(r["model"]), *(f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items()
