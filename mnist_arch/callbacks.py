@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.progress_bar import ProgressBar as LightningProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -137,6 +137,8 @@ SWITCHES: Dict[str, Callable[..., List[pl.Callback]]] = {
     "checkpoint": checkpoints,
     "lr_monitor": lambda conf, run_dir: [LearningRateMonitor(logging_interval="epoch")],
     "plots": lambda conf, run_dir: [RunPlots(run_dir / "plots", conf.budget.target_acc, conf.data.val)],
+    # Lightning's EMA: validation, checkpoints and the final weights are the average (BN statistics too).
+    "ema": lambda conf, run_dir: [EMAWeightAveraging(decay=conf.callbacks.ema)],
 }
 
 

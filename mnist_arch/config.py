@@ -75,6 +75,8 @@ class DataConf:
     contrast: float = MISSING
     jitter_p: float = MISSING
     erasing: float = MISSING
+    progressive_size: int = MISSING
+    progressive_epochs: int = MISSING
     num_workers: int = MISSING
     download: bool = MISSING
     verify: bool = MISSING
@@ -97,6 +99,8 @@ class DataConf:
             _check(0 <= getattr(self, key) <= 1, f"data.{key}={getattr(self, key)} must be a probability in [0, 1]")
         for key in ("brightness", "contrast"):
             _check(0 <= getattr(self, key) < 1, f"data.{key}={getattr(self, key)} must be in [0, 1)")
+        _check(8 <= self.progressive_size <= 56, f"data.progressive_size={self.progressive_size} must be in [8, 56] pixels")
+        _check(self.progressive_epochs >= 0, f"data.progressive_epochs={self.progressive_epochs} must be >= 0")
         _check(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
         _check(self.fetch_timeout_s > 0, f"data.fetch_timeout_s={self.fetch_timeout_s} must be > 0")
 
@@ -222,9 +226,11 @@ class CallbacksConf:
     plots: bool = MISSING
     progress: str = MISSING
     progress_refresh: int = MISSING
+    ema: float = MISSING
 
     def __post_init__(self):
         _one_of("callbacks.progress", self.progress, PROGRESS)
+        _check(0 <= self.ema < 1, f"callbacks.ema={self.ema} must be in [0, 1) (0: off; e.g. 0.99)")
         _check(self.progress_refresh >= 1, f"callbacks.progress_refresh={self.progress_refresh} must be >= 1")
 
 
@@ -251,6 +257,7 @@ class Config:
     seed: int = MISSING
     channels_last: bool = MISSING
     compile: bool = MISSING
+    label_smoothing: float = MISSING
     threads: Optional[int] = None  # torch CPU threads; None: shared out between parallel jobs / DDP ranks
     ckpt_path: Optional[str] = None  # resume: "last" (<run dir>/checkpoints/last.ckpt) or a checkpoint file
     test_weights: str = MISSING
@@ -264,8 +271,12 @@ class Config:
         # Picking the best epoch by test accuracy and then reporting that test accuracy is tuning on it.
         _check(self.test_weights != "best" or self.data.val == "holdout",
                "test_weights=best needs data.val=holdout: with val=test the best epoch is chosen on the test set")
+        _check(0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         _check(self.threads is None or self.threads >= 1, f"threads={self.threads} must be >= 1 (or null)")
         self.budget.check_epochs(self.trainer.max_epochs)
+        _check(self.data.progressive_epochs < self.trainer.max_epochs or self.data.progressive_epochs == 0,
+               f"data.progressive_epochs={self.data.progressive_epochs} would resize every epoch of "
+               f"trainer.max_epochs={self.trainer.max_epochs}: the net must see 28x28 images before it is scored")
 
 
 # The Trainer arguments the run sets itself: from its callbacks, logger and run dir.

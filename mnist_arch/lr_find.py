@@ -40,7 +40,8 @@ def find(cfg: DictConfig, run_dir: Path) -> float:
     datamodule = MNISTDataModule(**asdict(conf.data), seed=conf.seed)
     spec = asdict(conf.model)
     constant = {"_target_": None, "name": "none", "interval": "epoch"}  # the range test drives the lr itself
-    model = Classifier(build_net(spec), asdict(conf.optimizer), constant, spec, conf.channels_last)
+    model = Classifier(build_net(spec), asdict(conf.optimizer), constant, spec, conf.channels_last,
+                       label_smoothing=conf.label_smoothing)
     trainer_kwargs = {**conf.trainer.kwargs(run_dir), "enable_progress_bar": False, "enable_model_summary": False}
     trainer = pl.Trainer(**trainer_kwargs, logger=False, enable_checkpointing=False, default_root_dir=run_dir)
     finder = Tuner(trainer).lr_find(model, datamodule=datamodule, min_lr=MIN_LR, max_lr=MAX_LR,

@@ -35,7 +35,8 @@ class Classifier(pl.LightningModule):
     """
 
     def __init__(self, net: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any],
-                 net_spec: Optional[Dict[str, Any]] = None, channels_last: bool = False, compile: bool = False):
+                 net_spec: Optional[Dict[str, Any]] = None, channels_last: bool = False, compile: bool = False,
+                 label_smoothing: float = 0.0):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -57,10 +58,10 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.contiguous(memory_format=self.memory_format))
 
-    def _logits_and_loss(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _logits_and_loss(self, batch, label_smoothing: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         logits = self(x)
-        return logits, F.cross_entropy(logits, y)
+        return logits, F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
     def _step(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy):
         y = batch[1]
@@ -71,7 +72,8 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         y = batch[1]
-        logits, loss = self._logits_and_loss(batch)
+        # Label smoothing shapes the training loss only: val and test losses stay the plain cross-entropy.
+        logits, loss = self._logits_and_loss(batch, self.hparams.label_smoothing)
         with torch.no_grad():
             self.train_sums[0] += loss * len(y)
             self.train_sums[1] += (logits.argmax(dim=1) == y).sum()

@@ -50,7 +50,9 @@ def train(cfg: DictConfig, run_dir: Path) -> RunRecord:
     spec = asdict(conf.model)
     net = build_net(spec)
     layers, shape_totals, verdict = describe(net, conf.budget)  # before any compile
-    model = Classifier(net, asdict(conf.optimizer), asdict(conf.scheduler), spec, conf.channels_last, conf.compile)
+    datamodule.check_net(net)  # a net that cannot take data.progressive_size is refused here, not mid-fit
+    model = Classifier(net, asdict(conf.optimizer), asdict(conf.scheduler), spec, conf.channels_last, conf.compile,
+                       conf.label_smoothing)
 
     callbacks = build_callbacks(conf, run_dir)
     logger = _logger(conf, run_dir, net, layers) if conf.save else False

@@ -65,8 +65,8 @@ def test_the_write_ups_recipes_do_not_follow_the_default_one(make_cfg, experimen
                                    "optimizer.momentum?"),
         ("+data.not_a_key=1", "data.not_a_key is not a key of the data group; its keys: root, pipeline, val, "
                               "holdout_size, batch_size, eval_batch_size, drop_last, rotation, rotation_p, "
-                              "translate, scale, brightness, contrast, jitter_p, erasing, num_workers, download, "
-                              "verify, fetch_timeout_s"),
+                              "translate, scale, brightness, contrast, jitter_p, erasing, progressive_size, "
+                              "progressive_epochs, num_workers, download, verify, fetch_timeout_s"),
         ("optimizer.momentum=2", "optimizer.momentum=2.0 must be in [0, 1)"),
         ("scheduler=step scheduler.patience=3", "scheduler.patience is not an argument of "
                                                 "torch.optim.lr_scheduler.StepLR (scheduler=step); it takes: "
@@ -84,7 +84,12 @@ def test_the_write_ups_recipes_do_not_follow_the_default_one(make_cfg, experimen
                                       "trainer.overfit_batches?"),
         ("+trainer.callbacks=[]", "trainer.callbacks is set by the callbacks group, not here"),
         ("+callbacks.not_a_key=1", "callbacks.not_a_key is not a key of the callbacks group; its keys: rules, "
-                                   "stop_at_target, checkpoint, lr_monitor, plots, progress, progress_refresh"),
+                                   "stop_at_target, checkpoint, lr_monitor, plots, progress, progress_refresh, ema"),
+        ("callbacks.ema=1", "callbacks.ema=1.0 must be in [0, 1) (0: off; e.g. 0.99)"),
+        ("label_smoothing=-0.1", "label_smoothing=-0.1 must be in [0, 1)"),
+        ("data.progressive_size=4", "data.progressive_size=4 must be in [8, 56] pixels"),
+        ("data.progressive_epochs=20", "data.progressive_epochs=20 would resize every epoch of trainer.max_epochs=20: "
+                                       "the net must see 28x28 images before it is scored"),
         ("+logger.grpah=false", "logger.grpah is not a key of the logger group; did you mean logger.graph?"),
         ("+budget.max_param=1000", "budget.max_param is not a key of the budget group; did you mean "
                                    "budget.max_params?"),

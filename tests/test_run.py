@@ -213,3 +213,106 @@ def test_public_experiments_compose_and_run(make_cfg, mnist_root, tmp_path, name
     summary = run.train(cfg, tmp_path / "run")
     assert summary.status == "completed" and summary.params == params and summary.model == name
     assert summary.net_spec["arch"] == "convnet"
+
+
+# --- the speedrun levers: label smoothing, an EMA of the weights, progressive resizing ---------------
+
+
+def test_label_smoothing_shapes_the_training_loss_only(make_cfg, mnist_root, tmp_path):
+    """A net of fixed scores (lr 1e-12: they do not move) over one whole epoch: the training loss is the
+    smoothed cross-entropy of every training label, the val loss the plain one, computed here by hand."""
+    import math
+
+    from tests.conftest import N_TEST, N_TRAIN, synthetic_split
+
+    eps = 0.3
+    overrides = [o for o in fast_overrides(mnist_root) if "limit_train_batches" not in o]
+    overrides += ["model=custom", "model.net._target_=tests.nets.ConstantScores", "optimizer.lr=1e-12",
+                  "scheduler=none", "trainer.max_epochs=1", f"label_smoothing={eps}", "callbacks.checkpoint=false"]
+    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    log_z = math.log(math.exp(20) + 9)
+    plain = {k: log_z - (20 if k == 0 else 0) for k in range(10)}  # -log p(k) for the scores [20, 0, ..., 0]
+    smooth = {k: (1 - eps) * plain[k] + eps * sum(plain.values()) / 10 for k in range(10)}
+    train_labels, val_labels = synthetic_split(N_TRAIN, 0)[1], synthetic_split(N_TEST, 1)[1]
+    assert summary.train_loss[0] == pytest.approx(sum(smooth[k] for k in train_labels) / N_TRAIN, rel=1e-4)
+    assert summary.val_loss[0] == pytest.approx(sum(plain[k] for k in val_labels) / N_TEST, rel=1e-4)
+
+
+def test_ema_weights_are_validated_saved_and_tested(make_cfg, mnist_root, tmp_path, monkeypatch):
+    """callbacks.ema=0.5: the weights last.ckpt saves are the EMA of the raw weights after every step,
+    recomputed here from the raw weights seen at each step's start; the last validation and the test
+    (val=test, final weights) score exactly those weights."""
+    import torch
+    import torch.nn.functional as F
+
+    from mnist_arch.data.datamodule import MNISTDataModule
+    from mnist_arch.module import Classifier
+    from tests.nets import TinyConv
+
+    raw, real_step = [], Classifier.training_step
+
+    def recorded(self, batch, batch_idx):
+        raw.append({k: v.detach().clone() for k, v in self.net.named_parameters()})
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(Classifier, "training_step", recorded)
+    overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.TinyConv",
+                                              "callbacks.ema=0.5"]
+    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    final_raw = {k.removeprefix("net."): v for k, v in last["current_model_state"].items() if k.startswith("net.")}
+    after_each_step = raw[1:] + [final_raw]  # a step's start sees the weights the step before left
+    assert len(after_each_step) == 8 and summary.status == "completed"
+    for name in final_raw:
+        ema = after_each_step[0][name]
+        for weights in after_each_step[1:]:
+            ema = 0.5 * ema + 0.5 * weights[name]
+        assert torch.allclose(last["state_dict"][f"net.{name}"], ema, atol=1e-6), name
+        assert not torch.allclose(ema, final_raw[name])
+    net = TinyConv().eval()
+    net.load_state_dict({k.removeprefix("net."): v for k, v in last["state_dict"].items() if k.startswith("net.")})
+    datamodule = MNISTDataModule(root=str(mnist_root), download=False, eval_batch_size=40)
+    datamodule.setup("test")
+    images, labels = zip(*datamodule.test_dataloader())
+    with torch.no_grad():
+        logits = net(torch.cat(images))
+    labels = torch.cat(labels)
+    assert summary.val_loss[-1] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-4)
+    assert summary.test_acc == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+
+
+def test_progressive_resizing_trains_small_then_full_size(make_cfg, mnist_root, tmp_path, monkeypatch):
+    from mnist_arch.module import Classifier
+
+    seen, real_train, real_val = set(), Classifier.training_step, Classifier.validation_step
+
+    def train_step(self, batch, batch_idx):
+        seen.add(("train", self.current_epoch, tuple(batch[0].shape[2:])))
+        return real_train(self, batch, batch_idx)
+
+    def val_step(self, batch, batch_idx):
+        seen.add(("val", self.current_epoch, tuple(batch[0].shape[2:])))
+        return real_val(self, batch, batch_idx)
+
+    monkeypatch.setattr(Classifier, "training_step", train_step)
+    monkeypatch.setattr(Classifier, "validation_step", val_step)
+    overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.TinyConv",
+                                              "data.progressive_size=16", "data.progressive_epochs=1",
+                                              "trainer.num_sanity_val_steps=0"]
+    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    assert summary.status == "completed"
+    assert seen == {("train", 0, (16, 16)), ("val", 0, (28, 28)), ("train", 1, (28, 28)), ("val", 1, (28, 28))}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=s4", "data.progressive_epochs=1"], "data.progressive_size=20: the net"),
+    (["model=custom", "model.net._target_=tests.nets.WrongOutput", "data.progressive_epochs=1",
+      "data.progressive_size=28"], "not 10 class scores"),
+])
+def test_progressive_resizing_refuses_a_net_that_cannot_take_the_size(make_cfg, mnist_root, tmp_path, overrides,
+                                                                      message):
+    from mnist_arch.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        run.train(make_cfg(fast_overrides(mnist_root) + overrides), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()

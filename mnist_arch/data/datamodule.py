@@ -13,15 +13,17 @@ permutation (the same for every run seed), and the 10k test set is then touched 
 from pathlib import Path
 from typing import Optional
 
-import pytorch_lightning as pl
 import copy
 
+import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from mnist_arch.data.device_loader import MEAN, STD, Augment, DeviceLoader
 from mnist_arch.data.fetch import DataError, default_root, ensure_mnist
+from mnist_arch.errors import ConfigError
 
 HOLDOUT_SEED = 0  # fixed, so the holdout split does not move with the run's seed
 
@@ -44,6 +46,8 @@ class MNISTDataModule(pl.LightningDataModule):
         contrast: float = 0.0,
         jitter_p: float = 1.0,
         erasing: float = 0.0,
+        progressive_size: int = 20,
+        progressive_epochs: int = 0,
         num_workers: int = 0,
         download: bool = True,
         verify: bool = True,
@@ -56,6 +60,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.drop_last = batch_size, eval_batch_size, drop_last
         self.augment = Augment(rotation=rotation, rotation_p=rotation_p, translate=translate, scale=scale,
                                brightness=brightness, contrast=contrast, jitter_p=jitter_p, erasing=erasing)
+        self.progressive_size, self.progressive_epochs = progressive_size, progressive_epochs
         self.num_workers, self.download, self.verify = num_workers, download, verify
         self.fetch_timeout_s, self.seed = fetch_timeout_s, seed
         self.splits = None  # name -> (uint8 images, int64 labels), or (Dataset, None) for torchvision
@@ -128,6 +133,35 @@ class MNISTDataModule(pl.LightningDataModule):
         shuffle = train and not (self.trainer is not None and self.trainer.overfit_batches > 0)
         return DeviceLoader(images, labels, batch_size, shuffle=shuffle, drop_last=self.drop_last and train,
                             seed=self.seed, augment=self.augment if train else None, rank=rank, world_size=world)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Progressive resizing: the first `progressive_epochs` training epochs see smaller images. Here,
+        on the device and after augmentation, so it is one vectorised resize per batch on either pipeline."""
+        if self.progressive_epochs and self.trainer.training and self.trainer.current_epoch < self.progressive_epochs:
+            x, y = batch
+            side = self.progressive_size
+            batch = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False), y
+        return batch
+
+    def check_net(self, net: torch.nn.Module) -> None:
+        """With progressive resizing on, the net must map (N, 1, size, size) to (N, 10) scores, as a net
+        with global pooling does; one with a fixed-size head (s4's 7x7 conv, a flatten) is refused here."""
+        if not self.progressive_epochs:
+            return
+        side = self.progressive_size
+        was_training = net.training
+        try:
+            with torch.no_grad():
+                shape = tuple(net.eval()(torch.zeros(2, 1, side, side)).shape)
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(f"data.progressive_size={side}: the net cannot take {side}x{side} images "
+                              f"({str(e).splitlines()[0]}); use a net with global pooling, or "
+                              "data.progressive_epochs=0") from None
+        finally:
+            net.train(was_training)
+        if shape != (2, 10):
+            raise ConfigError(f"data.progressive_size={side}: the net maps {side}x{side} images to {shape[1:]}, "
+                              "not 10 class scores; use a net with global pooling, or data.progressive_epochs=0")
 
     def train_dataloader(self):
         return self._loader("train")
