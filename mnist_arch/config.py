@@ -274,7 +274,7 @@ class Config:
         _check(0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         _check(self.threads is None or self.threads >= 1, f"threads={self.threads} must be >= 1 (or null)")
         self.budget.check_epochs(self.trainer.max_epochs)
-        _check(self.data.progressive_epochs < self.trainer.max_epochs or self.data.progressive_epochs == 0,
+        _check(self.data.progressive_epochs < self.trainer.max_epochs,
                f"data.progressive_epochs={self.data.progressive_epochs} would resize every epoch of "
                f"trainer.max_epochs={self.trainer.max_epochs}: the net must see 28x28 images before it is scored")
 

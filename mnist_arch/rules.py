@@ -61,13 +61,13 @@ def fc_layers(net: nn.Module) -> List[str]:
     return [name or "(the net itself)" for name, m in net.named_modules() if isinstance(m, FC_TYPES)]
 
 
-def output_shape(net: nn.Module) -> Tuple[int, ...]:
-    """What the net gives for a batch of PROBE_BATCH zero images (eval mode, no grad)."""
+def output_shape(net: nn.Module, side: int = 28) -> Tuple[int, ...]:
+    """What the net gives for a batch of PROBE_BATCH zero side x side images (eval mode, no grad)."""
     device = next(net.parameters(), torch.zeros(0)).device
     was_training = net.training
     try:
         with torch.no_grad():
-            return tuple(net.eval()(torch.zeros(PROBE_BATCH, 1, 28, 28, device=device)).shape)
+            return tuple(net.eval()(torch.zeros(PROBE_BATCH, 1, side, side, device=device)).shape)
     finally:
         net.train(was_training)
 

@@ -10,10 +10,9 @@ Validation follows the references by default (`val="test"`: the official 10k tes
 validation set). `val="holdout"` carves `holdout_size` images out of the 60k training set with a fixed
 permutation (the same for every run seed), and the 10k test set is then touched only by the final test.
 """
+import copy
 from pathlib import Path
 from typing import Optional
-
-import copy
 
 import pytorch_lightning as pl
 import torch
@@ -24,6 +23,7 @@ from torchvision import datasets, transforms
 from mnist_arch.data.device_loader import MEAN, STD, Augment, DeviceLoader
 from mnist_arch.data.fetch import DataError, default_root, ensure_mnist
 from mnist_arch.errors import ConfigError
+from mnist_arch.rules import PROBE_BATCH, output_shape
 
 HOLDOUT_SEED = 0  # fixed, so the holdout split does not move with the run's seed
 
@@ -149,17 +149,13 @@ class MNISTDataModule(pl.LightningDataModule):
         if not self.progressive_epochs:
             return
         side = self.progressive_size
-        was_training = net.training
         try:
-            with torch.no_grad():
-                shape = tuple(net.eval()(torch.zeros(2, 1, side, side)).shape)
+            shape = output_shape(net, side)
         except (RuntimeError, ValueError) as e:
             raise ConfigError(f"data.progressive_size={side}: the net cannot take {side}x{side} images "
                               f"({str(e).splitlines()[0]}); use a net with global pooling, or "
                               "data.progressive_epochs=0") from None
-        finally:
-            net.train(was_training)
-        if shape != (2, 10):
+        if shape != (PROBE_BATCH, 10):
             raise ConfigError(f"data.progressive_size={side}: the net maps {side}x{side} images to {shape[1:]}, "
                               "not 10 class scores; use a net with global pooling, or data.progressive_epochs=0")
 
