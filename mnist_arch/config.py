@@ -7,16 +7,15 @@ Optional field left None means "not given" (the class's own default applies).
 """
 import copy
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from mnist_arch.errors import ConfigError
+from mnist_arch.errors import ConfigError, RunError, did_you_mean
 from mnist_arch.models import CUSTOM, list_models
-from mnist_arch.recipe import class_arguments
+from mnist_arch.recipe import OPTIMIZER_BASE, SCHEDULER_BASE, class_arguments
 from mnist_arch.rules import Budget
 from mnist_arch.targets import check_arguments, locate
 
@@ -125,7 +124,7 @@ class OptimizerConf:
                f"optimizer.momentum={self.momentum} must be in [0, 1)")
         _check(self.betas is None or (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
                f"optimizer.betas={self.betas and list(self.betas)} must be two numbers in [0, 1)")
-        cls = locate(self._target_, "optimizer._target_")
+        cls = locate(self._target_, "optimizer._target_", OPTIMIZER_BASE)
         check_arguments("optimizer.", cls, class_arguments(dataclasses.asdict(self)),
                         f"{self._target_} (optimizer={self.name})", supplied=["params"])
 
@@ -164,7 +163,7 @@ class SchedulerConf:
             _check(value is None or 0 < value <= 1, f"scheduler.{key}={value} must be in (0, 1]")
         _check(self.eta_min is None or self.eta_min >= 0, f"scheduler.eta_min={self.eta_min} must be >= 0")
         if self._target_:
-            cls = locate(self._target_, "scheduler._target_")
+            cls = locate(self._target_, "scheduler._target_", SCHEDULER_BASE)
             check_arguments("scheduler.", cls, class_arguments(dataclasses.asdict(self)),
                             f"{self._target_} (scheduler={self.name})", supplied=["optimizer"])
         else:
@@ -329,9 +328,7 @@ def _refuse_unread_keys(cfg: DictConfig) -> None:
 def _refuse_unknown(prefix: str, keys, known, where: str) -> None:
     for key in keys:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {prefix}{close[0]}?" if close else f"its keys: {', '.join(known)}"
-            raise ConfigError(f"{prefix}{key} is not a key of {where}; {hint}")
+            raise ConfigError(f"{prefix}{key} is not a key of {where}; {did_you_mean(key, known, prefix, 'its keys')}")
 
 
 def _trainer_extra(cfg: DictConfig) -> Dict[str, Any]:
@@ -349,6 +346,23 @@ def _trainer_extra(cfg: DictConfig) -> Dict[str, Any]:
         _check(key not in SET_BY_THE_RUN, f"trainer.{key} is set by {SET_BY_THE_RUN.get(key)}, not here")
     check_arguments("trainer.", pl.Trainer, extra, "pl.Trainer")
     return extra
+
+
+def load(overrides=()) -> Config:
+    """The validated config `python -m mnist_arch.run <overrides>` would train with, composed outside a Hydra
+    job (the layer table, evaluate). Anything Hydra cannot parse or merge is a ConfigError in one line, as is
+    any value the schema refuses."""
+    from mnist_arch.cli import hydra_error
+
+    try:
+        return validate(compose(overrides))
+    except (RunError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - Hydra's and OmegaConf's errors become ours; anything else is a bug
+        line = hydra_error(e)
+        if line is None:
+            raise
+        raise ConfigError(line) from None
 
 
 def compose(overrides=(), with_hydra: bool = False) -> DictConfig:

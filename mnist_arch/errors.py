@@ -1,5 +1,9 @@
-"""The errors a run reports to the user as one line (no traceback). Each carries the `status` that
-summary.json records, so the entry point and a sweep's leaderboard need only catch this one base."""
+"""The errors a command reports to the user as one line (no traceback). Each carries the `status` that
+summary.json records, so the entry points (mnist_arch/cli.py) and a sweep's leaderboard need only catch
+this one base. A ConfigError is the user's input refused (exit 2); any other RunError is a run that failed
+(exit 1)."""
+import difflib
+from typing import Iterable
 
 
 class RunError(Exception):
@@ -9,9 +13,14 @@ class RunError(Exception):
 
 
 class ConfigError(RunError, ValueError):
-    """A config value that cannot work; the message names the key and what it accepts."""
+    """Input that cannot work: a config value, a command-line argument, a file; the message names it."""
 
     status = "bad_config"
+
+
+class BadFile(ConfigError):
+    """A file handed to a command is not what it must be (missing, truncated, corrupt, too large, of the
+    wrong kind, or asking to run code); the message starts with the file's path."""
 
 
 class BudgetError(RunError, RuntimeError):
@@ -33,3 +42,10 @@ class NonFiniteLoss(RunError, RuntimeError):
 
     status = "non_finite_loss"
 
+
+def did_you_mean(name: str, known: Iterable[str], prefix: str = "", listing: str = "it takes") -> str:
+    """'did you mean <prefix><closest>?' or, with nothing close, '<listing>: a, b, c': the one hint every
+    "not a key / not an argument / not an option" message ends with."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean {prefix}{close[0]}?" if close else f"{listing}: {', '.join(known)}"

@@ -3,37 +3,58 @@
     python -m mnist_arch.evaluate outputs/2026-11-23/10-00-00_s4            # the 10k test set
     python -m mnist_arch.evaluate outputs/.../checkpoints/last.ckpt data.val=holdout
 
-The first argument is a run dir (its tested checkpoint) or a .ckpt file; the rest are `data.*` overrides
-(the run's own config.yaml gives the rest of the data settings when there is one). Writes
-`evaluate.json` into the run dir (or beside the checkpoint).
+The first argument is a run dir (its tested checkpoint) or a .ckpt file; the rest are `data.*` overrides.
+The split the run validated on (data.val, data.holdout_size) comes from the run's own config.yaml when
+there is one, and so does where its data lives (data.root) when that folder already holds the four MNIST
+files; whether data may be fetched and is verified are this machine's settings and your overrides, never a
+run dir's, so a run dir someone handed you cannot make evaluate write anywhere. Writes `evaluate.json` into the run dir (or
+beside the checkpoint).
 """
 import json
-import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from mnist_arch.errors import RunError
+from mnist_arch.cli import Parser, command
+from mnist_arch.errors import BadFile, ConfigError
+from mnist_arch.files import MAX_CONFIG_BYTES, check_file
 
 EVALUATE_VERSION = 1
+FROM_THE_RUN = ("val", "holdout_size")  # data settings a run dir's config.yaml decides, unless overridden
 
 
 def data_settings(run_dir: Optional[Path], overrides: List[str]):
-    """The data group: the run's config.yaml when there is one, else the defaults; then the overrides."""
-    from mnist_arch.config import ConfigError, DataConf, compose
+    """This machine's data group with the overrides, and the run's split where the overrides leave it."""
+    from omegaconf import OmegaConf
+
+    from mnist_arch.config import VAL_SPLITS, load
+    from mnist_arch.data.fetch import MD5, raw_folder
 
     bad = [o for o in overrides if not o.startswith("data.")]
     if bad:
         raise ConfigError(f"{bad[0]}: evaluate takes data.* overrides only (e.g. data.val=holdout)")
+    data = load(overrides).data
     saved = run_dir / "config.yaml" if run_dir else None
-    base = OmegaConf.load(saved).data if saved and saved.is_file() else compose().data
-    merged = OmegaConf.merge(OmegaConf.structured(DataConf), base,
-                             OmegaConf.from_dotlist([o[len("data."):] for o in overrides]))
-    return OmegaConf.to_object(merged)
+    if saved is None or not saved.exists():
+        return data
+    check_file(saved, "config file", MAX_CONFIG_BYTES)
+    try:  # raw values: an interpolation in a file from elsewhere is not resolved
+        run_data = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)["data"]
+        given = {o.split("=", 1)[0][len("data."):] for o in overrides}
+        split = {key: run_data[key] for key in FROM_THE_RUN if key not in given and key in run_data}
+        root = run_data.get("root")
+        if "root" not in given and isinstance(root, str) and all((raw_folder(root) / name).is_file() for name in MD5):
+            split["root"] = root  # only a folder that already holds the data: nothing is fetched into it
+    except Exception as e:  # noqa: BLE001 - YAML errors and odd shapes alike: the file is data
+        raise BadFile(f"{saved}: not a readable run config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if split.get("val", "test") not in VAL_SPLITS or type(split.get("holdout_size", 1)) is not int:
+        raise BadFile(f"{saved}: its data.val / data.holdout_size are not a split ({split})")
+    try:
+        return replace(data, **split)  # the schema's checks run again on the new values
+    except ConfigError as e:
+        raise BadFile(f"{saved}: its data settings do not hold: {e}") from None
 
 
 def score(trained, data) -> Dict[str, Any]:
@@ -65,19 +86,17 @@ def report(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> None:
     from mnist_arch import trained as trained_nets
 
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        sys.exit(0 if args else 2)
-    try:
-        trained = trained_nets.load(args[0])
-        result = score(trained, data_settings(trained.run_dir, args[1:]))
-    except (RunError, OmegaConfBaseException) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+    parser = Parser(prog="python -m mnist_arch.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a run dir (its tested checkpoint) or a .ckpt file")
+    parser.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.val=holdout")
+    trained_nets.add_trust_option(parser)
+    args = parser.parse_args(argv)
+    trained = trained_nets.load(args.run, args.trust_target)
+    result = score(trained, data_settings(trained.run_dir, args.overrides))
     out = trained.out_dir / "evaluate.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{report(result)}\nwritten: {out}")

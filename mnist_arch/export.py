@@ -8,7 +8,6 @@ The exported file takes (N, 1, 28, 28) float images normalised as in training ((
 install 'mnist-arch[export]'; torch.jit.load for TorchScript) on a batch of real-looking inputs, prints the
 largest absolute difference from the PyTorch net, and exits 1 if it exceeds the tolerance.
 """
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import List, Optional
 
 import torch
 
+from mnist_arch.cli import Parser, command
 from mnist_arch.errors import RunError
 
 TOLERANCE = 1e-4  # max |exported - pytorch| on logits, float32
@@ -51,30 +51,28 @@ def run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
 FORMATS = {"onnx": (".onnx", export_onnx, run_onnx), "torchscript": (".pt", export_torchscript, run_torchscript)}
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> None:
     from mnist_arch import trained as trained_nets
 
-    parser = argparse.ArgumentParser(prog="python -m mnist_arch.export", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m mnist_arch.export", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run dir (its tested checkpoint) or a .ckpt file")
     parser.add_argument("--format", choices=list(FORMATS), required=True)
     parser.add_argument("--out", type=Path, default=None, help="the file to write (default: <run dir>/<model>.onnx|.pt)")
+    trained_nets.add_trust_option(parser)
     args = parser.parse_args(argv)
     suffix, export, run = FORMATS[args.format]
+    trained = trained_nets.load(args.run, args.trust_target)
+    out = args.out or trained.out_dir / f"{trained.name}{suffix}"
+    torch.manual_seed(0)
+    check = torch.randn(CHECK_BATCH, 1, 28, 28)  # normalised inputs span about the same range
     try:
-        trained = trained_nets.load(args.run)
-        out = args.out or trained.out_dir / f"{trained.name}{suffix}"
-        torch.manual_seed(0)
-        check = torch.randn(CHECK_BATCH, 1, 28, 28)  # normalised inputs span about the same range
-        try:
-            export(trained.net, check[:2], out)
-        except Exception as e:  # noqa: BLE001 - an op the exporter cannot express: say which, in one line
-            raise RunError(f"{trained.name} cannot be exported to {args.format}: "
-                           f"{type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
-        with torch.no_grad():
-            diff = (run(out, check) - trained.net(check)).abs().max().item()
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        export(trained.net, check[:2], out)
+    except Exception as e:  # noqa: BLE001 - an op the exporter cannot express: say which, in one line
+        raise RunError(f"{trained.name} cannot be exported to {args.format}: "
+                       f"{type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+    with torch.no_grad():
+        diff = (run(out, check) - trained.net(check)).abs().max().item()
     ok = diff <= TOLERANCE
     print(f"{out}: {args.format}, max |exported - pytorch| = {diff:.2e} on {CHECK_BATCH} inputs "
           f"({'within' if ok else 'OVER'} {TOLERANCE:g})")

@@ -29,6 +29,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from mnist_arch.cli import command
 from mnist_arch.rules import Budget, Verdict, count_params, judge_net, mark
 
 INPUT_SHAPE = (1, 28, 28)
@@ -245,20 +246,14 @@ def describe(net: nn.Module, budget: Budget) -> Tuple[str, dict, Verdict]:
         verdict
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> None:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from mnist_arch.config import compose, validate
-    from mnist_arch.errors import RunError
+    from mnist_arch.config import load
     from mnist_arch.models import build_net
 
-    try:
-        conf = validate(compose(sys.argv[1:] if argv is None else argv))
-        net = build_net(dataclasses.asdict(conf.model))
-        table, _, verdict = describe(net, conf.budget)
-    except (RunError, HydraException, OmegaConfBaseException) as e:
-        sys.exit(f"error: {e}")
+    conf = load(sys.argv[1:] if argv is None else argv)
+    net = build_net(dataclasses.asdict(conf.model))
+    table, _, verdict = describe(net, conf.budget)
     print(f"{conf.model.name}\n{table}")
     if verdict.failure():
         sys.exit(1)

@@ -11,7 +11,6 @@ point for a run, not a tuned value.
 """
 import json
 import logging
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from mnist_arch.cli import command
 from mnist_arch.config import register_schema, validate
 from mnist_arch.errors import RunError
 
@@ -59,14 +59,12 @@ def find(cfg: DictConfig, run_dir: Path) -> float:
     return suggestion
 
 
+@command  # Hydra's own errors (an unknown option, an override it cannot parse), before the job
 @hydra.main(version_base="1.3", config_path="pkg://mnist_arch.conf", config_name="config")
+@command  # the job's errors, inside Hydra's job runner, which would otherwise add a line of its own
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        suggestion = find(cfg, run_dir)
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    suggestion = find(cfg, run_dir)
     print(f"plot: {run_dir / 'lr_find.png'}\nsuggested: optimizer.lr={suggestion:.3g}")
 
 

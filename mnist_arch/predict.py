@@ -8,7 +8,6 @@ inverted, cropped to the ink, fitted into 20x20, centred by centre of mass in 28
 file, predicted digit, its probability, the runner-up. A file that cannot be read gets one line saying
 why, and the others are still read; the exit code is 1 if any file could not be read.
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -16,29 +15,27 @@ from typing import List, Optional
 
 import torch
 
-from mnist_arch.errors import DataError, RunError
+from mnist_arch.cli import Parser, command
+from mnist_arch.errors import BadFile
 
-
+@command
 def main(argv: Optional[List[str]] = None) -> None:
     from mnist_arch import trained as trained_nets
     from mnist_arch.data.digits import read
 
-    parser = argparse.ArgumentParser(prog="python -m mnist_arch.predict", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m mnist_arch.predict", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run dir (its tested checkpoint) or a .ckpt file")
     parser.add_argument("files", nargs="+", type=Path, help="PNG/JPEG/... pictures, .npy arrays, IDX image files")
     parser.add_argument("--json", action="store_true", help="one JSON list on stdout instead of lines")
+    trained_nets.add_trust_option(parser)
     args = parser.parse_args(argv)
-    try:
-        trained = trained_nets.load(args.run)
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    trained = trained_nets.load(args.run, args.trust_target)
 
     results, failed = [], 0
     for path in args.files:
         try:
             digits = read(path)
-        except DataError as e:
+        except BadFile as e:
             failed += 1
             results.append({"file": str(path), "error": str(e)})
             continue
@@ -51,10 +48,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        for r in results:
-            print(f"{r['file']}: error: {r['error']}" if "error" in r else
-                  f"{r['file']}: {r['digit']} (p {r['probability']:.3f}; runner-up {r['runner_up']} "
-                  f"p {r['runner_up_probability']:.3f})")
+        for r in results:  # a file that could not be read: its one line on stderr, in the order given
+            if "error" in r:
+                print(f"error: {r['error']}", file=sys.stderr, flush=True)
+            else:
+                print(f"{r['file']}: {r['digit']} (p {r['probability']:.3f}; runner-up {r['runner_up']} "
+                      f"p {r['runner_up_probability']:.3f})", flush=True)
     sys.exit(1 if failed else 0)
 
 

@@ -22,6 +22,11 @@ NOT_ARGUMENTS = {
 }
 
 
+# What an optimizer's or scheduler's `_target_` must be a subclass of (a function there is refused).
+OPTIMIZER_BASE = torch.optim.Optimizer
+SCHEDULER_BASE = torch.optim.lr_scheduler.LRScheduler
+
+
 def class_arguments(conf: Dict[str, Any]) -> Dict[str, Any]:
     """The keys of an optimizer or scheduler config that go to its class (None: the class's default)."""
     return {k: v for k, v in conf.items() if k not in NOT_ARGUMENTS and v is not None}
@@ -40,7 +45,7 @@ def param_groups(net: nn.Module, weight_decay: float, decay_norm_and_bias: bool)
 def build_optimizer(conf: Dict[str, Any], net: nn.Module) -> torch.optim.Optimizer:
     kwargs = class_arguments(conf)
     groups = param_groups(net, kwargs.pop("weight_decay", 0.0), conf.get("decay_norm_and_bias", False))
-    return locate(conf["_target_"], "optimizer._target_")(groups, **kwargs)
+    return locate(conf["_target_"], "optimizer._target_", OPTIMIZER_BASE)(groups, **kwargs)
 
 
 def build_scheduler(conf: Dict[str, Any], optimizer: torch.optim.Optimizer, total_batches: int,
@@ -50,7 +55,7 @@ def build_scheduler(conf: Dict[str, Any], optimizer: torch.optim.Optimizer, tota
     `total_batches` optimizer steps (interval step) or `max_epochs` (interval epoch)."""
     if not conf.get("_target_"):
         return None
-    cls = locate(conf["_target_"], "scheduler._target_")
+    cls = locate(conf["_target_"], "scheduler._target_", SCHEDULER_BASE)
     kwargs = class_arguments(conf)
     if "total_steps" in (arguments(cls) or []) and "total_steps" not in kwargs:
         kwargs["total_steps"] = total_batches if conf["interval"] == "step" else max_epochs

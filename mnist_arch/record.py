@@ -9,11 +9,14 @@ without one are version 1 (mnist_arch before the record existed), and read the s
 """
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union, get_args, get_origin, get_type_hints
 
+from mnist_arch.errors import RunError
+from mnist_arch.files import MAX_RECORD_BYTES, check_file
 from mnist_arch.rules import Budget, Verdict, judge
 
 RECORD_VERSION = 2
@@ -166,20 +169,67 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "RunRecord":
-        """Any version's fields; derived ones and keys this version does not know are left out."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        record = cls(**{k: v for k, v in data.items() if k in known})
+        """Any version's fields; derived ones and keys this version does not know are left out. A file from
+        elsewhere is data: a field of the wrong type, an accuracy outside [0, 1] or a budget that is not one
+        raises ValueError naming the field, rather than reaching a table as a wrong number."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON object was expected, not {type(data).__name__}")
+        hints = get_type_hints(cls)
+        fields = {k: v for k, v in data.items() if k in hints}
+        for key, value in fields.items():
+            if not _fits(value, hints[key]):
+                raise ValueError(f"field {key!r} holds {json.dumps(value)[:40]}, not {_name(hints[key])}")
+        for key in ("val_acc", "train_acc", "val_acc_per_class", "test_acc"):
+            values = fields.get(key)
+            if any(not 0 <= a <= 1 for a in (values if isinstance(values, list) else [values]) if a is not None):
+                raise ValueError(f"field {key!r} holds an accuracy outside [0, 1]")
+        if fields.get("budget") is not None:
+            try:
+                Budget(**fields["budget"])
+            except (TypeError, RunError) as e:
+                raise ValueError(f"field 'budget' is not a budget ({e})") from None
+        record = cls(**fields)
         record.version = data.get("version", 1)
         return record
 
     @classmethod
     def read(cls, path: Union[str, Path]) -> "RunRecord":
-        """A summary.json (or the run dir holding one). An unreadable file reads as status 'unreadable'."""
+        """A summary.json (or the run dir holding one). An unreadable file reads as status 'unreadable', its
+        error one line that says why."""
         path = Path(path)
         path = path / FILE_NAME if path.is_dir() else path
         try:
-            record = cls.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as e:
-            record = cls(status="unreadable", error=f"{path}: {e}")
+            check_file(path, FILE_NAME, MAX_RECORD_BYTES)
+            record = cls.from_dict(json.loads(path.read_bytes()))
+        except RunError as e:  # not a regular file, empty, too large
+            record = cls(status="unreadable", error=str(e))
+        except (OSError, ValueError, TypeError, RecursionError) as e:  # not JSON, not a record
+            record = cls(status="unreadable", error=f"{path}: not a readable {FILE_NAME} ({str(e).splitlines()[0]})")
         record.run_dir = record.run_dir or str(path.parent)
         return record
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the type a field is annotated with (bool is not a number here)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return True
+    if origin is Union:
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) and _fits(v, args[1]) for k, v in value.items())
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isinf(value)
+    return isinstance(value, hint)
+
+
+def _name(hint: Any) -> str:
+    return str(hint).replace("typing.", "")

@@ -13,7 +13,6 @@ jobs that failed are listed below with their error. Printed as markdown and writ
 A sweep writes its own (`leaderboard.md`, `leaderboard.csv` in the sweep dir) through `Leaderboard`,
 a Hydra callback set in `conf/config.yaml`, which also makes the sweep exit non-zero if a job failed.
 """
-import argparse
 import csv
 import io
 import statistics
@@ -24,6 +23,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from hydra.experimental.callback import Callback
 
+from mnist_arch.cli import Parser, command
+from mnist_arch.errors import ConfigError
 from mnist_arch.record import FILE_NAME, RunRecord
 
 NOT_SHOWN = {"seed"}  # averaged over, not a setting
@@ -214,8 +215,9 @@ class Leaderboard(Callback):
             sys.exit(f"{len(failed)} job(s) of the sweep did not complete (see the leaderboard)")
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mnist_arch.report", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m mnist_arch.report", description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a sweep dir, or any folder with run dirs beneath it")
     parser.add_argument("--csv", type=Path, default=None, help="where the CSV goes (default: <root>/leaderboard.csv)")
     parser.add_argument("--plot", type=Path, default=None, help="also draw accuracy against parameters (a PNG)")
@@ -225,11 +227,17 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="bottom of the plot's accuracy axis, in percent (points below it sit on the edge)")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
-        sys.exit(f"error: {args.root} is not a folder")
-    if not load(args.root):
-        sys.exit(f"error: no summary.json beneath {args.root}")
+        raise ConfigError(f"{args.root}: not a folder")
+    records = load(args.root)
+    if not records:
+        raise ConfigError(f"{args.root}: no {FILE_NAME} beneath it")
     text, _ = write(args.root, args.csv, args.plot, args.metric, args.ymin)
     print(text + (f"\n\nplot: {args.plot}" if args.plot else ""))
+    unreadable = [r for r in records if r.status == "unreadable"]
+    for record in unreadable:  # listed on the board too; here each is one line, and the exit says so
+        print(f"error: {record.error}", file=sys.stderr)
+    if unreadable:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_arch import provenance
 from mnist_arch.config import Config, ConfigError, register_schema, validate
-from mnist_arch.errors import RunError
+from mnist_arch.cli import command
+from mnist_arch.errors import BadFile, RunError
 from mnist_arch.record import RunRecord
 
 log = logging.getLogger("mnist_arch")
@@ -42,13 +43,13 @@ def train(cfg: DictConfig, run_dir: Path) -> RunRecord:
     from mnist_arch.module import Classifier
     from mnist_arch.plots import RunPlots
 
-    resume = _resume_path(conf.ckpt_path, run_dir)
     _set_threads(conf)
     pl.seed_everything(conf.seed, workers=True)
 
     datamodule = MNISTDataModule(**asdict(conf.data), seed=conf.seed)
     spec = asdict(conf.model)
     net = build_net(spec)
+    resume = _resume_path(conf.ckpt_path, run_dir, net, spec["name"])
     layers, shape_totals, verdict = describe(net, conf.budget)  # before any compile
     datamodule.check_net(net)  # a net that cannot take data.progressive_size is refused here, not mid-fit
     model = Classifier(net, asdict(conf.optimizer), asdict(conf.scheduler), spec, conf.channels_last, conf.compile,
@@ -69,9 +70,10 @@ def train(cfg: DictConfig, run_dir: Path) -> RunRecord:
 
     started = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+        # weights_only=True said here, not left to a default: a checkpoint is read as data
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         best = _best_to_test(conf, find(callbacks, ModelCheckpoint, monitor="val/acc"))
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best)
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
         record.status, record.test_ckpt = "completed", "best" if best else "final"
         record.test_acc = results[0]["test/acc"] if results else None
     except BaseException as e:
@@ -91,12 +93,14 @@ def train(cfg: DictConfig, run_dir: Path) -> RunRecord:
     return record
 
 
+@command  # Hydra's own errors (an unknown option, an override it cannot parse), before the job
 @hydra.main(version_base="1.3", config_path="pkg://mnist_arch.conf", config_name="config")
+@command  # the job's errors, inside Hydra's job runner, which would otherwise add a line of its own
 def main(cfg: DictConfig) -> Optional[float]:
     """One run, or one job of a sweep. Returns the best val acc (the objective of `hparams_search`
-    sweeps), None when the job failed. A failing job of a sweep records its summary.json (status,
-    error) and lets the sweep go on; the leaderboard callback (mnist_arch/report.py) lists it and
-    makes the sweep exit non-zero."""
+    sweeps), None when the job failed. A single run that fails ends as one line (mnist_arch/cli.py). A
+    failing job of a sweep records its summary.json (status, error) and lets the sweep go on; the
+    leaderboard callback (mnist_arch/report.py) lists it and makes the sweep exit non-zero."""
     from hydra.types import RunMode
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -104,11 +108,8 @@ def main(cfg: DictConfig) -> Optional[float]:
     try:
         record = train(cfg, run_dir)
     except RunError as e:
-        if not in_sweep and isinstance(e, ConfigError):  # refused before anything ran: a usage error
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
         if not in_sweep:
-            sys.exit(f"error: {e}")
+            raise
         log.error("error: %s", e)
         if not (run_dir / "summary.json").is_file():  # refused before training: say so for the leaderboard
             RunRecord(status=e.status, error=str(e), model=OmegaConf.select(cfg, "model.name", default=None),
@@ -134,16 +135,29 @@ def main(cfg: DictConfig) -> Optional[float]:
 # --- the steps of train(), in the order it takes them -----------------------------------------------
 
 
-def _resume_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[Path]:
-    """ckpt_path=last -> <run dir>/checkpoints/last.ckpt (the last completed epoch); or a file path."""
+def _resume_path(ckpt_path: Optional[str], run_dir: Path, net, name: str) -> Optional[Path]:
+    """ckpt_path=last -> <run dir>/checkpoints/last.ckpt (the last completed epoch); or a file path. Read
+    here as data and checked against the net, so a checkpoint that is damaged, holds pickled objects,
+    is not a run's or does not fit is one line before training, whatever Lightning would make of it."""
+    from mnist_arch.models import check_weights, read_checkpoint
+
     if ckpt_path is None:
         return None
     path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         hint = (" (resume in the interrupted run's dir: add hydra.run.dir=<that dir>)" if ckpt_path == "last"
                 else "")
         raise ConfigError(f"ckpt_path={ckpt_path}: no checkpoint at {path}{hint}")
+    checkpoint = read_checkpoint(path)
+    missing = [key for key in RESUMABLE if key not in checkpoint]
+    if missing:
+        raise BadFile(f"{path}: not a checkpoint a run can resume from (it has no {', '.join(missing)}); resume "
+                      "takes the last.ckpt or interrupted.ckpt a run wrote")
+    check_weights(net, checkpoint["state_dict"], "net.", path, name)
     return path
+
+
+RESUMABLE = ("epoch", "global_step", "optimizer_states", "loops")  # what Lightning restores a fit from
 
 
 def _set_threads(conf: Config) -> None:

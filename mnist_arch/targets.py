@@ -1,21 +1,26 @@
 """Config keys that name Python objects (`_target_: torch.optim.SGD`): find the object, and refuse an
 argument it does not take, in one line that names the closest one it does. A typo such as
 `optimizer.momentm=0.9` must stop the run, not train without momentum."""
-import difflib
 import importlib
 import inspect
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional, Tuple, Union
 
-from mnist_arch.errors import ConfigError
+from mnist_arch.errors import ConfigError, did_you_mean
 
 
-def locate(path: str, key: str) -> Callable[..., Any]:
-    """`package.module.Name` -> the object; `key` is the config key that named it, for the message."""
+def locate(path: str, key: str, base: Optional[Union[type, Tuple[type, ...]]] = None) -> Callable[..., Any]:
+    """`package.module.Name` -> the object; `key` is the config key that named it, for the message. With
+    `base`, the object must be a subclass of it (a function or another class is refused before any call)."""
     module, _, attr = str(path).rpartition(".")
     try:
-        return getattr(importlib.import_module(module), attr)
+        found = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as e:
         raise ConfigError(f"{key}={path} could not be built: {type(e).__name__}: {e}") from e
+    if base is not None and not (inspect.isclass(found) and issubclass(found, base)):
+        kind = "a class" if inspect.isclass(found) else ("a function" if callable(found) else type(found).__name__)
+        names = " or ".join(b.__name__ for b in (base if isinstance(base, tuple) else (base,)))
+        raise ConfigError(f"{key}={path} is {kind}, not a subclass of {names}")
+    return found
 
 
 def arguments(fn: Callable[..., Any]) -> Iterable[str]:
@@ -35,6 +40,4 @@ def check_arguments(prefix: str, fn: Callable[..., Any], given: Iterable[str], o
     known = [name for name in known if name not in supplied]
     for key in given:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {prefix}{close[0]}?" if close else f"it takes: {', '.join(known)}"
-            raise ConfigError(f"{prefix}{key} is not an argument of {owner}; {hint}")
+            raise ConfigError(f"{prefix}{key} is not an argument of {owner}; {did_you_mean(key, known, prefix)}")

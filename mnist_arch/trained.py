@@ -2,18 +2,19 @@
 
 A run dir gives the checkpoint its test scored (`checkpoints/best.ckpt` when summary.json says the best
 weights were tested, else `checkpoints/last.ckpt`); a `.ckpt` file is taken as it is. The net is rebuilt
-from the checkpoint alone (`net_from_checkpoint`: its `net_spec`, loaded with weights_only=True).
+from the checkpoint alone (`net_from_checkpoint`: read as data, registered nets only unless a custom class
+is trusted by name; mnist_arch/models/build.py).
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Collection, Dict, Optional, Union
 
 import torch
 from torch import nn
 
 from mnist_arch.data.device_loader import MEAN, STD
-from mnist_arch.errors import ConfigError
-from mnist_arch.models import net_from_checkpoint
+from mnist_arch.errors import BadFile
+from mnist_arch.models import TRUST_ENV, net_from_checkpoint
 from mnist_arch.record import FILE_NAME, RunRecord
 
 
@@ -40,23 +41,37 @@ class Trained:
         return torch.cat([self.net(x[i:i + batch_size]).softmax(dim=1) for i in range(0, len(x), batch_size)])
 
 
+def add_trust_option(parser) -> None:
+    """`--trust-target CLASS` on a command that loads a checkpoint (mnist_arch/models/build.py, "What is
+    trusted"): args.trust_target is the list of classes named."""
+    parser.add_argument("--trust-target", action="append", default=[], metavar="CLASS",
+                        help=f"a custom net class the checkpoint may name (repeatable; or {TRUST_ENV}=a.B,c.D); "
+                             "without it only registered nets are built from a checkpoint")
+
+
 def checkpoint_of(path: Union[str, Path]) -> Path:
+    """The checkpoint a run dir's test scored, or `path` itself when it is not a folder."""
     path = Path(path)
-    if path.is_dir():
-        record = RunRecord.read(path) if (path / FILE_NAME).is_file() else None
-        name = "best.ckpt" if record is not None and record.test_ckpt == "best" else "last.ckpt"
-        found = path / "checkpoints" / name
-        if not found.is_file():
-            raise ConfigError(f"{path}: no checkpoints/{name} in this run dir (a run with callbacks.checkpoint=false "
-                              "keeps none)")
-        return found
-    if path.is_file():
-        return path
-    raise ConfigError(f"{path}: no such run dir or checkpoint file")
+    if not path.is_dir():
+        if not path.exists():
+            raise BadFile(f"{path}: no such run dir or checkpoint file")
+        return path  # read_checkpoint says what is wrong with it, if anything
+    name = "last.ckpt"
+    if (path / FILE_NAME).exists():
+        record = RunRecord.read(path)
+        if record.status == "unreadable":  # it decides which weights: never guess past a damaged one
+            raise BadFile(f"{record.error}; pass the checkpoint itself instead (e.g. {path / 'checkpoints' / name})")
+        name = "best.ckpt" if record.test_ckpt == "best" else name
+    found = path / "checkpoints" / name
+    if not found.exists():
+        raise BadFile(f"{path}: no checkpoints/{name} in this run dir (a run with callbacks.checkpoint=false keeps "
+                      "none)")
+    return found
 
 
-def load(path: Union[str, Path]) -> Trained:
+def load(path: Union[str, Path], trust: Collection[str] = ()) -> Trained:
+    """The trained net of a run dir or .ckpt file; `trust`: custom classes its checkpoint may name."""
     ckpt = checkpoint_of(path)
-    net, checkpoint = net_from_checkpoint(ckpt)
+    net, checkpoint = net_from_checkpoint(ckpt, trust)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
     return Trained(net, checkpoint, ckpt, run_dir)

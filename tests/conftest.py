@@ -4,12 +4,21 @@ import struct
 from pathlib import Path
 from typing import List
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
+
 from mnist_arch.config import compose
 from mnist_arch.data import fetch
 
 N_TRAIN, N_TEST = 320, 80
+
+# Property tests draw new examples each run here; CI (HYPOTHESIS_PROFILE=ci in .ci/run) draws the same ones
+# every time, so a red CI is reproducible.
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

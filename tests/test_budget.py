@@ -131,8 +131,9 @@ def test_cli_over_budget_exits_non_zero_with_one_line(mnist_root, tmp_path, monk
             run.main()
     finally:
         GlobalHydra.instance().clear()
-    assert str(done.value.code).startswith("error: 17,120 > 5,000 trainable parameters")
-    assert "\n" not in str(done.value.code)
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 1 and err.startswith("error: 17,120 > 5,000 trainable parameters")
+    assert "\n" not in err
     assert _summary(tmp_path)["status"] == "over_budget"
 
 

@@ -91,6 +91,40 @@ def test_local_gz_files_are_decompressed_and_verified(tmp_path, synthetic_md5):
     assert all((raw / name).read_bytes() == data for name, data in synthetic_md5.items())
 
 
+def test_a_gz_that_decompresses_past_the_real_file_is_cut_off_and_refused(tmp_path, synthetic_md5):
+    """A decompression bomb in the raw folder: never more bytes written than the canonical file has."""
+    raw = fetch.raw_folder(tmp_path)
+    raw.mkdir(parents=True)
+    for name, data in synthetic_md5.items():
+        (raw / f"{name}.gz").write_bytes(gzip.compress(data))
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(fetch.SIZES["t10k-labels-idx1-ubyte"] + 1)))
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(synthetic_md5["t10k-images-idx3-ubyte"])[:-30])
+    with pytest.raises(DataError) as refused:
+        ensure_mnist(tmp_path, download=False)
+    message = str(refused.value)
+    assert "t10k-images-idx3-ubyte.gz: not a readable .gz file" in message and "\n" not in message
+    assert "t10k-labels-idx1-ubyte.gz decompresses to more than the 10,008 bytes of t10k-labels-idx1-ubyte" in message
+    assert not (raw / "t10k-labels-idx1-ubyte").exists() and not list(raw.glob(".staging-*"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda files: {**files, "train-images-idx3-ubyte": files["train-images-idx3-ubyte"][:-10]},
+     "train-images-idx3-ubyte: its header promises 320x28x28 uint8 values (250,880 bytes) but it holds 250,870 bytes"),
+    (lambda files: {**files, "t10k-labels-idx1-ubyte": files["t10k-labels-idx1-ubyte"][:-1] + bytes([12])},
+     "t10k-labels-idx1-ubyte: uint8 values of shape (80,), not 80 uint8 labels in 0-9 (data.verify=false)"),
+    (lambda files: {**files, "t10k-images-idx3-ubyte": files["train-labels-idx1-ubyte"]},
+     "t10k-images-idx3-ubyte: uint8 values of shape (320,), not N 28x28 uint8 images (data.verify=false)"),
+])
+def test_unverified_files_must_still_be_mnist_shaped(tmp_path, damage, message):
+    """data.verify=false takes your own IDX files without checksums, but never misread: one line each."""
+    from tests.conftest import synthetic_files, write_root
+
+    root = write_root(tmp_path / "data", damage(synthetic_files()))
+    with pytest.raises(DataError) as refused:
+        ensure_mnist(root, download=False, verify=False)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
 def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
     target = tmp_path / "file"
     target.write_bytes(b"old")

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from mnist_arch.errors import ConfigError
 from mnist_arch.models import build_model, list_models
 
 REFERENCE_PARAMS = {"s4": 17_120, "s6": 19_866}  # the write-ups' torchsummary totals
@@ -13,7 +14,7 @@ def test_registry_lists_the_references():
 
 
 def test_unknown_name_lists_what_exists():
-    with pytest.raises(KeyError, match="unknown model 'nope'; available: convnet, s4, s6"):
+    with pytest.raises(ConfigError, match="unknown model 'nope'; available: convnet, s4, s6"):
         build_model("nope")
 
 

@@ -128,9 +128,10 @@ def test_pareto_plot_of_known_summaries(tmp_path):
     assert imread(tmp_path / "pareto.png").shape[:2] == (500, 800)
 
 
-def test_report_cli_refuses_a_folder_without_runs(tmp_path):
-    with pytest.raises(SystemExit, match="no summary.json beneath"):
+def test_report_cli_refuses_a_folder_without_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
         report.main([str(tmp_path)])
+    assert done.value.code == 2 and capsys.readouterr().err == f"error: {tmp_path}: no summary.json beneath it\n"
 
 
 def test_three_optuna_trials_with_one_failing(mnist_root, tmp_path, monkeypatch):

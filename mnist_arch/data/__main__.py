@@ -1,23 +1,20 @@
 """`python -m mnist_arch.data`: fetch and verify MNIST; the last stdout line is the raw folder's path."""
-import argparse
 import logging
 import sys
 
-from mnist_arch.data.fetch import DataError, default_root, ensure_mnist
+from mnist_arch.cli import Parser, command
+from mnist_arch.data.fetch import default_root, ensure_mnist
 
 
+@command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mnist_arch.data", description=__doc__)
+    parser = Parser(prog="python -m mnist_arch.data", description=__doc__)
     parser.add_argument("--root", default=None, help=f"data root (default: {default_root()})")
     parser.add_argument("--offline", action="store_true", help="only use files already in the raw folder")
     parser.add_argument("--timeout", type=float, default=30.0, help="network time-out per request, seconds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        raw = ensure_mnist(args.root, download=not args.offline, timeout=args.timeout)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    raw = ensure_mnist(args.root, download=not args.offline, timeout=args.timeout)  # DataError: exit 1
     print("all four MNIST files verified (MD5)", file=sys.stderr)
     print(raw)
     return 0

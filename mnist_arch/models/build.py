@@ -3,20 +3,36 @@
 A spec is the plain dict of the `model` config group: `{"name": "s4", "net": {"dropout": 0.15}}` for a
 registered architecture, `{"name": "public_3762", "arch": "convnet", "net": {"stages": ...}}` for a preset
 (a label for a registered constructor and its arguments), `{"name": "custom", "net": {"_target_":
-"my_pkg.nets.Tiny", "width": 8}}` for any importable nn.Module. Every checkpoint a run writes carries its spec under `net_spec`, so
-`net_from_checkpoint` rebuilds the trained net from the file alone, loaded with `weights_only=True`.
+"my_pkg.nets.Tiny", "width": 8}}` for any importable nn.Module class. Every checkpoint a run writes carries
+its spec under `net_spec`, so `net_from_checkpoint` rebuilds the trained net from the file alone.
+
+What is trusted. Your own config is: model=custom imports the class you name (it must be an nn.Module
+class, checked before it is called, and gets plain-data arguments only). A checkpoint is data: it is read
+with torch.load(weights_only=True), so it holds tensors and plain values, never pickled objects; only
+registered architectures and presets are built from its spec, and a custom class it names is refused
+before anything is imported, unless you name that class yourself: `--trust-target pkg.nets.Tiny` on the
+command, or MNIST_ARCH_TRUST_TARGETS=pkg.nets.Tiny,other.Net in the environment.
 """
+import os
+import pickle
+import re
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Collection, Dict, Tuple, Union
 
 import torch
 from torch import nn
 
-from mnist_arch.errors import ConfigError
-from mnist_arch.models.registry import MODELS, list_models
+from mnist_arch.errors import BadFile, ConfigError
+from mnist_arch.files import MAX_CHECKPOINT_BYTES, check_file
+from mnist_arch.models.registry import MODELS, unknown_model
 from mnist_arch.targets import check_arguments, locate
 
 CUSTOM = "custom"  # model=custom: the net's class comes from model.net._target_
+TRUST_ENV = "MNIST_ARCH_TRUST_TARGETS"  # comma-separated classes a checkpoint's custom spec may name
+SPEC_KEYS = ("name", "arch", "net")
+# A model's name ends up in file names (export writes <run dir>/<name>.onnx): no separators, no leading dot.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+PLAIN = (type(None), bool, int, float, str)
 
 
 def build_net(spec: Dict[str, Any]) -> nn.Module:
@@ -24,39 +40,123 @@ def build_net(spec: Dict[str, Any]) -> nn.Module:
     name, kwargs = spec.get("arch") or spec["name"], dict(spec.get("net") or {})
     if name == CUSTOM:
         target = kwargs.pop("_target_", None)
-        make, owner = locate(target, "model.net._target_"), target
+        make, owner = locate(target, "model.net._target_", base=nn.Module), target  # a function is refused
     elif name in MODELS:
         make, owner = MODELS[name], f"model {name}"
     else:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join([*list_models(), CUSTOM])}")
+        raise ConfigError(unknown_model(name, CUSTOM))
+    bad = next((key for key, value in kwargs.items() if not is_plain(value)), None)
+    if bad is not None:
+        raise ConfigError(f"model.net.{bad}: a net's arguments are plain values (numbers, strings, lists), "
+                          f"not {type(kwargs[bad]).__name__}")
     check_arguments("model.net.", make, kwargs, owner)
     try:
         return make(**kwargs)
     except ValueError as e:  # a registered net refusing its arguments says why (e.g. convnet's shapes)
         if name != CUSTOM:
             raise ConfigError(str(e)) from e
-        raise ConfigError(f"model.net._target_={target} could not be built: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"model.net._target_={owner} could not be built: {type(e).__name__}: {e}") from e
     except Exception as e:  # noqa: BLE001 - a user's constructor failing is a config error, said in one line
         if name != CUSTOM:
             raise
-        raise ConfigError(f"model.net._target_={target} could not be built: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"model.net._target_={owner} could not be built: {type(e).__name__}: {e}") from e
 
 
-def net_from_checkpoint(path: Union[str, Path]) -> Tuple[nn.Module, Dict[str, Any]]:
-    """(the trained net in eval mode, the checkpoint dict), from a run's .ckpt file and nothing else."""
+def is_plain(value: Any, depth: int = 0) -> bool:
+    """Numbers, strings, booleans, None, and lists / dicts of them (a config's values, nothing callable)."""
+    if depth > 10:
+        return False
+    if isinstance(value, PLAIN):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(is_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+# --- checkpoints: files from elsewhere ------------------------------------------------------------
+
+
+def trusted_targets(given: Collection[str] = ()) -> set:
+    """The custom classes the user named: on the command line (`given`) and in MNIST_ARCH_TRUST_TARGETS."""
+    return {*given, *(t.strip() for t in os.environ.get(TRUST_ENV, "").split(",") if t.strip())}
+
+
+def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """A checkpoint file's dict, read as data (torch.load with weights_only=True, said here rather than left
+    to torch's default); BadFile, one line, for anything that is not a readable mnist_arch checkpoint."""
+    check_file(path, "checkpoint", MAX_CHECKPOINT_BYTES)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:  # missing file, not a torch file, truncated
-        raise ConfigError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    spec = checkpoint.get("net_spec")
+    except pickle.UnpicklingError as e:  # weights_only refused a pickled object: say which, never load it
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise BadFile(f"{path}: refused: it holds a pickled Python object{what}, not only tensors and plain "
+                      "data; checkpoints are read as data (weights_only=True)") from None
+    except Exception as e:  # noqa: BLE001 - truncated, not a torch file, garbled: all one line
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise BadFile(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise BadFile(f"{path}: not an mnist_arch checkpoint (it has no state_dict of named tensors)")
+    return checkpoint
+
+
+def check_spec(spec: Any, path: Union[str, Path], trust: Collection[str] = ()) -> Dict[str, Any]:
+    """A checkpoint's net_spec, checked before anything is imported or built: plain data, a registered
+    architecture or preset, or a custom class the user trusts by name."""
     if spec is None:
-        raise ConfigError(f"{path}: no net_spec in this checkpoint (written before mnist_arch stored it); "
-                          "rebuild the net from the run's config.yaml")
-    net = build_net(spec)
-    state = {key[len("net."):]: value for key, value in checkpoint["state_dict"].items() if key.startswith("net.")}
+        raise BadFile(f"{path}: no net_spec in this checkpoint (written before mnist_arch stored it); rebuild the "
+                      "net from the run's config.yaml")
+    if not (isinstance(spec, dict) and set(spec) <= set(SPEC_KEYS) and isinstance(spec.get("name"), str)
+            and isinstance(spec.get("arch"), (str, type(None))) and isinstance(spec.get("net") or {}, dict)
+            and is_plain(spec)):
+        raise BadFile(f"{path}: its net_spec is not a model spec (a name, an optional arch, and the net's "
+                      "arguments as plain values)")
+    if not SAFE_NAME.fullmatch(spec["name"]):
+        raise BadFile(f"{path}: its model name {spec['name'][:40]!r} is not a plain name (letters, digits, _ . -)")
+    name = spec.get("arch") or spec["name"]
+    if name == CUSTOM:
+        target = (spec.get("net") or {}).get("_target_")
+        if target not in trusted_targets(trust):
+            raise BadFile(f"{path}: its net is custom code, {target!r}, which is not imported from a checkpoint "
+                          f"unless you trust it: add --trust-target {target} (or set {TRUST_ENV}={target})")
+    elif name not in MODELS:
+        raise BadFile(f"{path}: {unknown_model(name, CUSTOM)}")
+    return spec
+
+
+def check_weights(net: nn.Module, state: Dict[str, torch.Tensor], prefix: str, path: Union[str, Path],
+                  name: str) -> Dict[str, torch.Tensor]:
+    """The checkpoint's tensors under `prefix` (e.g. "net."), keyed as `net` keys them, if they fit `net`
+    name for name and shape; BadFile naming the first that does not."""
+    given = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    expected = net.state_dict()
+    for key in sorted(expected.keys() | given.keys()):
+        if key not in given or key not in expected:
+            where = "missing from the checkpoint" if key not in given else "not in the net"
+            raise BadFile(f"{path}: its weights do not fit {name} as built now ({key}: {where})")
+        if tuple(given[key].shape) != tuple(expected[key].shape):
+            raise BadFile(f"{path}: its weights do not fit {name} as built now ({key}: shape "
+                          f"{tuple(given[key].shape)} in the checkpoint, {tuple(expected[key].shape)} in the net)")
+    return given
+
+
+def net_from_checkpoint(path: Union[str, Path], trust: Collection[str] = ()) -> Tuple[nn.Module, Dict[str, Any]]:
+    """(the trained net in eval mode, the checkpoint dict), from a run's .ckpt file and nothing else.
+    `trust`: custom classes the user allows this checkpoint to name (see the module's docstring)."""
+    checkpoint = read_checkpoint(path)
+    spec = check_spec(checkpoint.get("net_spec"), path, trust)
     try:
-        net.load_state_dict(state)
-    except RuntimeError as e:  # the architecture changed since the checkpoint was written
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise ConfigError(f"{path}: its weights do not fit {spec['name']} as built now ({first})") from e
+        net = build_net(spec)
+    except ConfigError as e:
+        raise BadFile(f"{path}: its net_spec cannot be built: {e}") from None
+    weights = check_weights(net, checkpoint["state_dict"], "net.", path, spec["name"])
+    try:
+        net.load_state_dict(weights)
+    except (RuntimeError, TypeError, ValueError) as e:  # e.g. a tensor of a dtype the parameter cannot take
+        raise BadFile(f"{path}: its weights do not load into {spec['name']} ({str(e).splitlines()[-1].strip()})") \
+            from None
     return net.eval(), checkpoint

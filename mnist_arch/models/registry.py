@@ -3,6 +3,8 @@ from typing import Callable, Dict, List
 
 from torch import nn
 
+from mnist_arch.errors import ConfigError
+
 MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -22,7 +24,12 @@ def list_models() -> List[str]:
     return sorted(MODELS)
 
 
+def unknown_model(name: object, *also: str) -> str:
+    """The one message for a model name that nothing builds; `also`: names accepted besides the registry's."""
+    return f"unknown model {name!r}; available: {', '.join([*list_models(), *also])}"
+
+
 def build_model(name: str, **kwargs) -> nn.Module:
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise ConfigError(unknown_model(name))
     return MODELS[name](**kwargs)

@@ -1,0 +1,148 @@
+"""How every command ends: the one wrapper the entry points share (`@command` on each `main`).
+
+Exit codes, the same for every command:
+    0    done
+    1    the work failed: a run stopped (bad data, a NaN loss), the net breaks its budget (the layer
+         table), an export is off beyond its tolerance, a file among several could not be read (the
+         others were), a sweep with a failed job, or an unexpected error (a bug)
+    2    the input was refused before any work: a bad argument, config key or value, or a file that is
+         not what it must be (a truncated checkpoint, one that names code you did not trust)
+    130  interrupted by Ctrl-C (143: by SIGTERM, a run only)
+
+Every error is one line on stderr, `error: ...`. An unexpected exception is one line too, naming the file
+its full traceback was written to; `MNIST_ARCH_DEBUG=1` (or Hydra's own `HYDRA_FULL_ERROR=1`) lets the
+traceback through instead.
+"""
+import argparse
+import dataclasses
+import functools
+import os
+import re
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+from mnist_arch.errors import ConfigError, RunError, did_you_mean
+
+FAILED, USAGE, INTERRUPTED = 1, 2, 130
+DEBUG = "MNIST_ARCH_DEBUG"
+_outer = {"debug": False, "depth": 0}  # a Hydra command is wrapped twice: the outer call reads the switches
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, whose errors are one line and exit 2 like every other refusal; options are never guessed
+    from a prefix (`--trust` is not `--trust-target`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def command(main: Callable) -> Callable:
+    """Run `main` (argparse- or Hydra-based) so that whatever goes wrong ends as one line and its exit code."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        hydra_full_error = os.environ.get("HYDRA_FULL_ERROR")
+        if _outer["depth"] == 0:
+            _outer["debug"] = os.environ.get(DEBUG) == "1" or hydra_full_error == "1"
+        debug = _outer["debug"]
+        # Hydra then raises its errors (an unknown option, a bad override) to us instead of printing its own
+        # multi-line screen and exiting 1.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        _outer["depth"] += 1
+        try:
+            return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(INTERRUPTED)
+        except Exception as e:  # noqa: BLE001 - every error leaves a command here
+            if debug:
+                raise
+            code, line = explain(e, main.__module__.rpartition(".")[2])
+            print(f"error: {line}", file=sys.stderr)
+            sys.exit(code)
+        finally:
+            _outer["depth"] -= 1
+            if hydra_full_error is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = hydra_full_error
+
+    return wrapped
+
+
+def explain(e: Exception, command: str = "mnist_arch") -> Tuple[int, str]:
+    """(exit code, one line) for an exception that ended a command."""
+    if isinstance(e, RunError):
+        return (USAGE if isinstance(e, ConfigError) else FAILED), one_line(str(e))
+    line = hydra_error(e)
+    if line is not None:
+        return USAGE, line
+    where = _write_traceback(e, command)
+    return FAILED, (f"unexpected {type(e).__name__}: {one_line(str(e)) or '(no message)'} (a bug; the full "
+                    f"traceback is in {where}, or run again with {DEBUG}=1 to see it)")
+
+
+def one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def hydra_error(e: Exception) -> Optional[str]:
+    """One line for Hydra's and OmegaConf's errors (an unknown option or key, an override it cannot parse or
+    merge); None for any other exception."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    if not isinstance(e, (HydraException, OmegaConfBaseException)):
+        # Hydra and OmegaConf also fail with plain exceptions on some overrides (`model=0`: a ValueError,
+        # "Config group override must be a string or a list"; `~model +model.net.x=1`: an AttributeError):
+        # input errors too, told by where they were raised
+        frames = traceback.extract_tb(e.__traceback__)
+        raised_in = frames[-1].filename if frames else ""
+        if re.search(r"[/\\](hydra|omegaconf)[/\\]", raised_in):
+            key = re.search(r"full_key: (\S+)", str(e))
+            return one_line(str(e).split("\n    full_key:")[0]) + (f" (key {key.group(1)})" if key else "")
+        return None
+    text, cause = str(e), e.__cause__
+    missing = re.search(r"Could not find '([^']*)/([^']*)'", text)
+    if isinstance(e, MissingConfigException) and missing:  # group=option with no such option
+        group, option = missing.groups()
+        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
+        hint = did_you_mean(option, options, f"{group}=", "its options")
+        if hint.startswith("did you mean"):
+            hint += f" (its options: {', '.join(options)})"
+        return f"{group}={option} is not an option of {group}; {hint}"
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and \
+            dataclasses.is_dataclass(getattr(cause, "object_type", None)):
+        # a key that the schema does not have: say which group's keys are close
+        key = cause.full_key or ""
+        group, _, name = key.rpartition(".")
+        known = [f.name for f in dataclasses.fields(cause.object_type)]
+        where = f"the {group} group" if group else "the config"
+        return f"{key} is not a key of {where}; {did_you_mean(name, known, f'{group}.' if group else '')}"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("See https://hydra.cc")]
+    if isinstance(e, OmegaConfBaseException):
+        return lines[0] + (f" (key {e.full_key})" if getattr(e, "full_key", None) else "")
+    if isinstance(cause, OmegaConfBaseException):
+        lines.append(str(cause).splitlines()[0])
+    return lines[0].rstrip(".") + (": " + " ".join(lines[1:]) if len(lines) > 1 else "")
+
+
+def _write_traceback(e: Exception, command: str) -> str:
+    """The full traceback into a file of its own, for the bug report; its path."""
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    try:
+        folder = Path(tempfile.gettempdir()) / "mnist_arch"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(text)
+        return str(path)
+    except OSError:  # nowhere to write it: show it, rather than lose it
+        print(text, file=sys.stderr)
+        return "the lines above"

@@ -1,0 +1,107 @@
+"""One way every command fails (mnist_arch/cli.py): the project's errors are one line with exit 2 (input
+refused) or 1 (work failed); a bug is one line naming the file that holds its traceback, or the traceback
+itself with MNIST_ARCH_DEBUG=1; Ctrl-C is 130."""
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mnist_arch import cli
+from mnist_arch.errors import BadFile, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def _fails_with(capsys, main, *args):
+    with pytest.raises(SystemExit) as done:
+        main(*args)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return done.value.code, err.strip()
+
+
+@cli.command
+def _raises(error):
+    raise error
+
+
+def test_the_projects_errors_are_one_line_with_their_exit_code(capsys):
+    assert _fails_with(capsys, _raises, BadFile("x.ckpt: truncated")) == (2, "error: x.ckpt: truncated")
+    assert _fails_with(capsys, _raises, DataError("no MNIST\nhere")) == (1, "error: no MNIST here")
+
+
+def test_a_bug_is_one_line_and_its_traceback_is_kept(capsys, monkeypatch):
+    monkeypatch.delenv(cli.DEBUG, raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code, line = _fails_with(capsys, _raises, ZeroDivisionError("division by zero"))
+    where = re.fullmatch(r"error: unexpected ZeroDivisionError: division by zero \(a bug; the full traceback is in "
+                         r"(\S+), or run again with MNIST_ARCH_DEBUG=1 to see it\)", line)
+    assert code == 1 and where
+    traceback = Path(where.group(1)).read_text()
+    assert traceback.startswith("Traceback (most recent call last):") and "raise error" in traceback
+    assert traceback.strip().endswith("ZeroDivisionError: division by zero")
+
+
+@pytest.mark.parametrize("switch", [cli.DEBUG, "HYDRA_FULL_ERROR"])
+def test_the_debug_switch_lets_the_traceback_through(monkeypatch, switch):
+    monkeypatch.setenv(switch, "1")
+    with pytest.raises(ZeroDivisionError):
+        _raises(ZeroDivisionError("division by zero"))
+
+
+def test_ctrl_c_outside_a_run_exits_130(capsys):
+    with pytest.raises(SystemExit) as done:
+        _raises(KeyboardInterrupt())
+    assert done.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_the_wrapper_leaves_hydras_switch_as_it_found_it(monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit):
+        _raises(BadFile("x"))
+    assert "HYDRA_FULL_ERROR" not in __import__("os").environ
+
+
+# Each command on PATH, a bad input, and the line it must give (exit 2: refused before any work).
+BAD_INPUT = {
+    "mnist-arch": (["model=s44"], "error: model=s44 is not an option of model; did you mean model=s4?"),
+    "mnist-arch-lr-find": (["optimizer.lr=-1"], "error: optimizer.lr=-1.0 must be > 0"),
+    "mnist-arch-summary": (["data.batch_size=zero"], "error: Error merging override data.batch_size=zero"),
+    "mnist-arch-report": (["{tmp}/nowhere"], "error: {tmp}/nowhere: not a folder"),
+    "mnist-arch-evaluate": (["{tmp}/nowhere"], "error: {tmp}/nowhere: no such run dir or checkpoint file"),
+    "mnist-arch-predict": (["{tmp}/nowhere"], "error: the following arguments are required: files (see python -m "
+                                              "mnist_arch.predict --help)"),
+    "mnist-arch-export": (["{tmp}/nowhere", "--format", "onnx"], "error: {tmp}/nowhere: no such run dir or "
+                                                                 "checkpoint file"),
+    "mnist-arch-data": (["--timeout", "soon"], "error: argument --timeout: invalid float value: 'soon'"),
+}
+
+
+def test_every_command_is_wrapped():
+    assert set(BAD_INPUT) == set(SCRIPTS)
+    for name, target in SCRIPTS.items():
+        module, function = target.split(":")
+        main = getattr(__import__(module, fromlist=[function]), function)
+        assert getattr(main, "__wrapped__", None) is not None, f"{name} ({target}) is not wrapped by cli.command"
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUT))
+def test_every_command_refuses_bad_input_in_one_line_with_exit_2(tmp_path, capsys, monkeypatch, name):
+    """Each entry point as installed, called in this process: no traceback, no Hydra screen, one line. (The
+    run is also tried in a fresh process, as typed, in test_config.py.)"""
+    from hydra.core.global_hydra import GlobalHydra
+
+    args, expected = BAD_INPUT[name]
+    args = [a.format(tmp=tmp_path) for a in args]
+    module, function = SCRIPTS[name].split(":")
+    main = getattr(__import__(module, fromlist=[function]), function)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [name, *args])  # the Hydra commands read their overrides from argv
+    try:
+        code, line = _fails_with(capsys, main, *([] if name in ("mnist-arch", "mnist-arch-lr-find") else [args]))
+    finally:
+        GlobalHydra.instance().clear()
+    assert code == 2 and line.startswith(expected.format(tmp=tmp_path))
