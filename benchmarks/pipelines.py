@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnist_arch import run
+from mnist_arch import training
 from mnist_arch.config import compose
 from mnist_arch.models import build_model
 
@@ -60,7 +60,7 @@ def train(overrides):
     cfg = compose(overrides)
     # Lightning's progress bars and tables print to stdout: send them to stderr, keep stdout the report.
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(sys.stderr):
-        return run.train(cfg, Path(run_dir))
+        return training.train(cfg, Path(run_dir))
 
 
 def floor_epochs(model: str, batch: int, epochs: int, seed: int, steps: Optional[int] = None) -> list:

@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import EMAWeightAveraging, LearningRateMonitor,
 from pytorch_lightning.callbacks.progress.progress_bar import ProgressBar as LightningProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mnist_arch.errors import BudgetError
+from mnist_arch.errors import BudgetError, Pruned
 from mnist_arch.plots import RunPlots
 from mnist_arch.rules import Budget, judge_net, reached
 
@@ -26,7 +26,12 @@ class RulesCheck(pl.Callback):
         self.budget = budget
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        broken = judge_net(pl_module.net, self.budget).failure()
+        macs = None
+        if self.budget.max_macs is not None:  # counted only when limited: a pass of one image
+            from mnist_arch.layers import layer_table, totals_of
+
+            macs = totals_of(layer_table(pl_module.net))["macs_per_image"]
+        broken = judge_net(pl_module.net, self.budget, macs=macs).failure()
         if broken:
             raise BudgetError(*broken)
 
@@ -42,6 +47,30 @@ class StopAtTarget(pl.Callback):
         history = pl_module.history["val_acc"]
         if not trainer.sanity_checking and history and reached(history[-1], self.target_acc):
             trainer.should_stop = True
+
+
+class Pruning(pl.Callback):
+    """A search's trial (mnist_arch/search.py): each epoch, tell the study the worker is alive and, with one
+    objective, report the holdout val acc to its pruner (which may stop it only when `prune`). When the pruner
+    says stop, the run stops as the next epoch starts, so the judged epoch is whole in the record and in
+    last.ckpt."""
+
+    def __init__(self, trial, report: bool, prune: bool = True):
+        self.trial, self.report, self.prune, self.verdict = trial, report, prune, None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.trial.set_user_attr("alive_at", time.time())
+        if self.report:
+            epoch, acc = trainer.current_epoch, pl_module.history["val_acc"][-1]
+            self.trial.report(acc, epoch)  # Optuna's steps start at 0
+            if self.prune and self.trial.should_prune():
+                self.verdict = f"pruned after epoch {epoch + 1} (holdout val acc {acc:.4f})"
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.verdict:
+            raise Pruned(self.verdict)
 
 
 def interrupting_signal(e: BaseException) -> Optional[str]:

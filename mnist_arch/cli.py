@@ -64,7 +64,8 @@ def command(main: Callable) -> Callable:
         except Exception as e:  # noqa: BLE001 - every error leaves a command here
             if debug:
                 raise
-            code, line = explain(e, main.__module__.rpartition(".")[2])
+            module = getattr(sys.modules.get(main.__module__), "__spec__", None)  # `python -m` runs __main__
+            code, line = explain(e, (module.name if module else main.__module__).rpartition(".")[2])
             print(f"error: {line}", file=sys.stderr)
             sys.exit(code)
         finally:

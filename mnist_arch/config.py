@@ -243,6 +243,50 @@ class LoggerConf:
         _check(self.name == "tensorboard" or not self.graph, "logger.graph=true needs logger=tensorboard")
 
 
+OBJECTIVES = ("val_acc", "params", "macs", "train_seconds")  # val_acc is maximised, the others minimised
+SAMPLERS = ("tpe", "nsga2", "random")
+PRUNERS = ("auto", "median", "hyperband", "none")
+
+
+@dataclass
+class SearchConf:
+    """`python -m mnist_arch.search search=<space>`: a study of the space (mnist_arch/search.py). The values
+    live in conf/search/; a run ignores this group."""
+
+    study_name: str = MISSING  # the study, and its folder outputs/search/<study_name>
+    experiment: Optional[str] = MISSING  # the recipe every trial starts from (an experiment= option)
+    space: Dict[str, Any] = MISSING  # what is sampled (mnist_arch/space.py)
+    objectives: List[str] = MISSING  # [val_acc], or [val_acc, params | macs | train_seconds]
+    n_trials: int = MISSING  # finished trials (complete, pruned or infeasible) the study should hold
+    workers: int = MISSING  # processes on this machine, the CPU threads split between them
+    storage: Optional[str] = MISSING  # an Optuna storage URL; null: SQLite in the study folder
+    sampler: str = MISSING
+    pruner: str = MISSING
+    pruner_warmup_epochs: int = MISSING  # epochs every trial trains before the pruner may stop it
+    seed: int = MISSING  # the sampler's
+    confirm: int = MISSING  # afterwards, retrain the top K (two objectives: up to K of the front) on the 60k
+    confirm_seeds: List[int] = MISSING
+
+    def __post_init__(self):
+        from mnist_arch import space
+
+        _check(bool(self.objectives) and self.objectives[0] == "val_acc" and len(self.objectives) <= 2
+               and all(o in OBJECTIVES for o in self.objectives),
+               f"search.objectives={list(self.objectives)}: [val_acc], or val_acc and one of "
+               f"{', '.join(OBJECTIVES[1:])}")
+        _one_of("search.sampler", self.sampler, SAMPLERS)
+        _one_of("search.pruner", self.pruner, PRUNERS)
+        _check(len(self.objectives) == 1 or self.pruner in ("auto", "none"),
+               f"search.pruner={self.pruner} needs one objective: Optuna's pruners judge one value per epoch "
+               "(Trial.report is single-objective); use search.pruner=none with two")
+        for key in ("n_trials", "workers"):
+            _check(getattr(self, key) >= 1, f"search.{key}={getattr(self, key)} must be >= 1")
+        _check(self.pruner_warmup_epochs >= 0, f"search.pruner_warmup_epochs={self.pruner_warmup_epochs} must be >= 0")
+        _check(self.confirm >= 0 and bool(self.confirm_seeds),
+               f"search.confirm={self.confirm} must be >= 0 and search.confirm_seeds a non-empty list")
+        space.check(self.space)
+
+
 @dataclass
 class Config:
     model: ModelConf = MISSING
@@ -261,6 +305,7 @@ class Config:
     ckpt_path: Optional[str] = None  # resume: "last" (<run dir>/checkpoints/last.ckpt) or a checkpoint file
     test_weights: str = MISSING
     save: bool = MISSING  # false: no files but the log (debug=fdr)
+    search: Optional[SearchConf] = None  # python -m mnist_arch.search search=<space>; a run ignores it
 
     def __post_init__(self):
         _one_of("test_weights", self.test_weights, TEST_WEIGHTS)
@@ -321,7 +366,8 @@ def _refuse_unread_keys(cfg: DictConfig) -> None:
     for node in dataclasses.fields(Config):
         group = cfg.get(node.name)
         if isinstance(group, DictConfig) and node.name != "trainer":
-            known = [f.name for f in dataclasses.fields(node.type)]
+            schema = SearchConf if node.name == "search" else node.type  # the one Optional group
+            known = [f.name for f in dataclasses.fields(schema)]
             _refuse_unknown(f"{node.name}.", group, known, f"the {node.name} group")
 
 

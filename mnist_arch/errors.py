@@ -37,6 +37,12 @@ class DataError(RunError, RuntimeError):
     status = "data_error"
 
 
+class Pruned(RunError):
+    """A search's pruner stopped the trial's run early (mnist_arch/search.py); the message says when."""
+
+    status = "pruned"
+
+
 class NonFiniteLoss(RunError, RuntimeError):
     """The training loss became NaN or infinite: the run stops at once."""
 

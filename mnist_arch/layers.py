@@ -241,7 +241,7 @@ def describe(net: nn.Module, budget: Budget) -> Tuple[str, dict, Verdict]:
             measured = empirical_rf(net, totals["receptive_field_layer"])
         except Exception:  # noqa: BLE001 - a cross-check only: a net the probe cannot run just goes unmeasured
             measured = None
-    verdict = judge_net(net, budget)
+    verdict = judge_net(net, budget, macs=totals["macs_per_image"])
     return format_table(rows, verdict, measured, torch_macs(net)), {**totals, "receptive_field_measured": measured}, \
         verdict
 

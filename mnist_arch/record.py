@@ -94,7 +94,8 @@ class RunRecord:
         """The rules' judgement of this run (None when it was refused before its net was built)."""
         if self.budget is None or self.params is None:
             return None
-        return judge(Budget(**self.budget), self.params, self.fc_layers, self.output_shape, self.val_acc)
+        return judge(Budget(**self.budget), self.params, self.fc_layers, self.output_shape, self.val_acc,
+                     macs=self.macs_per_image)
 
     @property
     def target_acc(self) -> Optional[float]:

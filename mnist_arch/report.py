@@ -19,7 +19,7 @@ import statistics
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from hydra.experimental.callback import Callback
 
@@ -63,10 +63,12 @@ def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any
         hits = [j.target_epoch for j in jobs if j.target_epoch]
         statuses = [j.status for j in jobs]
         rows.append({
-            "model": model, "params": jobs[0].params, "setting": dict(zip(differing, values)),
+            "model": model, "params": jobs[0].params, "macs": jobs[0].macs_per_image,
+            "train_seconds": _mean_std([sum(j.epoch_time_s) for j in jobs])[0], "run_dirs": [j.run_dir for j in jobs],
+            "setting": dict(zip(differing, values)),
             "seeds": sorted(j.seed for j in jobs), "best": _mean_std(best), "final": _mean_std(final),
             "test": _mean_std(test), "target": (len(hits), len(jobs), hits), "target_acc": jobs[0].target_acc,
-            "max_params": (jobs[0].budget or {}).get("max_params"),
+            "max_params": (jobs[0].budget or {}).get("max_params"), "max_macs": (jobs[0].budget or {}).get("max_macs"),
             "wall_time_s": _mean_std([j.wall_time_s or 0 for j in jobs]),
             "status": ", ".join(f"{statuses.count(x)} {x}" for x in sorted(set(statuses))),
         })
@@ -103,6 +105,10 @@ def markdown(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict
     if rows:
         text += ("\n\nbest/final val acc: mean ± std (percentage points) over the seeds; target epoch: "
                  "seeds that reached the target, and the first epoch each did.")
+    pruned = [f for f in failed if f["status"] == "pruned"]
+    failed = [f for f in failed if f["status"] != "pruned"]
+    if pruned:  # a search's pruner stopping hopeless trials is the search working, not a failure: one line
+        text += f"\n\n{len(pruned)} trial(s) pruned by the search (stopped early, not ranked)."
     if failed:
         text += f"\n\n{len(failed)} job(s) did not complete:\n" + "\n".join(
             f"- {' '.join([str(f['model']), *(f'{k}={v}' for k, v in f['setting'].items())])} seed {f['seed']}: "
@@ -127,7 +133,7 @@ def csv_text(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict
 
 
 def write(root: Path, csv_path: Optional[Path] = None, plot_path: Optional[Path] = None,
-          metric: str = "test", ymin: Optional[float] = None) -> Tuple[str, List[Dict[str, Any]]]:
+          metric: str = "test", ymin: Optional[float] = None, x: str = "params") -> Tuple[str, List[Dict[str, Any]]]:
     """Build the leaderboard of `root`, write its CSV (default: <root>/leaderboard.csv) and markdown, and
     the Pareto plot when `plot_path` is given."""
     differing, rows, failed = leaderboard(load(root))
@@ -136,19 +142,25 @@ def write(root: Path, csv_path: Optional[Path] = None, plot_path: Optional[Path]
     if csv_path is None:
         (root / "leaderboard.md").write_text(text + "\n")
     if plot_path is not None:
-        pareto(rows, differing, metric, ymin).savefig(plot_path, dpi=100)
+        pareto(rows, differing, metric, ymin, x).savefig(plot_path, dpi=100)
     return text, failed
 
 
 METRICS = {"test": "test acc", "final": "final-epoch val acc", "best": "best-epoch val acc"}
 
 
-def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test", ymin: Optional[float] = None):
-    """Accuracy against parameters, one point per setting: the mean over its seeds with ± std error bars,
-    labelled; dashed lines at each budget's parameter limit and target accuracy. The settings no other
-    setting beats with fewer parameters (the Pareto front) are joined by a line. `ymin` (percent) cuts
-    the axis so that one failed seed does not flatten the rest; a point under it is drawn on the bottom
-    edge as a down-pointing triangle, its mean ± std written in its label, never left out."""
+X_AXES = {"params": ("trainable parameters", "max_params", "params"), "macs": ("MACs per image", "max_macs", "MACs"),
+          "train_seconds": ("training seconds (train + val epochs)", None, "s")}
+
+
+def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test", ymin: Optional[float] = None,
+           x: str = "params", label: Optional[Callable[[Dict[str, Any]], str]] = None):
+    """Accuracy against parameters (or `x`: macs, train_seconds), one point per setting: the mean over its
+    seeds with ± std error bars, labelled; dashed lines at each budget's limit and target accuracy. The
+    settings no other setting beats at a lower cost (the Pareto front) are joined by a line. `ymin` (percent)
+    cuts the axis so that one failed seed does not flatten the rest; a point under it is drawn on the bottom
+    edge as a down-pointing triangle, its mean ± std written in its label, never left out. `label` names a
+    point (default: its model, and its settings where the model appears more than once)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
 
@@ -157,13 +169,14 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
     points = []
     # A point is labelled by its model, plus its settings only where the model appears more than once:
     # runs gathered from several sweeps differ in many keys that would otherwise crowd every label.
-    shown = [r for r in rows if r[metric][0] is not None and isinstance(r["params"], int)]
+    x_label, limit_key, unit = X_AXES[x]
+    shown = [r for r in rows if r[metric][0] is not None and isinstance(r.get(x), (int, float))]
     repeated = {m for m, n in Counter(r["model"] for r in shown).items() if n > 1}
     for r in shown:
         mean, std = r[metric]
-        label = " ".join([str(r["model"]), *(f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items()
-                                             if k != "experiment" and r["model"] in repeated)])
-        points.append((r["params"], mean, std or 0.0, label, len(r["seeds"])))
+        name = label(r) if label else " ".join([str(r["model"]), *(
+            f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items() if k != "experiment" and r["model"] in repeated)])
+        points.append((r[x], mean, std or 0.0, name, len(r["seeds"])))
     for params, mean, std, label, n in points:
         if ymin is not None and 100 * mean < ymin:
             ax.plot(params, ymin, "v", markersize=7, clip_on=False)
@@ -179,9 +192,9 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
             best = mean
     if len(front) > 1:
         ax.plot(*zip(*front), "-", color="gray", linewidth=1, alpha=0.6, label="Pareto front")
-    for limit in sorted({r["max_params"] for r in rows if r.get("max_params")}):
+    for limit in sorted({r[limit_key] for r in rows if limit_key and r.get(limit_key)}):
         ax.axvline(limit, color="red", linestyle="--", linewidth=0.8, alpha=0.6)
-        ax.annotate(f"≤{limit:,} params", (limit, 0), xycoords=("data", "axes fraction"), rotation=90,
+        ax.annotate(f"≤{limit:,} {unit}", (limit, 0), xycoords=("data", "axes fraction"), rotation=90,
                     fontsize=7, color="red", xytext=(-10, 5), textcoords="offset points")
     for target in sorted({r["target_acc"] for r in rows if r.get("target_acc")}):
         ax.axhline(100 * target, color="green", linestyle="--", linewidth=0.8, alpha=0.6)
@@ -189,11 +202,11 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
                     color="green", xytext=(4, 2), textcoords="offset points")
     if ymin is not None:
         ax.set_ylim(bottom=ymin)
-    ax.set_xlabel("trainable parameters")
+    ax.set_xlabel(x_label)
     ax.set_ylabel(f"{METRICS[metric]} (%), mean ± std over seeds")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.grid(alpha=0.3)
-    ax.set_title(f"{METRICS[metric]} against parameters ({len(points)} settings)", fontsize=9)
+    ax.set_title(f"{METRICS[metric]} against {x_label.split(' (')[0]} ({len(points)} settings)", fontsize=9)
     return figure
 
 
@@ -225,13 +238,14 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="the accuracy the plot shows (default: test acc, the final score of each run)")
     parser.add_argument("--ymin", type=float, default=None,
                         help="bottom of the plot's accuracy axis, in percent (points below it sit on the edge)")
+    parser.add_argument("--x", choices=list(X_AXES), default="params", help="the plot's cost axis (default: params)")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         raise ConfigError(f"{args.root}: not a folder")
     records = load(args.root)
     if not records:
         raise ConfigError(f"{args.root}: no {FILE_NAME} beneath it")
-    text, _ = write(args.root, args.csv, args.plot, args.metric, args.ymin)
+    text, _ = write(args.root, args.csv, args.plot, args.metric, args.ymin, args.x)
     print(text + (f"\n\nplot: {args.plot}" if args.plot else ""))
     unreadable = [r for r in records if r.status == "unreadable"]
     for record in unreadable:  # listed on the board too; here each is one line, and the exit says so

@@ -31,10 +31,13 @@ class Budget:
     max_epochs: int = 20  # trainer.max_epochs above this is refused before training
     target_acc: float = 0.994  # val acc (fraction) that counts as reached
     allow_fc: bool = False  # nn.Linear / LazyLinear / Bilinear anywhere in the net is refused
+    max_macs: Optional[int] = None  # multiply-accumulates per image (the layer table's count); None: no limit
 
     def __post_init__(self):
         if self.max_params <= 0:
             raise ConfigError(f"budget.max_params={self.max_params} must be > 0")
+        if self.max_macs is not None and self.max_macs <= 0:
+            raise ConfigError(f"budget.max_macs={self.max_macs} must be > 0 (or null: no limit)")
         if self.max_epochs < 1:
             raise ConfigError(f"budget.max_epochs={self.max_epochs} must be >= 1")
         if not 0 < self.target_acc <= 1:
@@ -91,10 +94,18 @@ class Verdict:
     output_shape: Optional[Tuple[int, ...]] = None
     val_acc: Optional[List[float]] = None  # per epoch; None before training
     largest: List[Tuple[str, int]] = field(default_factory=list)  # for the over-budget message
+    macs: Optional[int] = None  # per image; None when not counted
 
     @property
     def params_ok(self) -> bool:
         return self.params <= self.budget.max_params
+
+    @property
+    def macs_ok(self) -> Optional[bool]:
+        """None when the budget sets no MACs limit (or the MACs were not counted)."""
+        if self.budget.max_macs is None or self.macs is None:
+            return None
+        return self.macs <= self.budget.max_macs
 
     @property
     def no_fc_ok(self) -> bool:
@@ -117,8 +128,10 @@ class Verdict:
 
     def checks(self) -> Dict[str, Optional[bool]]:
         """summary.json's `verdict`."""
-        return {"params_ok": self.params_ok, "no_fc_ok": self.no_fc_ok, "output_ok": self.output_ok,
-                "epochs_ok": self.epochs_ok, "target_ok": None if self.val_acc is None else self.target_epoch is not None}
+        checks = {"params_ok": self.params_ok, "no_fc_ok": self.no_fc_ok, "output_ok": self.output_ok,
+                  "epochs_ok": self.epochs_ok,
+                  "target_ok": None if self.val_acc is None else self.target_epoch is not None}
+        return {**checks, "macs_ok": self.macs_ok} if self.macs_ok is not None else checks
 
     def failure(self) -> Optional[Tuple[str, str]]:
         """(status, message) for the first rule the net breaks before training; None if it may train."""
@@ -127,6 +140,8 @@ class Verdict:
             top = ", ".join(f"{name} {n:,}" for name, n in self.largest)
             return "over_budget", (f"{self.params:,} > {b.max_params:,} trainable parameters (budget.max_params)"
                                    + (f"; largest layers: {top}" if top else ""))
+        if self.macs_ok is False:
+            return "over_budget", f"{self.macs:,} > {b.max_macs:,} MACs per image (budget.max_macs)"
         if not self.no_fc_ok:
             return "fc_not_allowed", (f"fully connected layer(s) not allowed: {', '.join(self.fc)} "
                                       "(1x1 convolutions are; budget.allow_fc=true lifts the rule)")
@@ -141,6 +156,8 @@ class Verdict:
         fc = "FC layers: " + (", ".join(self.fc) if self.fc else "none")
         lines = [f"params: {self.params:,} ≤ {b.max_params:,} {mark(self.params_ok)} (budget.max_params)",
                  fc + ("" if b.allow_fc else f" {mark(self.no_fc_ok)} (budget.allow_fc=false)")]
+        if self.macs_ok is not None:
+            lines.insert(1, f"MACs: {self.macs:,} ≤ {b.max_macs:,} {mark(self.macs_ok)} (budget.max_macs)")
         if self.output_shape is not None:
             lines.append(f"output for {PROBE_BATCH} images: {tuple(self.output_shape)} {mark(self.output_ok)} "
                          f"(must be ({PROBE_BATCH}, 10))")
@@ -164,16 +181,19 @@ class Verdict:
 
 
 def judge(budget: Budget, params: int, fc: Sequence[str], output_shape: Optional[Sequence[int]] = None,
-          val_acc: Optional[Sequence[float]] = None, largest: Sequence[Tuple[str, int]] = ()) -> Verdict:
+          val_acc: Optional[Sequence[float]] = None, largest: Sequence[Tuple[str, int]] = (),
+          macs: Optional[int] = None) -> Verdict:
     return Verdict(budget, params, list(fc), None if output_shape is None else tuple(output_shape),
-                   None if val_acc is None else list(val_acc), list(largest))
+                   None if val_acc is None else list(val_acc), list(largest), macs)
 
 
-def judge_net(net: nn.Module, budget: Budget, val_acc: Optional[Sequence[float]] = None) -> Verdict:
-    """Judge a net in hand: counts its parameters, finds its FC layers, probes its output shape."""
+def judge_net(net: nn.Module, budget: Budget, val_acc: Optional[Sequence[float]] = None,
+              macs: Optional[int] = None) -> Verdict:
+    """Judge a net in hand: counts its parameters, finds its FC layers, probes its output shape; `macs`
+    per image (the layer table's count) is judged when the budget limits them."""
     try:
         shape = output_shape(net)
     except Exception as e:  # noqa: BLE001 - a net that cannot run on a 28x28 image breaks the output rule
         raise BudgetError("bad_output", f"the net must map (N, 1, 28, 28) to (N, 10); it failed on "
                                         f"({PROBE_BATCH}, 1, 28, 28): {type(e).__name__}: {e}") from e
-    return judge(budget, count_params(net), fc_layers(net), shape, val_acc, largest_layers(net))
+    return judge(budget, count_params(net), fc_layers(net), shape, val_acc, largest_layers(net), macs)

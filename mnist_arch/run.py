@@ -3,102 +3,35 @@
     python -m mnist_arch.run model=s6 optimizer.lr=0.05 trainer.max_epochs=20
     python -m mnist_arch.run -m model=s4,s6 seed=1,2,3      # a sweep, one run dir per job
 
-`train` reads top to bottom: config -> seed -> data -> net -> module -> callbacks -> trainer -> fit ->
-test -> record. `main` is the command: it maps what went wrong to one line (or, in a sweep, to the job's
-record) and prints the headline.
+The run itself is `mnist_arch.training.train` (config -> seed -> data -> net -> module -> callbacks ->
+trainer -> fit -> test -> record). `main` is the command: it maps what went wrong to one line (or, in a
+sweep, to the job's record) and prints the headline.
 """
 import logging
-import os
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_arch import provenance
-from mnist_arch.config import Config, ConfigError, register_schema, validate
 from mnist_arch.cli import command
-from mnist_arch.errors import BadFile, RunError
+from mnist_arch.config import register_schema
+from mnist_arch.errors import RunError
 from mnist_arch.record import RunRecord
+from mnist_arch.training import train
 
 log = logging.getLogger("mnist_arch")
 register_schema()
-
-
-def train(cfg: DictConfig, run_dir: Path) -> RunRecord:
-    conf: Config = validate(cfg)  # every bad key or value fails here, before any data is fetched
-
-    # Imported after validation so that a typo is reported in ~3 s, not after Lightning's ~6 s import.
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    from mnist_arch.callbacks import build_callbacks, find
-    from mnist_arch.data import MNISTDataModule
-    from mnist_arch.layers import describe
-    from mnist_arch.models import build_net
-    from mnist_arch.module import Classifier
-    from mnist_arch.plots import RunPlots
-
-    _set_threads(conf)
-    pl.seed_everything(conf.seed, workers=True)
-
-    datamodule = MNISTDataModule(**asdict(conf.data), seed=conf.seed)
-    spec = asdict(conf.model)
-    net = build_net(spec)
-    resume = _resume_path(conf.ckpt_path, run_dir, net, spec["name"])
-    layers, shape_totals, verdict = describe(net, conf.budget)  # before any compile
-    datamodule.check_net(net)  # a net that cannot take data.progressive_size is refused here, not mid-fit
-    model = Classifier(net, asdict(conf.optimizer), asdict(conf.scheduler), spec, conf.channels_last, conf.compile,
-                       conf.label_smoothing)
-
-    callbacks = build_callbacks(conf, run_dir)
-    logger = _logger(conf, run_dir, net, layers) if conf.save else False
-    trainer = pl.Trainer(**conf.trainer.kwargs(run_dir), callbacks=callbacks, logger=logger, default_root_dir=run_dir)
-    record = RunRecord(model=conf.model.name, net_spec=spec, params=verdict.params, fc_layers=verdict.fc,
-                       output_shape=list(verdict.output_shape), **shape_totals, budget=asdict(conf.budget),
-                       seed=conf.seed, val_split=conf.data.val, resumed_from=resume and str(resume),
-                       data_verified=conf.data.verify, overrides=provenance.overrides(), run_dir=str(run_dir),
-                       rank=trainer.global_rank, world_size=trainer.world_size,
-                       overfit_batches=conf.trainer.overfit_batches or None)
-    writer = trainer.is_global_zero and conf.save  # under DDP every rank runs this; one writes the files
-    if writer:
-        _write_inputs(cfg, run_dir, record, layers)
-
-    started = time.perf_counter()
-    try:
-        # weights_only=True said here, not left to a default: a checkpoint is read as data
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-        best = _best_to_test(conf, find(callbacks, ModelCheckpoint, monitor="val/acc"))
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
-        record.status, record.test_ckpt = "completed", "best" if best else "final"
-        record.test_acc = results[0]["test/acc"] if results else None
-    except BaseException as e:
-        record.status, record.error, record.signal = _outcome(e)
-        if record.status != "interrupted":
-            raise
-    finally:
-        record.add_history(model.history)
-        plots = find(callbacks, RunPlots)
-        if plots:
-            record.plots_time_s, record.plots = round(plots.seconds, 3), sorted(plots.written)
-        record.wall_time_s = round(time.perf_counter() - started, 2)
-        record.device = provenance.device_name(trainer.strategy.root_device)
-        if writer:
-            record.write(run_dir)
-            _tensorboard_hparams(logger, conf, record)
-    return record
 
 
 @command  # Hydra's own errors (an unknown option, an override it cannot parse), before the job
 @hydra.main(version_base="1.3", config_path="pkg://mnist_arch.conf", config_name="config")
 @command  # the job's errors, inside Hydra's job runner, which would otherwise add a line of its own
 def main(cfg: DictConfig) -> Optional[float]:
-    """One run, or one job of a sweep. Returns the best val acc (the objective of `hparams_search`
-    sweeps), None when the job failed. A single run that fails ends as one line (mnist_arch/cli.py). A
+    """One run, or one job of a sweep. Returns the best val acc, None when the job failed. A single run that fails ends as one line (mnist_arch/cli.py). A
     failing job of a sweep records its summary.json (status, error) and lets the sweep go on; the
     leaderboard callback (mnist_arch/report.py) lists it and makes the sweep exit non-zero."""
     from hydra.types import RunMode
@@ -130,110 +63,6 @@ def main(cfg: DictConfig) -> Optional[float]:
         sys.exit(143 if record.signal == "SIGTERM" else 130)  # the shell's codes; a sweep stops too
     print(record.headline())
     return record.best_val_acc
-
-
-# --- the steps of train(), in the order it takes them -----------------------------------------------
-
-
-def _resume_path(ckpt_path: Optional[str], run_dir: Path, net, name: str) -> Optional[Path]:
-    """ckpt_path=last -> <run dir>/checkpoints/last.ckpt (the last completed epoch); or a file path. Read
-    here as data and checked against the net, so a checkpoint that is damaged, holds pickled objects,
-    is not a run's or does not fit is one line before training, whatever Lightning would make of it."""
-    from mnist_arch.models import check_weights, read_checkpoint
-
-    if ckpt_path is None:
-        return None
-    path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path).expanduser()
-    if not path.exists():
-        hint = (" (resume in the interrupted run's dir: add hydra.run.dir=<that dir>)" if ckpt_path == "last"
-                else "")
-        raise ConfigError(f"ckpt_path={ckpt_path}: no checkpoint at {path}{hint}")
-    checkpoint = read_checkpoint(path)
-    missing = [key for key in RESUMABLE if key not in checkpoint]
-    if missing:
-        raise BadFile(f"{path}: not a checkpoint a run can resume from (it has no {', '.join(missing)}); resume "
-                      "takes the last.ckpt or interrupted.ckpt a run wrote")
-    check_weights(net, checkpoint["state_dict"], "net.", path, name)
-    return path
-
-
-RESUMABLE = ("epoch", "global_step", "optimizer_states", "loops")  # what Lightning restores a fit from
-
-
-def _set_threads(conf: Config) -> None:
-    """Torch threads per process: `threads`, else the CPUs Slurm gave this task (SLURM_CPUS_PER_TASK: a
-    cluster without CPU binding still shows every core to every job), else the cores shared out between
-    the jobs a parallel launcher (hydra.launcher.n_jobs) and the CPU processes of DDP run at once; else
-    torch's default."""
-    import torch
-
-    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        torch.set_num_threads(conf.threads or int(os.environ["SLURM_CPUS_PER_TASK"]))
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = 1
-    n_jobs = HydraConfig.get().launcher.get("n_jobs") if HydraConfig.initialized() else None
-    if isinstance(n_jobs, int) and n_jobs != 1:
-        share = cores if n_jobs < 0 else n_jobs
-    if conf.trainer.accelerator == "cpu" and isinstance(conf.trainer.devices, int):
-        share *= conf.trainer.devices
-    threads = conf.threads or (max(1, cores // share) if share > 1 else None)
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def _logger(conf: Config, run_dir: Path, net, layers: str):
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-    from mnist_arch import tensorboard_tabs
-
-    if conf.logger.name == "csv":
-        return CSVLogger(save_dir=run_dir, name="csv", version="")
-    logger = TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False)
-    tensorboard_tabs.add_model(logger, net, layers, conf.logger.graph)
-    return logger
-
-
-def _write_inputs(cfg: DictConfig, run_dir: Path, record: RunRecord, layers: str) -> None:
-    """What the run starts from: the resolved config, the layer table, the code's commit (and diff)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    (run_dir / "layers.txt").write_text(layers + "\n")
-    log.info("%s\n%s", record.model, layers)
-    record.git_commit, record.git_diff = provenance.git_state(run_dir)
-    record.versions = provenance.versions()
-
-
-def _best_to_test(conf: Config, best_checkpoint) -> Optional[str]:
-    """The checkpoint the 10k test scores: with val=holdout the best-on-holdout one is a fair pick; with
-    val=test the test set must not pick weights, so the final weights are tested (None).
-    test_weights=final tests the last epoch's weights either way (targets stated on the final epoch)."""
-    if conf.test_weights == "final" or conf.data.val != "holdout" or best_checkpoint is None:
-        return None
-    return best_checkpoint.best_model_path or None
-
-
-def _outcome(e: BaseException) -> Tuple[str, Optional[str], Optional[str]]:
-    """(status, error, signal) of a fit or test that raised. Lightning answers Ctrl-C with a graceful
-    stop and sys.exit(1) raised while handling the KeyboardInterrupt, and SIGTERM with SIGTERMException
-    after the current batch; the epochs completed so far (and their checkpoints) are kept."""
-    from mnist_arch.callbacks import interrupting_signal
-
-    signal_name = interrupting_signal(e)
-    if signal_name:
-        return "interrupted", None, signal_name
-    if isinstance(e, RunError):
-        return e.status, str(e), None
-    return "failed", f"{type(e).__name__}: {e}", None
-
-
-def _tensorboard_hparams(logger, conf: Config, record: RunRecord) -> None:
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    from mnist_arch import tensorboard_tabs
-
-    if isinstance(logger, TensorBoardLogger) and record.epochs_run:
-        tensorboard_tabs.add_hparams(logger, conf, record)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mnist_arch import run
+from mnist_arch import run, training
 from mnist_arch.errors import BudgetError
 from mnist_arch.rules import fc_layers, largest_layers
 from mnist_arch.module import Classifier
@@ -34,7 +34,7 @@ def _summary(run_dir):
 
 
 def test_within_budget_trains_and_reports_the_verdict(make_cfg, mnist_root, tmp_path, steps):
-    summary = run.train(make_cfg(fast_overrides(mnist_root) + CUSTOM + ["+model.net.width=6"]), tmp_path / "r")
+    summary = training.train(make_cfg(fast_overrides(mnist_root) + CUSTOM + ["+model.net.width=6"]), tmp_path / "r")
     assert summary.status == "completed" and len(steps) == 8  # 2 epochs x 4 batches
     assert summary.params == 6 * 9 + 6 + 6 * 10 + 10
     assert summary.verdict.checks() == {"params_ok": True, "epochs_ok": True, "no_fc_ok": True, "output_ok": True,
@@ -44,7 +44,7 @@ def test_within_budget_trains_and_reports_the_verdict(make_cfg, mnist_root, tmp_
 
 def test_over_budget_stops_before_any_step(make_cfg, mnist_root, tmp_path, steps):
     with pytest.raises(BudgetError) as err:
-        run.train(make_cfg(fast_overrides(mnist_root) + ["budget.max_params=10000"]), tmp_path / "r")
+        training.train(make_cfg(fast_overrides(mnist_root) + ["budget.max_params=10000"]), tmp_path / "r")
     assert str(err.value).startswith("17,120 > 10,000 trainable parameters")
     assert "largest layers: conv8.0 4,344, conv7.0 2,900, conv3.0 2,540" in str(err.value)
     assert steps == []
@@ -55,9 +55,9 @@ def test_over_budget_stops_before_any_step(make_cfg, mnist_root, tmp_path, steps
 def test_fc_layer_in_a_user_net_is_refused_by_name(make_cfg, mnist_root, tmp_path, steps):
     overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.WithLinear"]
     with pytest.raises(BudgetError, match=r"fully connected layer\(s\) not allowed: head.1"):
-        run.train(make_cfg(overrides), tmp_path / "r")
+        training.train(make_cfg(overrides), tmp_path / "r")
     assert steps == [] and _summary(tmp_path / "r")["status"] == "fc_not_allowed"
-    allowed = run.train(make_cfg(overrides + ["budget.allow_fc=true"]), tmp_path / "allowed")
+    allowed = training.train(make_cfg(overrides + ["budget.allow_fc=true"]), tmp_path / "allowed")
     assert allowed.status == "completed" and allowed.verdict.no_fc_ok is True
 
 
@@ -70,24 +70,24 @@ def test_fc_detection_and_largest_layers():
 def test_a_net_with_the_wrong_output_shape_is_refused(make_cfg, mnist_root, tmp_path, steps):
     overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.WrongOutput"]
     with pytest.raises(BudgetError, match=r"must map \(N, 1, 28, 28\) to \(N, 10\); it gave \(2, 7\)"):
-        run.train(make_cfg(overrides), tmp_path / "r")
+        training.train(make_cfg(overrides), tmp_path / "r")
     assert steps == []
 
 
 def test_stop_at_the_first_epoch_reaching_the_target(make_cfg, mnist_root, tmp_path):
     # A low target that the synthetic data reaches early; 5 epochs allowed.
     overrides = fast_overrides(mnist_root) + CUSTOM + ["trainer.max_epochs=5", "budget.target_acc=0.05"]
-    summary = run.train(make_cfg(overrides), tmp_path / "r")
+    summary = training.train(make_cfg(overrides), tmp_path / "r")
     assert summary.target_epoch == 1 and summary.epochs_run == 1 and summary.target_reached
-    unstopped = run.train(make_cfg(overrides + ["callbacks.stop_at_target=false"]), tmp_path / "u")
+    unstopped = training.train(make_cfg(overrides + ["callbacks.stop_at_target=false"]), tmp_path / "u")
     assert unstopped.epochs_run == 5 and unstopped.target_epoch == 1
 
 
 def test_stop_is_inclusive_at_the_target(make_cfg, mnist_root, tmp_path):
-    first = run.train(make_cfg(fast_overrides(mnist_root) + CUSTOM + ["callbacks.stop_at_target=false"]),
+    first = training.train(make_cfg(fast_overrides(mnist_root) + CUSTOM + ["callbacks.stop_at_target=false"]),
                       tmp_path / "a")
     exact = first.val_acc[0]  # the same seed reaches exactly this after epoch 1
-    again = run.train(make_cfg(fast_overrides(mnist_root) + CUSTOM + [f"budget.target_acc={exact}"]), tmp_path / "b")
+    again = training.train(make_cfg(fast_overrides(mnist_root) + CUSTOM + [f"budget.target_acc={exact}"]), tmp_path / "b")
     assert again.val_acc[0] == exact and again.target_epoch == 1 and again.epochs_run == 1
 
 
@@ -115,7 +115,7 @@ def test_a_bad_target_path_is_one_clear_error(make_cfg, mnist_root, tmp_path):
     from mnist_arch.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"model.net._target_=tests.nets.Nope could not be built"):
-        run.train(make_cfg(fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.Nope"]),
+        training.train(make_cfg(fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.Nope"]),
                   tmp_path / "r")
 
 

@@ -145,11 +145,11 @@ def _lists(value):
 
 def test_a_checkpoint_rebuilds_its_net_alone(make_cfg, mnist_root, tmp_path):
     """weights_only=True, no config, no Classifier: the rebuilt net scores the test split as the run did."""
-    from mnist_arch import run
+    from mnist_arch import training
 
     overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.TinyConv",
                                               "+model.net.width=5"]
-    record = run.train(make_cfg(overrides), tmp_path / "run")
+    record = training.train(make_cfg(overrides), tmp_path / "run")
     net, checkpoint = net_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", ["tests.nets.TinyConv"])
     assert checkpoint["net_spec"] == {"name": "custom", "arch": None,
                                       "net": {"_target_": "tests.nets.TinyConv", "width": 5}}
@@ -165,10 +165,10 @@ def test_a_checkpoint_rebuilds_its_net_alone(make_cfg, mnist_root, tmp_path):
 
 
 def test_a_checkpoint_of_another_architecture_is_one_clear_error(tmp_path, make_cfg, mnist_root):
-    from mnist_arch import run
+    from mnist_arch import training
     from mnist_arch.errors import ConfigError
 
-    run.train(make_cfg(fast_overrides(mnist_root) + ["trainer.max_epochs=1", "callbacks.plots=false"]),
+    training.train(make_cfg(fast_overrides(mnist_root) + ["trainer.max_epochs=1", "callbacks.plots=false"]),
               tmp_path / "run")
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(path, weights_only=True)

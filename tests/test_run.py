@@ -7,7 +7,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_arch import run
+from mnist_arch import run, training
 from mnist_arch.record import RunRecord
 from tests.conftest import fast_overrides
 
@@ -17,7 +17,7 @@ SUMMARY_KEYS = {"model", "params", "epochs_run", "best_val_acc", "best_epoch", "
 
 def test_run_writes_summary_checkpoints_config_and_events(make_cfg, mnist_root, tmp_path):
     run_dir = tmp_path / "run"
-    summary = run.train(make_cfg(fast_overrides(mnist_root) + ["model=s6", "seed=5"]), run_dir)
+    summary = training.train(make_cfg(fast_overrides(mnist_root) + ["model=s6", "seed=5"]), run_dir)
 
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk == summary.to_dict() and SUMMARY_KEYS <= set(on_disk)
@@ -41,7 +41,7 @@ def test_run_writes_summary_checkpoints_config_and_events(make_cfg, mnist_root, 
 
 def test_holdout_run_tests_the_best_checkpoint_and_csv_logger(make_cfg, mnist_root, tmp_path):
     overrides = fast_overrides(mnist_root) + ["data.val=holdout", "data.holdout_size=64", "logger=csv"]
-    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    summary = training.train(make_cfg(overrides), tmp_path / "run")
     assert summary.val_split == "holdout" and summary.test_ckpt == "best"
     assert summary.test_acc is not None
     assert "val/acc" in (tmp_path / "run" / "csv" / "metrics.csv").read_text()
@@ -54,7 +54,7 @@ def test_holdout_run_keeps_every_epoch_and_last_is_the_last_epoch(make_cfg, mnis
 
     overrides = fast_overrides(mnist_root) + ["data.val=holdout", "data.holdout_size=64", "trainer.max_epochs=3",
                                               "model=custom", "model.net._target_=tests.nets.ConstantScores"]
-    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    summary = training.train(make_cfg(overrides), tmp_path / "run")
     assert summary.best_epoch == 1 and summary.epochs_run == 3 and len(summary.val_acc) == 3
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)
@@ -72,7 +72,7 @@ def test_test_weights_final_tests_the_last_epoch_weights(make_cfg, mnist_root, t
     overrides = fast_overrides(mnist_root) + ["data.val=holdout", "data.holdout_size=64", "trainer.max_epochs=3",
                                               "model=custom", "model.net._target_=tests.nets.TinyConv",
                                               "test_weights=final"]
-    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    summary = training.train(make_cfg(overrides), tmp_path / "run")
     assert summary.test_ckpt == "final"
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     net = TinyConv()
@@ -93,7 +93,7 @@ def test_test_weights_final_tests_the_last_epoch_weights(make_cfg, mnist_root, t
     ids=["torchvision-pipeline", "tensor-pipeline-nhwc"],
 )
 def test_pipelines_and_speed_flags_train_end_to_end(make_cfg, mnist_root, tmp_path, extra):
-    summary = run.train(make_cfg(fast_overrides(mnist_root) + extra), tmp_path / "run")
+    summary = training.train(make_cfg(fast_overrides(mnist_root) + extra), tmp_path / "run")
     assert summary.status == "completed" and summary.epochs_run == 2
     assert all(0 <= acc <= 1 for acc in summary.val_acc)
 
@@ -112,7 +112,7 @@ def test_each_scheduler_drives_the_learning_rate(make_cfg, mnist_root, tmp_path,
     overrides = fast_overrides(mnist_root) + [f"scheduler={scheduler}", "callbacks.checkpoint=false"]
     if scheduler == "step":
         overrides += ["scheduler.step_size=1", "scheduler.gamma=0.5"]
-    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    summary = training.train(make_cfg(overrides), tmp_path / "run")
     assert summary.status == "completed"
     assert check(summary.lr), summary.lr
 
@@ -130,16 +130,16 @@ def test_any_trainer_argument_reaches_the_trainer(make_cfg, mnist_root, tmp_path
 
     monkeypatch.setattr(Classifier, "training_step", counted)
     overrides = [o for o in fast_overrides(mnist_root) if "limit_train_batches" not in o]
-    summary = run.train(make_cfg(overrides + ["+trainer.overfit_batches=3"]), tmp_path / "run")
+    summary = training.train(make_cfg(overrides + ["+trainer.overfit_batches=3"]), tmp_path / "run")
     assert summary.status == "completed" and seen == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     assert "overfit_batches: 3" in (tmp_path / "run" / "config.yaml").read_text()
 
 
 def test_same_seed_deterministic_runs_agree(make_cfg, mnist_root, tmp_path):
     overrides = fast_overrides(mnist_root) + ["trainer.deterministic=true", "seed=11", "data.rotation=10"]
-    first = run.train(make_cfg(overrides), tmp_path / "a")
-    second = run.train(make_cfg(overrides), tmp_path / "b")
-    other = run.train(make_cfg(overrides[:-2] + ["seed=12", "data.rotation=10"]), tmp_path / "c")
+    first = training.train(make_cfg(overrides), tmp_path / "a")
+    second = training.train(make_cfg(overrides), tmp_path / "b")
+    other = training.train(make_cfg(overrides[:-2] + ["seed=12", "data.rotation=10"]), tmp_path / "c")
     assert first.val_loss == second.val_loss and first.train_loss == second.train_loss
     assert other.train_loss != first.train_loss
 
@@ -174,7 +174,7 @@ def test_ctrl_c_keeps_completed_epochs_and_says_interrupted(make_cfg, mnist_root
     monkeypatch.setattr(Classifier, "training_step", interrupt_in_second_epoch)
     # Lightning ignores further Ctrl-C during its shutdown; give the test process its handler back.
     monkeypatch.setattr(signal, "signal", lambda *args: None)
-    summary = run.train(make_cfg(fast_overrides(mnist_root)), tmp_path / "run")
+    summary = training.train(make_cfg(fast_overrides(mnist_root)), tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary.status == on_disk["status"] == "interrupted"
     assert on_disk["epochs_run"] == 1 and on_disk["test_acc"] is None
@@ -189,7 +189,7 @@ def test_a_crash_is_recorded_as_failed_and_raised(make_cfg, mnist_root, tmp_path
 
     monkeypatch.setattr(Classifier, "training_step", broken)
     with pytest.raises(RuntimeError, match="boom"):
-        run.train(make_cfg(fast_overrides(mnist_root)), tmp_path / "run")
+        training.train(make_cfg(fast_overrides(mnist_root)), tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["status"] == "failed" and on_disk["error"] == "RuntimeError: boom"
 
@@ -199,7 +199,7 @@ def test_frontier_experiments_compose_and_run(make_cfg, mnist_root, tmp_path, na
     overrides = [o for o in fast_overrides(mnist_root) if not o.startswith("trainer.max_epochs")]
     cfg = make_cfg([f"experiment={name}", *overrides, "trainer.fast_dev_run=true", "data.holdout_size=64"])
     assert cfg.budget.max_params == budget and cfg.data.val == "holdout"
-    summary = run.train(cfg, tmp_path / "run")
+    summary = training.train(cfg, tmp_path / "run")
     assert summary.status == "completed" and summary.params <= budget and summary.verdict.no_fc_ok
     assert summary.model == name and summary.net_spec["arch"] == "convnet"
 
@@ -210,7 +210,7 @@ def test_public_experiments_compose_and_run(make_cfg, mnist_root, tmp_path, name
     overrides = [o for o in fast_overrides(mnist_root) if not o.startswith(("trainer.max_epochs", "data.batch_size"))]
     cfg = make_cfg([f"experiment={name}", *overrides, "trainer.fast_dev_run=true"])
     assert cfg.budget.max_params == budget and cfg.data.val == "test" and cfg.trainer.max_epochs == 15
-    summary = run.train(cfg, tmp_path / "run")
+    summary = training.train(cfg, tmp_path / "run")
     assert summary.status == "completed" and summary.params == params and summary.model == name
     assert summary.net_spec["arch"] == "convnet"
 
@@ -229,7 +229,7 @@ def test_label_smoothing_shapes_the_training_loss_only(make_cfg, mnist_root, tmp
     overrides = [o for o in fast_overrides(mnist_root) if "limit_train_batches" not in o]
     overrides += ["model=custom", "model.net._target_=tests.nets.ConstantScores", "optimizer.lr=1e-12",
                   "scheduler=none", "trainer.max_epochs=1", f"label_smoothing={eps}", "callbacks.checkpoint=false"]
-    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    summary = training.train(make_cfg(overrides), tmp_path / "run")
     log_z = math.log(math.exp(20) + 9)
     plain = {k: log_z - (20 if k == 0 else 0) for k in range(10)}  # -log p(k) for the scores [20, 0, ..., 0]
     smooth = {k: (1 - eps) * plain[k] + eps * sum(plain.values()) / 10 for k in range(10)}
@@ -258,7 +258,7 @@ def test_ema_weights_are_validated_saved_and_tested(make_cfg, mnist_root, tmp_pa
     monkeypatch.setattr(Classifier, "training_step", recorded)
     overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.TinyConv",
                                               "callbacks.ema=0.5"]
-    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    summary = training.train(make_cfg(overrides), tmp_path / "run")
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     final_raw = {k.removeprefix("net."): v for k, v in last["current_model_state"].items() if k.startswith("net.")}
     after_each_step = raw[1:] + [final_raw]  # a step's start sees the weights the step before left
@@ -299,7 +299,7 @@ def test_progressive_resizing_trains_small_then_full_size(make_cfg, mnist_root, 
     overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.TinyConv",
                                               "data.progressive_size=16", "data.progressive_epochs=1",
                                               "trainer.num_sanity_val_steps=0"]
-    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    summary = training.train(make_cfg(overrides), tmp_path / "run")
     assert summary.status == "completed"
     assert seen == {("train", 0, (16, 16)), ("val", 0, (28, 28)), ("train", 1, (28, 28)), ("val", 1, (28, 28))}
 
@@ -314,5 +314,5 @@ def test_progressive_resizing_refuses_a_net_that_cannot_take_the_size(make_cfg, 
     from mnist_arch.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        run.train(make_cfg(fast_overrides(mnist_root) + overrides), tmp_path / "run")
+        training.train(make_cfg(fast_overrides(mnist_root) + overrides), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from mnist_arch import report, run
+from mnist_arch import report, run, training
 from mnist_arch.record import RunRecord
 from mnist_arch.module import Classifier
 from tests.conftest import fast_overrides
@@ -216,7 +216,7 @@ def test_ddp_cpu_two_processes_end_to_end(mnist_root, tmp_path):
 def test_resume_from_last_matches_the_uninterrupted_run(make_cfg, mnist_root, tmp_path, monkeypatch):
     overrides = fast_overrides(mnist_root) + ["trainer.max_epochs=3", "trainer.deterministic=true",
                                               "data.rotation=10", "seed=7"]
-    straight = run.train(make_cfg(overrides), tmp_path / "straight")
+    straight = training.train(make_cfg(overrides), tmp_path / "straight")
 
     real_step = Classifier.training_step
 
@@ -227,12 +227,12 @@ def test_resume_from_last_matches_the_uninterrupted_run(make_cfg, mnist_root, tm
 
     monkeypatch.setattr(Classifier, "training_step", ctrl_c_in_second_epoch)
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's own Ctrl-C handler
-    stopped = run.train(make_cfg(overrides), tmp_path / "resumed")
+    stopped = training.train(make_cfg(overrides), tmp_path / "resumed")
     assert stopped.status == "interrupted" and stopped.epochs_run == 1
     assert (tmp_path / "resumed" / "checkpoints" / "interrupted.ckpt").is_file()
 
     monkeypatch.setattr(Classifier, "training_step", real_step)
-    resumed = run.train(make_cfg(overrides + ["ckpt_path=last"]), tmp_path / "resumed")
+    resumed = training.train(make_cfg(overrides + ["ckpt_path=last"]), tmp_path / "resumed")
     assert resumed.status == "completed" and resumed.resumed_from.endswith("last.ckpt")
     for key in ("val_acc", "val_loss", "train_loss", "train_acc", "lr"):
         assert getattr(resumed, key) == getattr(straight, key), key
@@ -241,7 +241,7 @@ def test_resume_from_last_matches_the_uninterrupted_run(make_cfg, mnist_root, tm
 
 def test_resume_without_a_checkpoint_is_one_clear_error(make_cfg, mnist_root, tmp_path):
     with pytest.raises(run.ConfigError, match="ckpt_path=last: no checkpoint at .*last.ckpt"):
-        run.train(make_cfg(fast_overrides(mnist_root) + ["ckpt_path=last"]), tmp_path / "fresh")
+        training.train(make_cfg(fast_overrides(mnist_root) + ["ckpt_path=last"]), tmp_path / "fresh")
 
 
 def test_sigterm_saves_a_checkpoint_and_says_interrupted(mnist_root, tmp_path, monkeypatch, capsys):

@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mnist_arch import callbacks as callbacks_module
 from mnist_arch import plots as plots_module
-from mnist_arch import run
+from mnist_arch import training
 from mnist_arch.data import fetch
 from tests.conftest import N_TEST, checksums, fast_overrides, synthetic_files, write_root
 
@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory, make_cfg):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fetch, "MD5", checksums(files))
         mp.setattr(callbacks_module, "RunPlots", Kept)
-        summary = run.train(make_cfg(fast_overrides(tmp / "data") + ["model=s6", "seed=3", "data.rotation=10"]),
+        summary = training.train(make_cfg(fast_overrides(tmp / "data") + ["model=s6", "seed=3", "data.rotation=10"]),
                             tmp / "run")
     return tmp / "run", summary, made[0]
 
@@ -98,7 +98,7 @@ def test_event_files_hold_scalars_images_text_graph_and_hparams(tiny_run):
 
 def test_plots_off_and_csv_logger(make_cfg, mnist_root, tmp_path):
     overrides = fast_overrides(mnist_root) + ["callbacks.plots=false", "logger=csv", "trainer.max_epochs=1"]
-    summary = run.train(make_cfg(overrides), tmp_path / "run")
+    summary = training.train(make_cfg(overrides), tmp_path / "run")
     assert summary.status == "completed" and summary.plots == []
     assert not (tmp_path / "run" / "plots").exists() and (tmp_path / "run" / "layers.txt").is_file()
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mnist_arch import evaluate, export, predict, run
+from mnist_arch import evaluate, export, predict, training
 from mnist_arch.data.digits import prepare
 from mnist_arch.record import RunRecord
 from tests.conftest import N_TEST, fast_overrides, synthetic_split
@@ -26,7 +26,7 @@ def trained_run(tmp_path_factory, make_cfg):
         mp.setattr(fetch, "MD5", checksums(synthetic_files()))
         overrides = fast_overrides(tmp / "data") + ["model=convnet", "model.net.stages=[[4],[8]]",
                                                     "trainer.max_epochs=3", "callbacks.plots=false"]
-        record = run.train(make_cfg(overrides), tmp / "run")
+        record = training.train(make_cfg(overrides), tmp / "run")
         yield tmp, record
 
 
@@ -177,7 +177,7 @@ def test_onnx_export_matches_the_net(trained_run, tmp_path, capsys):
 def test_a_class_never_predicted_is_recorded_and_warned(make_cfg, mnist_root, tmp_path, caplog):
     """ConstantScores always says 0: classes 1-9 are never predicted, from epoch 1 on."""
     overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.ConstantScores"]
-    record = run.train(make_cfg(overrides), tmp_path / "run")
+    record = training.train(make_cfg(overrides), tmp_path / "run")
     assert record.unpredicted == [list(range(1, 10))] * 2 and record.never_predicted == {k: 1 for k in range(1, 10)}
     assert record.val_acc_per_class[0] == 1.0 and record.val_acc_per_class[1:] == [0.0] * 9
     assert record.headline().endswith("⚠ classes 1, 2, 3, 4, 5, 6, 7, 8, 9 never predicted since epoch 1: a ReLU on "
@@ -191,7 +191,7 @@ def test_a_class_never_predicted_is_recorded_and_warned(make_cfg, mnist_root, tm
 
 def test_one_model_table_and_accuracy_to_four_places(make_cfg, mnist_root, tmp_path, capsys):
     overrides = [o for o in fast_overrides(mnist_root) if o != "trainer.enable_progress_bar=false"]
-    run.train(make_cfg(overrides + ["callbacks.progress=bar", "callbacks.progress_refresh=1",
+    training.train(make_cfg(overrides + ["callbacks.progress=bar", "callbacks.progress_refresh=1",
                                     "trainer.max_epochs=1"]), tmp_path / "run")
     captured = capsys.readouterr()
     assert "FLOPs" not in captured.out and "Total params" not in captured.out  # Lightning's own summary is off
@@ -201,7 +201,7 @@ def test_one_model_table_and_accuracy_to_four_places(make_cfg, mnist_root, tmp_p
 def test_output_to_a_file_gets_one_line_per_epoch(make_cfg, mnist_root, tmp_path, capsys):
     """pytest's captured stdout is not a terminal: progress=auto then writes lines, not bar updates."""
     overrides = [o for o in fast_overrides(mnist_root) if o != "trainer.enable_progress_bar=false"]
-    record = run.train(make_cfg(overrides + ["trainer.max_epochs=3"]), tmp_path / "run")
+    record = training.train(make_cfg(overrides + ["trainer.max_epochs=3"]), tmp_path / "run")
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert "\r" not in out and len(lines) == 3
