@@ -70,7 +70,7 @@ def floor_epochs(model: str, batch: int, epochs: int, seed: int, steps: Optional
 
     from mnist_arch.data import DeviceLoader, default_root, ensure_mnist
 
-    root = ensure_mnist(default_root()).parent.parent
+    root = ensure_mnist(default_root(), download=True, timeout=30).parent.parent
     train_set, test_set = datasets.MNIST(root, train=True), datasets.MNIST(root, train=False)
     torch.manual_seed(seed)
     net = build_model(model)

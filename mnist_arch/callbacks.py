@@ -14,9 +14,10 @@ from pytorch_lightning.callbacks import EMAWeightAveraging, LearningRateMonitor,
 from pytorch_lightning.callbacks.progress.progress_bar import ProgressBar as LightningProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from mnist_arch.config import Budget
 from mnist_arch.errors import BudgetError, Pruned
 from mnist_arch.plots import RunPlots
-from mnist_arch.rules import Budget, judge_net, reached
+from mnist_arch.rules import judge_net, reached
 
 
 class RulesCheck(pl.Callback):
@@ -28,7 +29,7 @@ class RulesCheck(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         macs = None
         if self.budget.max_macs is not None:  # counted only when limited: a pass of one image
-            from mnist_arch.layers import layer_table, totals_of
+            from mnist_arch.layer_table import layer_table, totals_of
 
             macs = totals_of(layer_table(pl_module.net))["macs_per_image"]
         broken = judge_net(pl_module.net, self.budget, macs=macs).failure()

@@ -14,10 +14,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from mnist_arch.errors import ConfigError, RunError, did_you_mean
-from mnist_arch.models import CUSTOM, list_models
-from mnist_arch.recipe import OPTIMIZER_BASE, SCHEDULER_BASE, class_arguments
-from mnist_arch.rules import Budget
-from mnist_arch.targets import check_arguments, locate
+from mnist_arch.models import CUSTOM, list_models, unknown_model
+from mnist_arch.recipe import OPTIMIZER_BASE, SCHEDULER_BASE, class_arguments, piecewise_problem
+from mnist_arch.locate import check_arguments, locate
 
 LOGGERS = ("tensorboard", "csv")
 VAL_SPLITS = ("test", "holdout")
@@ -33,6 +32,14 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def holdout_problem(holdout_size: int, train_size: int) -> Optional[str]:
+    """The holdout split's one check: asked here with MNIST's 60k, and by the DataModule with the images it
+    found (your own files, with data.verify=false, may hold fewer)."""
+    if 0 < holdout_size < train_size:
+        return None
+    return f"data.holdout_size={holdout_size} must be between 1 and {train_size - 1}"
+
+
 def _one_of(key: str, value: str, allowed) -> None:
     _check(value in allowed, f"{key}={value!r} is not one of: {', '.join(allowed)}")
 
@@ -45,9 +52,9 @@ class ModelConf:
 
     def __post_init__(self):
         if self.arch is not None:
-            _one_of("model.arch", self.arch, list_models())
+            _check(self.arch in list_models(), f"model.arch: {unknown_model(self.arch)}")
         else:
-            _one_of("model.name", self.name, [*list_models(), CUSTOM])
+            _check(self.name in [*list_models(), CUSTOM], f"model.name: {unknown_model(self.name, CUSTOM)}")
         target = self.net.get("_target_")
         if self.name == CUSTOM:
             _check(bool(target), "model=custom needs the net's class: model.net._target_=package.module.Class")
@@ -84,10 +91,8 @@ class DataConf:
     def __post_init__(self):
         _one_of("data.pipeline", self.pipeline, PIPELINES)
         _one_of("data.val", self.val, VAL_SPLITS)
-        _check(
-            0 < self.holdout_size < MNIST_TRAIN_SIZE,
-            f"data.holdout_size={self.holdout_size} must be between 1 and {MNIST_TRAIN_SIZE - 1}",
-        )
+        problem = holdout_problem(self.holdout_size, MNIST_TRAIN_SIZE)
+        _check(problem is None, problem)
         _check(self.batch_size > 0, f"data.batch_size={self.batch_size} must be > 0")
         _check(self.eval_batch_size > 0, f"data.eval_batch_size={self.eval_batch_size} must be > 0")
         _check(0 <= self.rotation <= 180, f"data.rotation={self.rotation} must be in [0, 180] degrees")
@@ -162,6 +167,9 @@ class SchedulerConf:
             value = getattr(self, key)
             _check(value is None or 0 < value <= 1, f"scheduler.{key}={value} must be in (0, 1]")
         _check(self.eta_min is None or self.eta_min >= 0, f"scheduler.eta_min={self.eta_min} must be >= 0")
+        if self.milestones is not None or self.factors is not None:
+            problem = piecewise_problem(self.milestones or [], self.factors or [])
+            _check(problem is None, problem)
         if self._target_:
             cls = locate(self._target_, "scheduler._target_", SCHEDULER_BASE)
             check_arguments("scheduler.", cls, class_arguments(dataclasses.asdict(self)),
@@ -243,6 +251,34 @@ class LoggerConf:
         _check(self.name == "tensorboard" or not self.graph, "logger.graph=true needs logger=tensorboard")
 
 
+@dataclass
+class Budget:
+    """The game: "99.4% val acc, under 20k parameters, within 20 epochs, no fully connected layer", judged
+    by mnist_arch/rules.py. The values live in conf/budget/default.yaml."""
+
+    max_params: int = MISSING  # trainable parameters, counted at fit start
+    max_epochs: int = MISSING  # trainer.max_epochs above this is refused before training
+    target_acc: float = MISSING  # val acc (fraction) that counts as reached
+    allow_fc: bool = MISSING  # nn.Linear / LazyLinear / Bilinear anywhere in the net is refused
+    max_macs: Optional[int] = None  # per image; None: no limit (and what a record written before it reads as)
+
+    def __post_init__(self):
+        if self.max_params <= 0:
+            raise ConfigError(f"budget.max_params={self.max_params} must be > 0")
+        if self.max_macs is not None and self.max_macs <= 0:
+            raise ConfigError(f"budget.max_macs={self.max_macs} must be > 0 (or null: no limit)")
+        if self.max_epochs < 1:
+            raise ConfigError(f"budget.max_epochs={self.max_epochs} must be >= 1")
+        if not 0 < self.target_acc <= 1:
+            raise ConfigError(f"budget.target_acc={self.target_acc} must be a fraction in (0, 1]")
+
+    def check_epochs(self, max_epochs: int) -> None:
+        """The epoch rule is judged on the config too, so an over-long run never starts."""
+        if max_epochs > self.max_epochs:
+            raise ConfigError(f"trainer.max_epochs={max_epochs} is over budget.max_epochs={self.max_epochs}; "
+                              f"to play with a larger budget, also set budget.max_epochs={max_epochs}")
+
+
 OBJECTIVES = ("val_acc", "params", "macs", "train_seconds")  # val_acc is maximised, the others minimised
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("auto", "median", "hyperband", "none")
@@ -266,6 +302,7 @@ class SearchConf:
     seed: int = MISSING  # the sampler's
     confirm: int = MISSING  # afterwards, retrain the top K (two objectives: up to K of the front) on the 60k
     confirm_seeds: List[int] = MISSING
+    start: List[Dict[str, Any]] = MISSING  # trials a new study runs first (Optuna's enqueue_trial): known designs
 
     def __post_init__(self):
         from mnist_arch import space

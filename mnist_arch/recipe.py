@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from mnist_arch.targets import arguments, locate
+from mnist_arch.locate import arguments, locate
 
 NOT_ARGUMENTS = {
     "_target_",  # the class
@@ -65,6 +65,14 @@ def build_scheduler(conf: Dict[str, Any], optimizer: torch.optim.Optimizer, tota
     return scheduler
 
 
+def piecewise_problem(milestones: Sequence[float], factors: Sequence[float]) -> Optional[str]:
+    """What is wrong with a piecewise schedule (None: nothing); the config's gate and the class both ask."""
+    if len(milestones) != len(factors) or len(milestones) < 2 or list(milestones) != sorted(milestones):
+        return (f"scheduler.milestones={list(milestones)} must rise and pair up with scheduler.factors="
+                f"{list(factors)} (two points at least)")
+    return None
+
+
 class PiecewiseLinearLR(torch.optim.lr_scheduler.LRScheduler):
     """lr = optimizer.lr x a factor interpolated linearly between (milestone, factor) points, held flat
     past the ends. Milestones count scheduler steps: epochs with interval=epoch (scheduler=piecewise).
@@ -73,9 +81,9 @@ class PiecewiseLinearLR(torch.optim.lr_scheduler.LRScheduler):
 
     def __init__(self, optimizer: torch.optim.Optimizer, milestones: Sequence[float], factors: Sequence[float],
                  last_epoch: int = -1):
-        if len(milestones) != len(factors) or len(milestones) < 2 or list(milestones) != sorted(milestones):
-            raise ValueError(f"scheduler.milestones={list(milestones)} must rise and pair up with "
-                             f"scheduler.factors={list(factors)} (two points at least)")
+        problem = piecewise_problem(milestones, factors)
+        if problem:
+            raise ValueError(problem)
         self.milestones, self.factors = list(milestones), list(factors)
         super().__init__(optimizer, last_epoch)
 

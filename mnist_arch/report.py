@@ -213,7 +213,7 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
 class Leaderboard(Callback):
     """Hydra callback: when a sweep ends, write its leaderboard into the sweep dir and print it; exit
     non-zero if any job did not complete. (It also makes the sweep dir when the sweep starts, so that a
-    sweeper can keep its state there: hparams_search=optuna's SQLite study.)"""
+    sweeper plugin can keep its state there.)"""
 
     def on_multirun_start(self, config, **kwargs) -> None:
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@
     verdict.headline()  # "17,120 params ✓ ≤20,000 · no FC ✓ · 99.40% at epoch 2 ✓ (target 99.40%, ...)"
 
 The callbacks (refuse before any step, stop at target), the layer table, the run's headline and
-`summary.json` all ask `judge`; nothing else decides whether a rule holds or how the verdict reads.
+`summary.json` all ask `judge`; nothing else decides whether a rule holds or how the verdict reads. The
+budget itself is a group of the config (mnist_arch/config.py, conf/budget/).
 """
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -15,39 +16,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from mnist_arch.errors import BudgetError, ConfigError
+from mnist_arch.config import Budget
+from mnist_arch.errors import BudgetError
 
 # Every layer type that is a fully connected layer in disguise; 1x1 convolutions are allowed.
 FC_TYPES = (nn.Linear, nn.LazyLinear, nn.Bilinear)
 PROBE_BATCH = 2  # images in the output-shape probe
-
-
-@dataclass
-class Budget:
-    """The game: "99.4% val acc, under 20k parameters, within 20 epochs, no fully connected layer".
-    The values live in conf/budget/default.yaml; this is their type and their valid ranges."""
-
-    max_params: int = 20_000  # trainable parameters, counted at fit start
-    max_epochs: int = 20  # trainer.max_epochs above this is refused before training
-    target_acc: float = 0.994  # val acc (fraction) that counts as reached
-    allow_fc: bool = False  # nn.Linear / LazyLinear / Bilinear anywhere in the net is refused
-    max_macs: Optional[int] = None  # multiply-accumulates per image (the layer table's count); None: no limit
-
-    def __post_init__(self):
-        if self.max_params <= 0:
-            raise ConfigError(f"budget.max_params={self.max_params} must be > 0")
-        if self.max_macs is not None and self.max_macs <= 0:
-            raise ConfigError(f"budget.max_macs={self.max_macs} must be > 0 (or null: no limit)")
-        if self.max_epochs < 1:
-            raise ConfigError(f"budget.max_epochs={self.max_epochs} must be >= 1")
-        if not 0 < self.target_acc <= 1:
-            raise ConfigError(f"budget.target_acc={self.target_acc} must be a fraction in (0, 1]")
-
-    def check_epochs(self, max_epochs: int) -> None:
-        """The epoch rule is judged on the config too, so an over-long run never starts."""
-        if max_epochs > self.max_epochs:
-            raise ConfigError(f"trainer.max_epochs={max_epochs} is over budget.max_epochs={self.max_epochs}; "
-                              f"to play with a larger budget, also set budget.max_epochs={max_epochs}")
 
 
 def count_params(net: nn.Module) -> int:
@@ -73,6 +47,11 @@ def output_shape(net: nn.Module, side: int = 28) -> Tuple[int, ...]:
             return tuple(net.eval()(torch.zeros(PROBE_BATCH, 1, side, side, device=device)).shape)
     finally:
         net.train(was_training)
+
+
+def bad_output(got: str, side: int = 28) -> str:
+    """The one statement of the output rule, with what the net did instead."""
+    return f"the net must map (N, 1, {side}, {side}) to (N, 10); {got}"
 
 
 def reached(acc: float, target: float) -> bool:
@@ -146,8 +125,7 @@ class Verdict:
             return "fc_not_allowed", (f"fully connected layer(s) not allowed: {', '.join(self.fc)} "
                                       "(1x1 convolutions are; budget.allow_fc=true lifts the rule)")
         if self.output_ok is False:
-            return "bad_output", (f"the net must map (N, 1, 28, 28) to (N, 10); it gave {self.output_shape} "
-                                  f"for N={PROBE_BATCH}")
+            return "bad_output", bad_output(f"it gave {self.output_shape} for N={PROBE_BATCH}")
         return None
 
     def lines(self) -> List[str]:
@@ -194,6 +172,6 @@ def judge_net(net: nn.Module, budget: Budget, val_acc: Optional[Sequence[float]]
     try:
         shape = output_shape(net)
     except Exception as e:  # noqa: BLE001 - a net that cannot run on a 28x28 image breaks the output rule
-        raise BudgetError("bad_output", f"the net must map (N, 1, 28, 28) to (N, 10); it failed on "
-                                        f"({PROBE_BATCH}, 1, 28, 28): {type(e).__name__}: {e}") from e
+        raise BudgetError("bad_output", bad_output(f"it failed on ({PROBE_BATCH}, 1, 28, 28): {type(e).__name__}: "
+                                                   f"{e}")) from e
     return judge(budget, count_params(net), fc_layers(net), shape, val_acc, largest_layers(net), macs)

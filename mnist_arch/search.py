@@ -59,7 +59,7 @@ class Job:
 def objective(trial, job: Job) -> Sequence[float]:
     """Sample, judge, train, score: the values of the study's objectives for one trial."""
     from mnist_arch.callbacks import Pruning
-    from mnist_arch.layers import layer_table, totals_of
+    from mnist_arch.layer_table import layer_table, totals_of
     from mnist_arch.models import build_net
     from mnist_arch.rules import judge_net
     from mnist_arch.training import train
@@ -123,8 +123,10 @@ def _infeasible(trial, job: Job, run_dir: Path, overrides: List[str], model: Opt
 
 
 def _optuna():
-    import optuna
-
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("the search needs Optuna 5: pip install 'mnist-arch[optuna]'") from None
     return optuna
 
 
@@ -408,18 +410,23 @@ def base_overrides(search: SearchConf, given: Sequence[str]) -> List[str]:
 def main(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "search") is None:
         raise ConfigError("pick a search space: search=<name> (conf/search/: 4k, 8k, 20k, recipe, speedrun)")
+    _optuna()
     conf: Config = load(HydraConfig.get().overrides.task)  # the search group, checked
     search = conf.search
     study_dir = Path(HydraConfig.get().runtime.output_dir)
     overrides = base_overrides(search, HydraConfig.get().overrides.task)
     given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
-    search = replace(search, space={k: v for k, v in search.space.items() if k not in given})  # given: fixed
+    fixed = {k: v for k, v in search_space.specs(search.space).items() if k not in given}  # given: fixed
+    search = replace(search, space=fixed)
     base = load(overrides)  # the trials' recipe, checked before any trial (a typo fails here, not 40 times)
     threads = base.threads or (max(1, len(os.sched_getaffinity(0)) // search.workers) if search.workers > 1 else None)
     job = Job(search, study_dir, search.storage or f"sqlite:///{study_dir / 'study.db'}", overrides,
               base.trainer.max_epochs)
     study_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(job)
+    if not study.trials:  # a new study starts from the known designs, if the space names any
+        for point in search.start:
+            study.enqueue_trial(point)
     c = counts(study)
     print(f"study {search.study_name} in {study_dir}: {c['complete'] + c['pruned']} of {search.n_trials} trials "
           f"trained; {search.workers} worker(s); pruner {_pruner(search)}; objectives {', '.join(search.objectives)}",

@@ -2,9 +2,11 @@
 by asking an Optuna trial for each value.
 
     space:
-      optimizer.lr: {low: 0.02, high: 0.3, log: true}   # a number (an int when low and high are ints)
-      data.batch_size: {choices: [64, 128, 256]}        # one of these
-      data.translate: 0.05                              # a plain value: every trial gets it
+      optimizer:
+        lr: {low: 0.02, high: 0.3, log: true}           # a number (an int when low and high are ints)
+      data:
+        batch_size: {choices: [64, 128, 256]}           # one of these
+        translate: 0.05                                 # a plain value: every trial gets it
       convnet:                                          # the convnet family, stage by stage (model=convnet)
         stages: 3                                       # how many stages (a 2x2 max-pool between two)
         convs: {low: 1, high: 3}                        # 3x3 convs in each stage
@@ -13,7 +15,8 @@ by asking an Optuna trial for each value.
         transition: {choices: [0, 4, 8]}                # a 1x1 conv closing each stage; 0: none
         head: {choices: [gap_conv, conv_gap]}
 
-A key other than `convnet` is a run override (`optimizer.lr`) and its spec one distribution. In `convnet`
+Any other key is a run override, nested as the config is (`optimizer: {lr: ...}` is optimizer.lr, so the
+command line reaches it: search.space.optimizer.lr.high=0.5), and its spec one distribution. In `convnet`
 each of convs / width / padding / transition is asked once per stage (Optuna parameters convs_1, width_1,
 ...), so the sampler learns each stage's shape; `stages` and `head` may be a plain value or a distribution
 too. A shape that cannot work (maps shrinking below 1x1) is refused by the net and recorded infeasible.
@@ -26,11 +29,23 @@ CONVNET = "convnet"
 CONVNET_KEYS = ("stages", "convs", "width", "padding", "transition", "head")
 
 
+def specs(space: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """The space's run keys, flattened: {"optimizer.lr": {low, high, log}, "convnet": {...}, ...}."""
+    found = {}
+    for key, spec in space.items():
+        name = f"{prefix}{key}"
+        if name == CONVNET or not isinstance(spec, dict) or "choices" in spec or "low" in spec or "high" in spec:
+            found[name] = spec
+        else:
+            found.update(specs(spec, f"{name}."))
+    return found
+
+
 def check(space: Dict[str, Any]) -> None:
     """ConfigError, naming the key, for a spec that is not a distribution or a plain value."""
     if not space:
         raise ConfigError("search.space is empty: name at least one key to vary")
-    for key, spec in space.items():
+    for key, spec in specs(space).items():
         if key == CONVNET:
             if not isinstance(spec, dict) or set(spec) - set(CONVNET_KEYS):
                 raise ConfigError(f"search.space.convnet takes: {', '.join(CONVNET_KEYS)}")
@@ -77,7 +92,7 @@ def ask(trial, name: str, spec: Any) -> Any:
 def sample(trial, space: Dict[str, Any]) -> List[str]:
     """The overrides of one trial: every key of the space asked of `trial`."""
     overrides = []
-    for key, spec in space.items():
+    for key, spec in specs(space).items():
         if key == CONVNET:
             overrides += _convnet(trial, spec)
         else:

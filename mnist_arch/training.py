@@ -35,7 +35,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
 
     from mnist_arch.callbacks import build_callbacks, find
     from mnist_arch.data import MNISTDataModule
-    from mnist_arch.layers import describe
+    from mnist_arch.layer_table import describe
     from mnist_arch.models import build_net
     from mnist_arch.module import Classifier
     from mnist_arch.plots import RunPlots

@@ -61,6 +61,25 @@ def write_root(root: Path, files: dict) -> Path:
     return root
 
 
+def default_budget(**changes):
+    """conf/budget/default.yaml's budget (the one place its values live), with `changes`."""
+    from dataclasses import replace
+
+    from mnist_arch.config import load
+
+    return replace(load([]).budget, **changes)
+
+
+def datamodule(root, **changes):
+    """MNISTDataModule with the data group's values (conf/data/mnist.yaml), reading `root`, and `changes`."""
+    from dataclasses import asdict
+
+    from mnist_arch.config import load
+    from mnist_arch.data import MNISTDataModule
+
+    return MNISTDataModule(**{**asdict(load([]).data), "root": str(root), "download": False, "seed": 0, **changes})
+
+
 @pytest.fixture
 def synthetic_md5(monkeypatch) -> dict:
     """The synthetic files' bytes; their MD5s replace the canonical ones for this test."""

@@ -69,7 +69,8 @@ def test_the_wrapper_leaves_hydras_switch_as_it_found_it(monkeypatch):
 BAD_INPUT = {
     "mnist-arch": (["model=s44"], "error: model=s44 is not an option of model; did you mean model=s4?"),
     "mnist-arch-lr-find": (["optimizer.lr=-1"], "error: optimizer.lr=-1.0 must be > 0"),
-    "mnist-arch-summary": (["data.batch_size=zero"], "error: Error merging override data.batch_size=zero"),
+    "mnist-arch-layers": (["data.batch_size=zero"], "error: Error merging override data.batch_size=zero"),
+    "mnist-arch-summary": (["model=s44"], "error: model=s44 is not an option of model; did you mean model=s4?"),
     "mnist-arch-report": (["{tmp}/nowhere"], "error: {tmp}/nowhere: not a folder"),
     "mnist-arch-evaluate": (["{tmp}/nowhere"], "error: {tmp}/nowhere: no such run dir or checkpoint file"),
     "mnist-arch-predict": (["{tmp}/nowhere"], "error: the following arguments are required: files (see python -m "
@@ -77,7 +78,11 @@ BAD_INPUT = {
     "mnist-arch-export": (["{tmp}/nowhere", "--format", "onnx"], "error: {tmp}/nowhere: no such run dir or "
                                                                  "checkpoint file"),
     "mnist-arch-data": (["--timeout", "soon"], "error: argument --timeout: invalid float value: 'soon'"),
+    "mnist-arch-search": (["search=nope"], "error: search=nope is not an option of search; its options: "),
 }
+
+
+HYDRA_COMMANDS = ("mnist-arch", "mnist-arch-lr-find", "mnist-arch-search")  # they read their overrides from argv
 
 
 def test_every_command_is_wrapped():
@@ -101,7 +106,7 @@ def test_every_command_refuses_bad_input_in_one_line_with_exit_2(tmp_path, capsy
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [name, *args])  # the Hydra commands read their overrides from argv
     try:
-        code, line = _fails_with(capsys, main, *([] if name in ("mnist-arch", "mnist-arch-lr-find") else [args]))
+        code, line = _fails_with(capsys, main, *([] if name in HYDRA_COMMANDS else [args]))
     finally:
         GlobalHydra.instance().clear()
     assert code == 2 and line.startswith(expected.format(tmp=tmp_path))

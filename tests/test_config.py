@@ -49,7 +49,8 @@ def test_the_write_ups_recipes_do_not_follow_the_default_one(make_cfg, experimen
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.name=resnet", "model.name='resnet' is not one of: convnet, s4, s6, custom"),
+        ("model.name=resnet", "model.name: unknown model 'resnet'; available: convnet, s4, s6, custom"),
+        ("scheduler=piecewise scheduler.milestones=[0,5,2]", "scheduler.milestones=[0.0, 5.0, 2.0] must rise and pair up with scheduler.factors=[0.5, 1.0, 0.1, 0.05, 0.0] (two points at least)"),
         ("model=custom", "model=custom needs the net's class: model.net._target_=package.module.Class"),
         ("trainer.max_epochs=30", "trainer.max_epochs=30 is over budget.max_epochs=20; to play with a larger "
                                   "budget, also set budget.max_epochs=30"),

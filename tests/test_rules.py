@@ -1,10 +1,12 @@
 """The rules in one place: `judge` on numbers and on nets; every check can fail for its own reason."""
 import pytest
 
-from mnist_arch.rules import Budget, judge, judge_net
+from mnist_arch.config import Budget
+from mnist_arch.rules import judge, judge_net
+from tests.conftest import default_budget
 from tests.nets import TinyConv, WithLinear, WrongOutput
 
-BUDGET = Budget(max_params=1_000, max_epochs=3, target_acc=0.9, allow_fc=False)
+BUDGET = default_budget(max_params=1_000, max_epochs=3, target_acc=0.9, allow_fc=False)
 
 
 def test_a_net_within_every_rule():
@@ -41,18 +43,18 @@ def test_not_judged_yet_is_none_not_a_pass():
 def test_judge_net_probes_params_fc_and_output():
     tiny = judge_net(TinyConv(width=6), BUDGET)
     assert (tiny.params, tiny.fc, tiny.output_shape) == (6 * 9 + 6 + 6 * 10 + 10, [], (2, 10))
-    assert judge_net(WithLinear(), Budget(max_params=10_000)).failure()[0] == "fc_not_allowed"
-    assert judge_net(WrongOutput(), Budget()).failure()[1].endswith("it gave (2, 7) for N=2")
+    assert judge_net(WithLinear(), default_budget(max_params=10_000)).failure()[0] == "fc_not_allowed"
+    assert judge_net(WrongOutput(), default_budget()).failure()[1].endswith("it gave (2, 7) for N=2")
 
 
 def test_one_rendering_for_the_table_and_the_headline():
-    verdict = judge(Budget(), params=17_120, fc=[], output_shape=(2, 10), val_acc=[0.99, 0.9942])
+    verdict = judge(default_budget(), params=17_120, fc=[], output_shape=(2, 10), val_acc=[0.99, 0.9942])
     assert verdict.lines() == ["params: 17,120 ≤ 20,000 ✓ (budget.max_params)",
                                "FC layers: none ✓ (budget.allow_fc=false)",
                                "output for 2 images: (2, 10) ✓ (must be (2, 10))"]
     assert verdict.headline() == ("17,120 params ✓ ≤20,000 · no FC ✓ · 99.42% at epoch 2 ✓ (target 99.40%, "
                                   "≤20 epochs, 2 run")
-    missed = judge(Budget(), params=17_120, fc=["fc1"], val_acc=[0.99, 0.993])
+    missed = judge(default_budget(), params=17_120, fc=["fc1"], val_acc=[0.99, 0.993])
     assert missed.headline().startswith("17,120 params ✓ ≤20,000 · no FC ✗ · best 99.30% at epoch 2 ✗")
 
 

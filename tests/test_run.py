@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnist_arch import run, training
 from mnist_arch.record import RunRecord
-from tests.conftest import fast_overrides
+from tests.conftest import datamodule, fast_overrides
 
 SUMMARY_KEYS = {"model", "params", "epochs_run", "best_val_acc", "best_epoch", "val_acc", "test_acc", "seed",
                 "device", "wall_time_s", "git_commit", "versions", "status"}
@@ -77,13 +77,13 @@ def test_test_weights_final_tests_the_last_epoch_weights(make_cfg, mnist_root, t
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     net = TinyConv()
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    datamodule = MNISTDataModule(root=str(mnist_root), download=False, val="holdout", holdout_size=64,
+    data = datamodule(mnist_root, val="holdout", holdout_size=64,
                                  eval_batch_size=40)
-    datamodule.setup("test")
+    data.setup("test")
     net.eval()
     with torch.no_grad():
-        right = sum((net(x).argmax(1) == y).sum().item() for x, y in datamodule.test_dataloader())
-    assert summary.test_acc == pytest.approx(right / len(datamodule.splits["test"][0]), abs=1e-6)
+        right = sum((net(x).argmax(1) == y).sum().item() for x, y in data.test_dataloader())
+    assert summary.test_acc == pytest.approx(right / len(data.splits["test"][0]), abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -271,9 +271,9 @@ def test_ema_weights_are_validated_saved_and_tested(make_cfg, mnist_root, tmp_pa
         assert not torch.allclose(ema, final_raw[name])
     net = TinyConv().eval()
     net.load_state_dict({k.removeprefix("net."): v for k, v in last["state_dict"].items() if k.startswith("net.")})
-    datamodule = MNISTDataModule(root=str(mnist_root), download=False, eval_batch_size=40)
-    datamodule.setup("test")
-    images, labels = zip(*datamodule.test_dataloader())
+    data = datamodule(mnist_root, eval_batch_size=40)
+    data.setup("test")
+    images, labels = zip(*data.test_dataloader())
     with torch.no_grad():
         logits = net(torch.cat(images))
     labels = torch.cat(labels)
@@ -307,7 +307,7 @@ def test_progressive_resizing_trains_small_then_full_size(make_cfg, mnist_root, 
 @pytest.mark.parametrize("overrides, message", [
     (["model=s4", "data.progressive_epochs=1"], "data.progressive_size=20: the net"),
     (["model=custom", "model.net._target_=tests.nets.WrongOutput", "data.progressive_epochs=1",
-      "data.progressive_size=28"], "not 10 class scores"),
+      "data.progressive_size=28"], r"the net must map \(N, 1, 28, 28\) to \(N, 10\); it gave \(2, 7\) for N=2"),
 ])
 def test_progressive_resizing_refuses_a_net_that_cannot_take_the_size(make_cfg, mnist_root, tmp_path, overrides,
                                                                       message):

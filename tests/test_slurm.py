@@ -125,3 +125,26 @@ def test_preempted_by_sigterm_and_resumed_to_the_same_numbers(cluster, mnist_roo
     for key in ("val_acc", "val_loss", "train_loss", "train_acc", "lr"):
         assert getattr(after, key) == getattr(before, key), key
     assert after.test_acc == before.test_acc
+
+
+def test_two_search_workers_as_slurm_jobs_share_one_study(cluster, mnist_root, tmp_path):
+    """Two sbatch jobs run the same search command on one study folder (a shared disk): together they train
+    exactly search.n_trials trials, each once, and leave none RUNNING."""
+    from tests.test_search import load, small
+
+    study_dir = tmp_path / "study"
+    argv = [a for a in small(mnist_root, study_dir, "search.n_trials=4") if a != "trainer=cpu"]
+    command = " ".join([sys.executable, "-m", "mnist_arch.search", *(f"'{a}'" for a in argv)])
+    jobs = [subprocess.run(["sbatch", "-p", cluster, "--parsable", "-c", "1", "--mem=1G", "-o",
+                            str(tmp_path / f"worker{i}_%j.out"), "--wrap", f"cd {Path.cwd()} && {command}"],
+                           capture_output=True, text=True, check=True, timeout=30).stdout.strip() for i in (1, 2)]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and subprocess.run(["squeue", "-h", "-j", ",".join(jobs)], capture_output=True,
+                                                         text=True).stdout.strip():
+        time.sleep(2)
+    study = load(study_dir)
+    trained = [t for t in study.trials if t.state.name == "COMPLETE" and not t.user_attrs.get("infeasible")]
+    logs = "".join(p.read_text() for p in tmp_path.glob("worker*.out"))
+    assert len(trained) == 4 and not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")], logs[-3000:]
+    assert sorted(p.name for p in (study_dir / "trials").iterdir()) == [f"{t.number:04d}" for t in study.trials]
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both jobs took trials

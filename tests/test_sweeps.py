@@ -1,5 +1,5 @@
-"""Sweeps and scale-out on synthetic IDX files: fault-tolerant multirun and its leaderboard, Optuna,
-joblib, DDP on CPU, resume, SIGTERM. Jobs in other processes (joblib workers, DDP ranks) cannot see
+"""Sweeps and scale-out on synthetic IDX files: fault-tolerant multirun and its leaderboard, joblib, DDP
+on CPU, resume, SIGTERM (the Optuna search: test_search.py). Jobs in other processes (joblib workers, DDP ranks) cannot see
 the test's patched checksums, so they read the synthetic files with data.verify=false."""
 import json
 import os
@@ -12,6 +12,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from mnist_arch import report, run, training
+from mnist_arch.errors import ConfigError
 from mnist_arch.record import RunRecord
 from mnist_arch.module import Classifier
 from tests.conftest import fast_overrides
@@ -134,59 +135,6 @@ def test_report_cli_refuses_a_folder_without_runs(tmp_path, capsys):
     assert done.value.code == 2 and capsys.readouterr().err == f"error: {tmp_path}: no summary.json beneath it\n"
 
 
-def test_three_optuna_trials_with_one_failing(mnist_root, tmp_path, monkeypatch):
-    real_step, calls = Classifier.training_step, []
-
-    def second_trial_crashes(self, batch, batch_idx):
-        if batch_idx == 0 and self.current_epoch == 0:
-            calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("trial 2 breaks")
-        return real_step(self, batch, batch_idx)
-
-    monkeypatch.setattr(Classifier, "training_step", second_trial_crashes)
-    sweep = tmp_path / "study"
-    code = hydra_main(["hparams_search=optuna", "hydra.sweeper.n_trials=3", *fast_overrides(mnist_root),
-                       "data.holdout_size=64", f"hydra.sweep.dir={sweep}"], monkeypatch)
-    jobs = summaries(sweep)
-    assert [j["status"] for j in jobs] == ["completed", "failed", "completed"]
-    assert all(j["val_split"] == "holdout" for j in jobs)  # the study never sees the test set
-    assert len({json.dumps(sorted(j["overrides"])) for j in jobs}) == 3  # three sampled settings
-    results = (sweep / "optimization_results.yaml").read_text()
-    best = max(j["best_val_acc"] for j in jobs if j["status"] == "completed")
-    assert f"best_value: {best}" in results
-    assert "1 job(s) of the sweep did not complete" in str(code)
-
-    import optuna  # the study was kept in SQLite in the sweep dir, every trial with its state
-
-    study = optuna.load_study(study_name="mnist_arch", storage=f"sqlite:///{sweep / 'optuna.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
-    assert study.best_value == best
-
-    # optuna-dashboard (the dashboard extra) serves that study: a real server on the loopback, bounded wait
-    import socket
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(["optuna-dashboard", f"sqlite:///{sweep / 'optuna.db'}", "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline, names = time.monotonic() + 30, None
-        while names is None and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as answer:
-                    names = [st["study_name"] for st in json.loads(answer.read())["study_summaries"]]
-            except OSError:
-                time.sleep(0.5)
-        assert names == ["mnist_arch"]
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
 def test_joblib_runs_two_jobs_in_parallel_with_shared_cores(mnist_root, tmp_path, monkeypatch):
     sweep = tmp_path / "par"
     code = hydra_main(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *fast_overrides(mnist_root),
@@ -240,7 +188,7 @@ def test_resume_from_last_matches_the_uninterrupted_run(make_cfg, mnist_root, tm
 
 
 def test_resume_without_a_checkpoint_is_one_clear_error(make_cfg, mnist_root, tmp_path):
-    with pytest.raises(run.ConfigError, match="ckpt_path=last: no checkpoint at .*last.ckpt"):
+    with pytest.raises(ConfigError, match="ckpt_path=last: no checkpoint at .*last.ckpt"):
         training.train(make_cfg(fast_overrides(mnist_root) + ["ckpt_path=last"]), tmp_path / "fresh")
 
 
@@ -268,14 +216,9 @@ def test_sigterm_saves_a_checkpoint_and_says_interrupted(mnist_root, tmp_path, m
     (["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], "hydra_plugins.hydra_submitit_launcher"),
     (["hydra/launcher=submitit_slurm"], "hydra_plugins.hydra_submitit_launcher"),
     (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "hydra_plugins.hydra_joblib_launcher"),
-    (["hparams_search=optuna"], "hydra_plugins.hydra_optuna_sweeper"),
 ])
-def test_launcher_and_sweeper_configs_compose(make_cfg, overrides, target):
+def test_launcher_configs_compose(make_cfg, overrides, target):
     cfg = make_cfg(overrides, hydra=True)
-    plugin = cfg.hydra.sweeper if overrides[0].startswith("hparams_search") else cfg.hydra.launcher
-    assert plugin._target_.startswith(target)
+    assert cfg.hydra.launcher._target_.startswith(target)
     if overrides[0] == "hydra/launcher=slurm":
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.partition == "gpu"
-    if overrides[0] == "hparams_search=optuna":
-        assert cfg.hydra.sweeper.direction == "maximize" and cfg.data.val == "holdout"
-        assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "data.batch_size", "scheduler", "model.net.dropout"}

@@ -11,8 +11,13 @@ def main(argv=None) -> int:
     parser = Parser(prog="python -m mnist_arch.data", description=__doc__)
     parser.add_argument("--root", default=None, help=f"data root (default: {default_root()})")
     parser.add_argument("--offline", action="store_true", help="only use files already in the raw folder")
-    parser.add_argument("--timeout", type=float, default=30.0, help="network time-out per request, seconds")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="network time-out per request, seconds (default: data.fetch_timeout_s)")
     args = parser.parse_args(argv)
+    if args.timeout is None:  # the one default, in conf/data/mnist.yaml
+        from mnist_arch.config import load
+
+        args.timeout = load([]).data.fetch_timeout_s
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     raw = ensure_mnist(args.root, download=not args.offline, timeout=args.timeout)  # DataError: exit 1
     print("all four MNIST files verified (MD5)", file=sys.stderr)

@@ -20,40 +20,23 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from mnist_arch.config import holdout_problem
 from mnist_arch.data.device_loader import MEAN, STD, Augment, DeviceLoader
 from mnist_arch.data.fetch import DataError, default_root, ensure_mnist
 from mnist_arch.errors import ConfigError
-from mnist_arch.rules import PROBE_BATCH, output_shape
+from mnist_arch.rules import PROBE_BATCH, bad_output, output_shape
 
 HOLDOUT_SEED = 0  # fixed, so the holdout split does not move with the run's seed
 
 
 class MNISTDataModule(pl.LightningDataModule):
-    def __init__(
-        self,
-        root: Optional[str] = None,
-        pipeline: str = "tensor",
-        val: str = "test",
-        holdout_size: int = 5000,
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
-        drop_last: bool = False,
-        rotation: float = 0.0,
-        rotation_p: float = 1.0,
-        translate: float = 0.0,
-        scale: float = 0.0,
-        brightness: float = 0.0,
-        contrast: float = 0.0,
-        jitter_p: float = 1.0,
-        erasing: float = 0.0,
-        progressive_size: int = 20,
-        progressive_epochs: int = 0,
-        num_workers: int = 0,
-        download: bool = True,
-        verify: bool = True,
-        fetch_timeout_s: float = 30.0,
-        seed: int = 0,
-    ):
+    def __init__(self, *, root: Optional[str], pipeline: str, val: str, holdout_size: int, batch_size: int,
+                 eval_batch_size: int, drop_last: bool, rotation: float, rotation_p: float, translate: float,
+                 scale: float, brightness: float, contrast: float, jitter_p: float, erasing: float,
+                 progressive_size: int, progressive_epochs: int, num_workers: int, download: bool, verify: bool,
+                 fetch_timeout_s: float, seed: int):
+        """The `data` config group's keys (conf/data/mnist.yaml holds their defaults, config.py their
+        checks), and the run's seed."""
         super().__init__()
         self.root = Path(root).expanduser() if root else default_root()
         self.pipeline, self.val, self.holdout_size = pipeline, val, holdout_size
@@ -72,12 +55,13 @@ class MNISTDataModule(pl.LightningDataModule):
         if self.splits is not None:
             return
         # prepare_data runs on one process per node; every process re-checks before reading.
-        ensure_mnist(self.root, download=False, verify=self.verify)
+        ensure_mnist(self.root, download=False, timeout=self.fetch_timeout_s, verify=self.verify)
         train = datasets.MNIST(self.root, train=True, download=False)
         test = datasets.MNIST(self.root, train=False, download=False)
         n = len(train)
-        if self.val == "holdout" and not 0 < self.holdout_size < n:
-            raise DataError(f"data.holdout_size={self.holdout_size} must be between 1 and {n - 1}")
+        problem = holdout_problem(self.holdout_size, n) if self.val == "holdout" else None
+        if problem:  # the gate checked it against MNIST's 60k; your own files may hold fewer
+            raise DataError(problem)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
         train_idx, holdout_idx = order[self.holdout_size:], order[: self.holdout_size]
         if self.pipeline == "torchvision":
@@ -151,13 +135,12 @@ class MNISTDataModule(pl.LightningDataModule):
         side = self.progressive_size
         try:
             shape = output_shape(net, side)
+            got = None if shape == (PROBE_BATCH, 10) else f"it gave {shape} for N={PROBE_BATCH}"
         except (RuntimeError, ValueError) as e:
-            raise ConfigError(f"data.progressive_size={side}: the net cannot take {side}x{side} images "
-                              f"({str(e).splitlines()[0]}); use a net with global pooling, or "
-                              "data.progressive_epochs=0") from None
-        if shape != (PROBE_BATCH, 10):
-            raise ConfigError(f"data.progressive_size={side}: the net maps {side}x{side} images to {shape[1:]}, "
-                              "not 10 class scores; use a net with global pooling, or data.progressive_epochs=0")
+            got = f"it failed: {str(e).splitlines()[0]}"
+        if got:
+            raise ConfigError(f"data.progressive_size={side}: {bad_output(got, side)}; use a net with global "
+                              "pooling, or data.progressive_epochs=0")
 
     def train_dataloader(self):
         return self._loader("train")

@@ -19,16 +19,22 @@ MEAN, STD = 0.1307, 0.3081  # of the 60k training images, pixels scaled to [0, 1
 
 @dataclass(frozen=True)
 class Augment:
-    """Strengths of the on-device augmentation; all zero means none at all."""
+    """Strengths of the on-device augmentation (the data group's keys of the same names; their defaults
+    live in conf/data/mnist.yaml). `Augment.off()` is none at all."""
 
-    rotation: float = 0.0  # degrees, uniform in [-rotation, rotation]
-    rotation_p: float = 1.0  # probability that an image is rotated at all
-    translate: float = 0.0  # fraction of the image side, uniform in [-translate, translate] per axis
-    scale: float = 0.0  # zoom factor uniform in [1 - scale, 1 + scale]
-    brightness: float = 0.0  # pixel factor uniform in [1 - brightness, 1 + brightness] (ColorJitter's)
-    contrast: float = 0.0  # contrast factor uniform in [1 - contrast, 1 + contrast] (ColorJitter's)
-    jitter_p: float = 1.0  # probability that an image gets the brightness/contrast jitter
-    erasing: float = 0.0  # probability of erasing one rectangle (2%-33% of the image, set to 0 after normalising)
+    rotation: float  # degrees, uniform in [-rotation, rotation]
+    rotation_p: float  # probability that an image is rotated at all
+    translate: float  # fraction of the image side, uniform in [-translate, translate] per axis
+    scale: float  # zoom factor uniform in [1 - scale, 1 + scale]
+    brightness: float  # pixel factor uniform in [1 - brightness, 1 + brightness] (ColorJitter's)
+    contrast: float  # contrast factor uniform in [1 - contrast, 1 + contrast] (ColorJitter's)
+    jitter_p: float  # probability that an image gets the brightness/contrast jitter
+    erasing: float  # probability of erasing one rectangle (2%-33% of the image, set to 0 after normalising)
+
+    @classmethod
+    def off(cls) -> "Augment":
+        return cls(rotation=0.0, rotation_p=1.0, translate=0.0, scale=0.0, brightness=0.0, contrast=0.0,
+                   jitter_p=1.0, erasing=0.0)
 
     @property
     def warps(self) -> bool:
@@ -124,7 +130,7 @@ class DeviceLoader:
                             f"{images.dtype} and {len(labels)} labels")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.seed, self.augment = seed, augment or Augment()
+        self.seed, self.augment = seed, augment or Augment.off()
         self.rank, self.world_size = rank, world_size
         self.sampler = _EpochSeed()
         self.batch_sampler = None  # Lightning inspects loaders that have a `sampler` for this too

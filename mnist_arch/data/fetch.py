@@ -235,9 +235,9 @@ def default_sources(raw: Path, download: bool = True) -> List[Source]:
 
 
 def ensure_mnist(
-    root: Optional[Path] = None,
-    download: bool = True,
-    timeout: float = 30.0,
+    root: Optional[Path],
+    download: bool,
+    timeout: float,  # seconds per network request (data.fetch_timeout_s)
     sources: Optional[List[Source]] = None,
     verify: bool = True,
 ) -> Path:

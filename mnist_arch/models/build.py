@@ -25,7 +25,7 @@ from torch import nn
 from mnist_arch.errors import BadFile, ConfigError
 from mnist_arch.files import MAX_CHECKPOINT_BYTES, check_file
 from mnist_arch.models.registry import MODELS, unknown_model
-from mnist_arch.targets import check_arguments, locate
+from mnist_arch.locate import check_arguments, locate
 
 CUSTOM = "custom"  # model=custom: the net's class comes from model.net._target_
 TRUST_ENV = "MNIST_ARCH_TRUST_TARGETS"  # comma-separated classes a checkpoint's custom spec may name

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_arch import layers, summary
-from mnist_arch.rules import Budget
+from mnist_arch import layer_table, layers, summary
+from mnist_arch.config import Budget
+from tests.conftest import default_budget
 from mnist_arch.models import build_model, list_models
 
 
@@ -27,7 +28,7 @@ class HandNet(nn.Module):
 
 
 def test_hand_computed_table():
-    rows = layers.layer_table(HandNet())
+    rows = layer_table.layer_table(HandNet())
     assert [r.name for r in rows] == ["conv1", "pool", "conv2", "conv3", "gap"]
     assert [r.shape for r in rows] == [(4, 28, 28), (4, 14, 14), (8, 6, 6), (10, 6, 6), (10, 1, 1)]
     assert [r.params for r in rows] == [40, 0, 296, 90, 0]
@@ -36,21 +37,21 @@ def test_hand_computed_table():
     # MACs per image = output elements x (in channels x k x k)
     assert [r.macs for r in rows] == [4 * 28 * 28 * 9, 0, 8 * 6 * 6 * 4 * 9, 10 * 6 * 6 * 8, 0]
     assert [r.geometry for r in rows[:3]] == ["k3 s1 p1", "k2 s2 p0", "k3 s2 p0"]
-    totals = layers.totals_of(rows)
+    totals = layer_table.totals_of(rows)
     assert totals == {"macs_per_image": 28_224 + 10_368 + 2_880, "receptive_field": 28,
                       "receptive_field_layer": "gap"}
 
 
 def test_empirical_rf_of_the_hand_net():
     net = HandNet()
-    assert [layers.empirical_rf(net, name) for name in ["conv1", "pool", "conv2", "conv3"]] == [3, 4, 8, 8]
+    assert [layer_table.empirical_rf(net, name) for name in ["conv1", "pool", "conv2", "conv3"]] == [3, 4, 8, 8]
     # A global pool sees the whole input, whatever its size: there is no clear region to measure.
-    assert layers.empirical_rf(net, "gap") is None
+    assert layer_table.empirical_rf(net, "gap") is None
 
 
 def test_flatten_and_linear_end_the_feature_maps():
     net = nn.Sequential(nn.Conv2d(1, 2, 5, stride=3, dilation=2), nn.Flatten(), nn.Linear(2 * 7 * 7, 10))
-    rows = layers.layer_table(net)
+    rows = layer_table.layer_table(net)
     assert rows[0].geometry == "k5 s3 p0 d2" and rows[0].rf == 9 and rows[0].jump == 3
     assert rows[0].shape == (2, 7, 7)
     assert rows[1].rf is None and rows[2].rf is None and rows[2].macs == 98 * 10
@@ -59,7 +60,7 @@ def test_flatten_and_linear_end_the_feature_maps():
 @pytest.mark.parametrize("name", list_models())
 def test_analytic_rf_equals_empirical_rf_for_every_layer(name):
     net = build_model(name)
-    rows = layers.layer_table(net)
+    rows = layer_table.layer_table(net)
     calls = [r.name for r in rows]
     # A module called more than once (s6's one dropout) is probed at its first call, so skip its others.
     # A global pool sees the whole input at any size, so it and the layers after it have no clear
@@ -67,29 +68,29 @@ def test_analytic_rf_equals_empirical_rf_for_every_layer(name):
     spatial = next((i for i, r in enumerate(rows) if r.kind.startswith("Adaptive")), len(rows))
     checked = [r for r in rows[:spatial] if r.rf is not None and calls.count(r.name) == 1]
     assert checked, "no feature-map layer to check"
-    measured = {r.name: layers.empirical_rf(net, r.name) for r in checked}
+    measured = {r.name: layer_table.empirical_rf(net, r.name) for r in checked}
     assert measured == {r.name: r.rf for r in checked}
 
 
 @pytest.mark.parametrize("name, rf, params", [("s4", 28, 17_120), ("s6", 43, 19_866)])
 def test_reference_totals(name, rf, params):
     net = build_model(name)
-    table, totals, _ = layers.describe(net, Budget())
+    table, totals, _ = layer_table.describe(net, default_budget())
     assert totals["receptive_field"] == totals["receptive_field_measured"] == rf
-    assert sum(r.params for r in layers.layer_table(net)) == params
+    assert sum(r.params for r in layer_table.layer_table(net)) == params
     assert f"total: {params:,} trainable params" in table and f"final RF {rf} (measured {rf} ✓)" in table
 
 
 def test_table_is_restored_to_training_mode_and_leaves_no_hooks():
     net = build_model("s4").train()
-    layers.layer_table(net)
+    layer_table.layer_table(net)
     assert net.training and all(not m._forward_hooks for m in net.modules())
     out = net(torch.randn(4, 1, 28, 28))  # still trains normally
     assert out.shape == (4, 10)
 
 
 def test_cli_prints_the_table_and_budget_checks(capsys):
-    summary.main(["model=s6"])
+    layers.main(["model=s6"])
     out = capsys.readouterr().out
     assert out.startswith("s6\nlayer")
     assert "conv7 Conv2d" in out and "final RF 43 (measured 43 ✓)" in out
@@ -98,24 +99,31 @@ def test_cli_prints_the_table_and_budget_checks(capsys):
 
 def test_cli_exits_1_when_a_rule_is_broken(capsys):
     with pytest.raises(SystemExit) as over:
-        summary.main(["experiment=s4_reference", "budget.max_params=15000"])
+        layers.main(["experiment=s4_reference", "budget.max_params=15000"])
     assert over.value.code == 1 and "params: 17,120 ≤ 15,000 ✗" in capsys.readouterr().out
 
     with pytest.raises(SystemExit) as fc:
-        summary.main(["model=custom", "model.net._target_=tests.nets.WithLinear"])
+        layers.main(["model=custom", "model.net._target_=tests.nets.WithLinear"])
     out = capsys.readouterr().out
     assert fc.value.code == 1 and "FC layers: head.1 ✗" in out and "head.1 Linear" in out
+
+
+def test_the_old_command_name_runs_the_same(capsys):
+    summary.main(["model=s6"])
+    old = capsys.readouterr().out
+    layers.main(["model=s6"])
+    assert old == capsys.readouterr().out and "params: 19,866 ≤ 20,000 ✓" in old
 
 
 def test_cli_reports_a_typo_in_one_message(capsys):
     """A bad value and a bad option: one line each, exit 2 (usage), as every command (mnist_arch/cli.py)."""
     with pytest.raises(SystemExit) as bad_value:
-        summary.main(["model=s6", "data.batch_size=zero"])
+        layers.main(["model=s6", "data.batch_size=zero"])
     assert bad_value.value.code == 2 and capsys.readouterr().err == (
         "error: Error merging override data.batch_size=zero: Value 'zero' of type 'str' could not be converted to "
         "Integer\n")
     with pytest.raises(SystemExit) as bad_name:
-        summary.main(["model=s44"])
+        layers.main(["model=s44"])
     err = capsys.readouterr().err
     assert bad_name.value.code == 2 and err.startswith("error: model=s44 is not an option of model; did you mean "
                                                        "model=s4? (its options: ") and err.count("\n") == 1
@@ -129,8 +137,8 @@ def test_table_macs_agree_with_torchs_flop_counter(make_cfg, name):
     from mnist_arch.models import build_net
 
     net = build_net(asdict(validate(make_cfg([f"model={name}"])).model))
-    table, totals, _ = layers.describe(net, Budget(max_params=10**6))
-    assert totals["macs_per_image"] == layers.torch_macs(net) > 0
+    table, totals, _ = layer_table.describe(net, default_budget(max_params=10**6))
+    assert totals["macs_per_image"] == layer_table.torch_macs(net) > 0
     assert f"(torch's FlopCounterMode: {totals['macs_per_image']:,} ✓)" in table
 
 
@@ -147,6 +155,6 @@ class MatmulHead(nn.Module):
 
 
 def test_a_difference_from_torchs_count_is_explained():
-    table, totals, _ = layers.describe(MatmulHead(), Budget())
-    assert totals["macs_per_image"] == 4 * 28 * 28 and layers.torch_macs(MatmulHead()) == 4 * 28 * 28 + 40
+    table, totals, _ = layer_table.describe(MatmulHead(), default_budget())
+    assert totals["macs_per_image"] == 4 * 28 * 28 and layer_table.torch_macs(MatmulHead()) == 4 * 28 * 28 + 40
     assert "(torch's FlopCounterMode: 3,176 ✗; it also counts matrix products outside conv and linear" in table

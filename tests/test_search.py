@@ -1,0 +1,267 @@
+"""The architecture search (python -m mnist_arch.search) on synthetic IDX files: a study is a folder of
+normal run dirs, infeasible nets are never trained, the pruner stops runs, workers share one study without
+losing or repeating a trial, a killed worker's trial is run again, and confirm scores the test set.
+Worker processes cannot see the test's patched checksums, so trials read the files with data.verify=false."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from mnist_arch import report, search, space, training
+from mnist_arch.config import SearchConf
+from mnist_arch.errors import ConfigError
+from tests.conftest import fast_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small(root: Path, study: Path, *more: str):
+    """A 4k study shrunk to seconds: two-stage nets whose only choice is a width (96 breaks the budget)."""
+    return ["search=4k", *fast_overrides(root), "data.verify=false", "data.holdout_size=64",
+            "budget.max_epochs=2", "optimizer.weight_decay=0", "data.rotation=0", "data.translate=0",
+            "search.space.optimizer.lr.low=0.01", "search.space.convnet.stages=2", "search.space.convnet.convs.high=1",
+            "search.space.convnet.width.choices=[3,4,96,97]", "search.space.convnet.transition.choices=[0]",
+            "search.space.convnet.padding.choices=[same]", "search.space.convnet.head.choices=[gap_conv]",
+            f"hydra.run.dir={study}", *more]
+
+
+def search_main(argv, monkeypatch) -> int:
+    monkeypatch.setattr(sys, "argv", ["mnist_arch.search", *argv])
+    try:
+        search.main()
+    except SystemExit as e:
+        return e.code
+    finally:
+        GlobalHydra.instance().clear()
+    return 0
+
+
+def load(study: Path, name: str = "4k", storage: str = None):
+    return optuna.load_study(study_name=name, storage=search._storage(storage or f"sqlite:///{study / 'study.db'}"))
+
+
+def test_a_study_is_a_folder_of_runs_and_resumes(mnist_root, tmp_path, monkeypatch, capsys):
+    study_dir = tmp_path / "study"
+    assert search_main(small(mnist_root, study_dir, "search.n_trials=3"), monkeypatch) == 0
+    study = load(study_dir)
+    trained = [t for t in study.trials if t.state.name == "COMPLETE" and not t.user_attrs.get("infeasible")]
+    infeasible = [t for t in study.trials if t.user_attrs.get("infeasible")]
+    assert len(trained) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    for t in study.trials:  # one run dir per trial, its summary.json a normal run record
+        record = json.loads((study_dir / "trials" / f"{t.number:04d}" / "summary.json").read_text())
+        assert record["overrides"] == t.user_attrs["overrides"] and "data.val=holdout" in record["overrides"]
+    for t in trained:
+        record = json.loads((study_dir / "trials" / f"{t.number:04d}" / "summary.json").read_text())
+        assert record["status"] == "completed" and record["val_split"] == "holdout" and record["test_acc"] is None
+        assert t.values == [record["final_val_acc"]] and t.constraints["params"] <= 0
+    for t in infeasible:  # judged, never trained: no checkpoint, constraints say by how much it missed
+        run_dir = study_dir / "trials" / f"{t.number:04d}"
+        assert t.user_attrs["infeasible"] == "over_budget" and t.constraints["params"] > 0
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "over_budget"
+        assert not (run_dir / "checkpoints").exists()
+    summary = json.loads((study_dir / "study.json").read_text())
+    assert summary["counts"]["complete"] == 3 and summary["counts"]["infeasible"] == len(infeasible)
+    assert [row["trial"] for row in summary["front"]] == [t.number for t in sorted(trained, key=lambda t: -t.values[0])]
+    assert summary["front"][0]["command"].startswith("python -m mnist_arch.run experiment=frontier_4k ")
+    out = capsys.readouterr().out
+    assert "Best trials of study 4k" in out and (study_dir / "front.md").is_file() and (study_dir / "front.png").is_file()
+
+    report.main([str(study_dir)])  # the report reads a study as it reads a sweep
+    board = capsys.readouterr().out
+    assert infeasible and board.count("| convnet |") == 3 and f"{len(infeasible)} job(s) did not complete" in board
+
+    before = {p: p.stat().st_mtime for p in (study_dir / "trials").glob("*/summary.json")}
+    assert search_main(small(mnist_root, study_dir, "search.n_trials=4"), monkeypatch) == 0  # the same command
+    again = load(study_dir)
+    assert len([t for t in again.trials if t.state.name == "COMPLETE" and not t.user_attrs.get("infeasible")]) == 4
+    assert all(p.stat().st_mtime == m for p, m in before.items())  # what finished was kept, not rerun
+
+
+class ScriptedTrial:
+    """An Optuna trial whose pruner says stop after the given epoch (0-based), recording what it was told."""
+
+    def __init__(self, prune_after: int):
+        self.prune_after, self.reported, self.user_attrs = prune_after, [], {}
+
+    def report(self, value, step):
+        self.reported.append((step, value))
+
+    def should_prune(self):
+        return self.reported[-1][0] >= self.prune_after
+
+    def set_user_attr(self, key, value):
+        self.user_attrs[key] = value
+
+
+def test_a_pruned_run_stops_after_the_judged_epoch_whole(make_cfg, mnist_root, tmp_path):
+    from mnist_arch.callbacks import Pruning
+    from mnist_arch.errors import Pruned
+
+    trial = ScriptedTrial(prune_after=1)
+    overrides = fast_overrides(mnist_root) + ["trainer.max_epochs=4", "data.val=holdout", "data.holdout_size=64"]
+    with pytest.raises(Pruned, match=r"^pruned after epoch 2 \(holdout val acc 0\.\d{4}\)$"):
+        training.train(make_cfg(overrides), tmp_path / "run", overrides, callbacks=[Pruning(trial, True)], test=False)
+    record = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert record["status"] == "pruned" and record["epochs_run"] == 2 and len(record["train_loss"]) == 2
+    assert [step for step, _ in trial.reported] == [0, 1] and "alive_at" in trial.user_attrs
+    assert [value for _, value in trial.reported] == record["val_acc"]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file() and record["test_acc"] is None
+
+
+def _job(objectives):
+    conf = SearchConf(study_name="s", experiment=None, space={"x": {"low": 0, "high": 1}}, objectives=objectives,
+                      n_trials=1, workers=1, storage=None, sampler="random", pruner="auto", pruner_warmup_epochs=0,
+                      seed=0, confirm=0, confirm_seeds=[1])
+    return conf
+
+
+def test_the_front_is_the_undominated_feasible_trials():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for acc, params, infeasible in [(0.99, 5000, False), (0.98, 3000, False), (0.97, 4000, False),  # dominated
+                                    (0.995, 9000, True), (0.96, 1000, False), (0.99, 6000, False)]:  # dominated
+        study.add_trial(optuna.create_trial(values=[acc, params], user_attrs={"infeasible": "over_budget"}
+                                            if infeasible else {}))
+    assert [(t.values[0], t.values[1]) for t in search.front(study, _job(["val_acc", "params"]))] == \
+        [(0.96, 1000), (0.98, 3000), (0.99, 5000)]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.val=test"], "error: data.val=test: a search validates on the holdout split; the 10k test set is scored "
+                        "only by search.confirm"),
+    (["search.objectives=[val_acc,params]", "search.pruner=median"],
+     "error: search.pruner=median needs one objective: Optuna's pruners judge one value per epoch"),
+    (["search.objectives=[params]"], "error: search.objectives=['params']: [val_acc], or val_acc and one of params, "
+                                     "macs, train_seconds"),
+    (["+search.space.data.scale=[0.0,0.1]"], "error: search.space.data.scale: a list is ambiguous here; "
+                                             "write {choices: [...]} to pick one of them"),
+    (["search.space.optimizer.lr.low=-1"], "error: search.space.optimizer.lr: log=true needs low > 0"),
+    (["search=nope"], "error: search=nope is not an option of search; its options: 20k, 4k, 8k, _shared, recipe, "
+                      "speedrun"),
+])
+def test_a_bad_search_is_refused_in_one_line(mnist_root, tmp_path, monkeypatch, capsys, overrides, message):
+    code = search_main(["search=8k", f"hydra.run.dir={tmp_path / 'study'}", *overrides], monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "study" / "study.db").exists()
+
+
+def test_no_search_space_is_one_line(tmp_path, monkeypatch, capsys):
+    assert search_main([f"hydra.run.dir={tmp_path}"], monkeypatch) == 2
+    assert capsys.readouterr().err.startswith("error: pick a search space: search=<name>")
+
+
+def test_space_overrides_are_what_hydra_reads_back(make_cfg):
+    trial = optuna.trial.FixedTrial({"stages": 2, "convs_1": 2, "width_1": 6, "padding_1": "valid", "transition_1": 4,
+                                     "convs_2": 1, "width_2": 12, "padding_2": "same", "transition_2": 0,
+                                     "head": "conv_gap", "optimizer.lr": 0.125, "data.batch_size": 64})
+    spec = {"convnet": {"stages": {"choices": [2, 3]}, "convs": {"low": 1, "high": 3},
+                        "width": {"choices": [6, 12]}, "padding": {"choices": ["same", "valid"]},
+                        "transition": {"choices": [0, 4]}, "head": {"choices": ["gap_conv", "conv_gap"]}},
+            "optimizer": {"lr": {"low": 0.01, "high": 0.5, "log": True}},
+            "data": {"batch_size": {"choices": [64, 128]}, "rotation": 5.0}}
+    space.check(spec)
+    overrides = space.sample(trial, spec)
+    assert overrides == ["model=convnet", "model.net.stages=[[6,6],[12]]", "model.net.padding=[valid,same]",
+                         "model.net.transitions=[[4],[]]", "model.net.head=conv_gap", "optimizer.lr=0.125",
+                         "data.batch_size=64", "data.rotation=5.0"]
+    cfg = make_cfg(overrides)
+    assert cfg.model.net.stages == [[6, 6], [12]] and cfg.model.net.transitions == [[4], []]
+    assert cfg.optimizer.lr == 0.125 and cfg.data.rotation == 5.0
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_two_worker_processes_share_one_study_losing_and_repeating_nothing(mnist_root, tmp_path, monkeypatch,
+                                                                            storage):
+    study_dir = tmp_path / "study"
+    url = f"sqlite:///{study_dir / 'study.db'}" if storage == "sqlite" else f"journal:///{tmp_path / 'journal.log'}"
+    more = ["search.n_trials=4", "search.workers=2"] + ([f"search.storage={url}"] if storage == "journal" else [])
+    assert search_main(small(mnist_root, study_dir, *more), monkeypatch) == 0
+    study = load(study_dir, storage=url)
+    trained = [t for t in study.trials if t.state.name == "COMPLETE" and not t.user_attrs.get("infeasible")]
+    assert len(trained) == 4 and not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING", "FAIL")]
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) == 2  # both processes took trials
+    dirs = sorted(p.name for p in (study_dir / "trials").iterdir())
+    assert dirs == [f"{t.number:04d}" for t in study.trials]  # one run dir per trial, none shared, none missing
+    for t in trained:
+        record = json.loads((study_dir / "trials" / f"{t.number:04d}" / "summary.json").read_text())
+        assert record["overrides"] == t.user_attrs["overrides"] and record["final_val_acc"] == t.values[0]
+
+
+def test_a_killed_workers_trial_is_failed_and_run_again(mnist_root, tmp_path):
+    """SIGKILL one worker mid-trial: the other worker fails that trial and runs it again (same values)."""
+    study_dir = tmp_path / "study"
+    argv = [a for a in small(mnist_root, study_dir, "search.n_trials=4", "search.workers=2",
+                             "trainer.limit_train_batches=10") if not a.startswith("budget.max_epochs")]
+    argv = [a if a != "trainer.max_epochs=2" else "trainer.max_epochs=4" for a in argv] + ["budget.max_epochs=4"]
+    process = subprocess.Popen([sys.executable, "-m", "mnist_arch.search", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    killed, deadline = None, time.monotonic() + 120
+    try:
+        while killed is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                running = [t for t in load(study_dir).trials if t.state.name == "RUNNING"
+                           and (study_dir / "trials" / f"{t.number:04d}" / "checkpoints").exists()]
+            except Exception:  # noqa: BLE001 - the study (or its folder) is not created yet
+                continue
+            if running:
+                killed = running[0]
+                os.kill(int(killed.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
+        out, _ = process.communicate(timeout=180)
+    finally:
+        process.kill()
+    assert killed is not None, out
+    study = load(study_dir)
+    assert study.trials[killed.number].state.name == "FAIL"
+    again = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
+    assert len(again) == 1 and again[0].params == killed.params and again[0].state.name == "COMPLETE"
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+def test_confirm_retrains_the_best_on_the_60k_and_scores_the_test_set(mnist_root, tmp_path, monkeypatch, capsys):
+    study_dir = tmp_path / "study"
+    assert search_main(small(mnist_root, study_dir, "search.n_trials=2", "search.confirm=1",
+                             "search.confirm_seeds=[1,2]"), monkeypatch) == 0
+    best = search.front(load(study_dir), _job(["val_acc"]))[0]
+    runs = [json.loads((study_dir / "confirm" / f"{best.number:04d}" / f"seed{s}" / "summary.json").read_text())
+            for s in (1, 2)]
+    assert [r["seed"] for r in runs] == [1, 2] and all(r["val_split"] == "test" and r["test_ckpt"] == "final"
+                                                       for r in runs)
+    table = (study_dir / "confirm.md").read_text()
+    mean = 100 * (runs[0]["test_acc"] + runs[1]["test_acc"]) / 2
+    assert f"| {best.number} | " in table and f"| 1,2 | {mean:.2f}% ± " in table
+    assert "data.val=test callbacks.stop_at_target=false test_weights=final" in table
+
+
+def test_optuna_dashboard_opens_the_study(mnist_root, tmp_path, monkeypatch):
+    """optuna-dashboard (the dashboard extra) serves a study: a real server on the loopback, bounded wait."""
+    import socket
+    import urllib.request
+
+    study_dir = tmp_path / "study"
+    assert search_main(small(mnist_root, study_dir, "search.n_trials=1"), monkeypatch) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["optuna-dashboard", f"sqlite:///{study_dir / 'study.db'}", "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, names = time.monotonic() + 30, None
+        while names is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as answer:
+                    names = [st["study_name"] for st in json.loads(answer.read())["study_summaries"]]
+            except OSError:
+                time.sleep(0.5)
+        assert names == ["4k"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
