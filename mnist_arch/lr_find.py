@@ -11,7 +11,6 @@ point for a run, not a tuned value.
 """
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -19,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mnist_arch.cli import command
-from mnist_arch.config import register_schema, validate
+from mnist_arch.config import register_schema
 from mnist_arch.errors import RunError
 
 MIN_LR, MAX_LR, NUM_TRAINING = 1e-5, 1.0, 100
@@ -28,23 +27,17 @@ register_schema()
 
 
 def find(cfg: DictConfig, run_dir: Path) -> float:
-    conf = validate(cfg)
     import pytorch_lightning as pl
     from pytorch_lightning.tuner import Tuner
 
-    from mnist_arch.data import MNISTDataModule
-    from mnist_arch.models import build_net
-    from mnist_arch.module import Classifier
+    from mnist_arch.training import setup
 
-    pl.seed_everything(conf.seed, workers=True)
-    datamodule = MNISTDataModule(**asdict(conf.data), seed=conf.seed)
-    spec = asdict(conf.model)
     constant = {"_target_": None, "name": "none", "interval": "epoch"}  # the range test drives the lr itself
-    model = Classifier(build_net(spec), asdict(conf.optimizer), constant, spec, conf.channels_last,
-                       label_smoothing=conf.label_smoothing)
+    run = setup(cfg, scheduler=constant)
+    conf = run.conf
     trainer_kwargs = {**conf.trainer.kwargs(run_dir), "enable_progress_bar": False, "enable_model_summary": False}
     trainer = pl.Trainer(**trainer_kwargs, logger=False, enable_checkpointing=False, default_root_dir=run_dir)
-    finder = Tuner(trainer).lr_find(model, datamodule=datamodule, min_lr=MIN_LR, max_lr=MAX_LR,
+    finder = Tuner(trainer).lr_find(run.model, datamodule=run.datamodule, min_lr=MIN_LR, max_lr=MAX_LR,
                                     num_training=NUM_TRAINING, update_attr=False)
     suggestion = finder.suggestion()
     if suggestion is None:

@@ -1,15 +1,15 @@
 """A run: train one architecture under a composed config, test it, and write its record (`summary.json`).
 
-`train` reads top to bottom: config -> seed -> data -> net -> module -> callbacks -> trainer -> fit ->
-test -> record. The commands that train (`python -m mnist_arch.run`, a search's trials) call it; they
+`train` reads top to bottom: setup (config -> seed -> data -> net -> module) -> callbacks -> trainer ->
+fit -> test -> record. The commands that train (`python -m mnist_arch.run`, a search's trials) call it; they
 decide what to do when it fails.
 """
 import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -22,57 +22,72 @@ from mnist_arch.record import RunRecord
 log = logging.getLogger("mnist_arch")
 
 
+@dataclass
+class Setup:
+    """What a run and the lr range test both start from."""
+
+    conf: Config
+    datamodule: Any  # MNISTDataModule
+    spec: Dict[str, Any]  # the model group: what every checkpoint stores as net_spec
+    net: Any  # nn.Module, described before any compile
+    layers: str  # the layer table
+    totals: Dict[str, Any]  # MACs and receptive field, for summary.json
+    verdict: Any  # the rules' judgement of the net (mnist_arch.rules.Verdict)
+    model: Any  # the Classifier
+
+
+def setup(cfg: DictConfig, scheduler: Optional[Dict[str, Any]] = None) -> Setup:
+    """config -> threads -> seed -> data -> net -> layer table -> module. `scheduler`: one to train with
+    instead of the config's (the lr range test drives the lr itself)."""
+    conf: Config = validate(cfg)  # every bad key or value fails here, before any data is fetched
+    # Imported after validation so that a typo is reported in ~3 s, not after Lightning's ~6 s import.
+    import pytorch_lightning as pl
+
+    from mnist_arch.data import MNISTDataModule
+    from mnist_arch.layer_table import describe
+    from mnist_arch.models import build_net
+    from mnist_arch.module import Classifier
+
+    _set_threads(conf)
+    pl.seed_everything(conf.seed, workers=True)
+    datamodule = MNISTDataModule(**asdict(conf.data), seed=conf.seed)
+    spec = asdict(conf.model)
+    net = build_net(spec)
+    layers, totals, verdict = describe(net, conf.budget)  # before any compile
+    datamodule.check_net(net)  # a net that cannot take data.progressive_size is refused here, not mid-fit
+    model = Classifier(net, asdict(conf.optimizer), scheduler or asdict(conf.scheduler), spec, conf.channels_last,
+                       conf.compile and scheduler is None, conf.label_smoothing)
+    return Setup(conf, datamodule, spec, net, layers, totals, verdict, model)
+
+
 def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None, callbacks: Sequence = (),
           test: bool = True) -> RunRecord:
     """One run of `cfg` in `run_dir`. `overrides`: what the record says the run was given (default: this
     Hydra job's command line); `callbacks`: more Lightning callbacks (a search's pruning); test=False leaves
     the 10k test set untouched (a search's trials)."""
-    conf: Config = validate(cfg)  # every bad key or value fails here, before any data is fetched
-
-    # Imported after validation so that a typo is reported in ~3 s, not after Lightning's ~6 s import.
+    run = setup(cfg)
+    conf = run.conf
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from mnist_arch.callbacks import build_callbacks, find
-    from mnist_arch.data import MNISTDataModule
-    from mnist_arch.layer_table import describe
-    from mnist_arch.models import build_net
-    from mnist_arch.module import Classifier
-    from mnist_arch.plots import RunPlots
 
-    _set_threads(conf)
-    pl.seed_everything(conf.seed, workers=True)
-
-    datamodule = MNISTDataModule(**asdict(conf.data), seed=conf.seed)
-    spec = asdict(conf.model)
-    net = build_net(spec)
-    resume = _resume_path(conf.ckpt_path, run_dir, net, spec["name"])
-    layers, shape_totals, verdict = describe(net, conf.budget)  # before any compile
-    datamodule.check_net(net)  # a net that cannot take data.progressive_size is refused here, not mid-fit
-    model = Classifier(net, asdict(conf.optimizer), asdict(conf.scheduler), spec, conf.channels_last, conf.compile,
-                       conf.label_smoothing)
-
+    resume = _resume_path(conf.ckpt_path, run_dir, run.net, run.spec["name"])
     callbacks = [*build_callbacks(conf, run_dir), *callbacks]
-    logger = _logger(conf, run_dir, net, layers) if conf.save else False
+    logger = _logger(conf, run_dir, run.net, run.layers) if conf.save else False
     trainer = pl.Trainer(**conf.trainer.kwargs(run_dir), callbacks=callbacks, logger=logger, default_root_dir=run_dir)
-    record = RunRecord(model=conf.model.name, net_spec=spec, params=verdict.params, fc_layers=verdict.fc,
-                       output_shape=list(verdict.output_shape), **shape_totals, budget=asdict(conf.budget),
-                       seed=conf.seed, val_split=conf.data.val, resumed_from=resume and str(resume),
-                       data_verified=conf.data.verify, overrides=provenance.overrides() if overrides is None else list(overrides),
-                       run_dir=str(run_dir),
-                       rank=trainer.global_rank, world_size=trainer.world_size,
-                       overfit_batches=conf.trainer.overfit_batches or None)
+    record = _record(run, trainer, run_dir, resume, overrides)
     writer = trainer.is_global_zero and conf.save  # under DDP every rank runs this; one writes the files
     if writer:
-        _write_inputs(cfg, run_dir, record, layers)
+        _write_inputs(cfg, run_dir, record, run.layers)
 
     started = time.perf_counter()
     try:
         # weights_only=True said here, not left to a default: a checkpoint is read as data
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=resume, weights_only=True)
         if test:
             best = _best_to_test(conf, find(callbacks, ModelCheckpoint, monitor="val/acc"))
-            results = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+            results = trainer.test(run.model, datamodule=run.datamodule, ckpt_path=best, weights_only=True)
             record.test_ckpt, record.test_acc = "best" if best else "final", results[0]["test/acc"] if results else None
         record.status = "completed"
     except BaseException as e:
@@ -80,12 +95,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
         if record.status != "interrupted":
             raise
     finally:
-        record.add_history(model.history)
-        plots = find(callbacks, RunPlots)
-        if plots:
-            record.plots_time_s, record.plots = round(plots.seconds, 3), sorted(plots.written)
-        record.wall_time_s = round(time.perf_counter() - started, 2)
-        record.device = provenance.device_name(trainer.strategy.root_device)
+        _finish(record, run.model, callbacks, trainer, started)
         if writer:
             record.write(run_dir)
             _tensorboard_hparams(logger, conf, record)
@@ -118,6 +128,17 @@ def _resume_path(ckpt_path: Optional[str], run_dir: Path, net, name: str) -> Opt
 
 
 RESUMABLE = ("epoch", "global_step", "optimizer_states", "loops")  # what Lightning restores a fit from
+
+
+def _record(run: Setup, trainer, run_dir: Path, resume: Optional[Path], overrides: Optional[List[str]]) -> RunRecord:
+    """The run's record as it starts: what it is, under which budget, from which command."""
+    conf, verdict = run.conf, run.verdict
+    return RunRecord(model=conf.model.name, net_spec=run.spec, params=verdict.params, fc_layers=verdict.fc,
+                     output_shape=list(verdict.output_shape), **run.totals, budget=asdict(conf.budget),
+                     seed=conf.seed, val_split=conf.data.val, resumed_from=resume and str(resume),
+                     data_verified=conf.data.verify, run_dir=str(run_dir), rank=trainer.global_rank,
+                     overrides=provenance.overrides() if overrides is None else list(overrides),
+                     world_size=trainer.world_size, overfit_batches=conf.trainer.overfit_batches or None)
 
 
 def _set_threads(conf: Config) -> None:
@@ -171,6 +192,19 @@ def _best_to_test(conf: Config, best_checkpoint) -> Optional[str]:
     if conf.test_weights == "final" or conf.data.val != "holdout" or best_checkpoint is None:
         return None
     return best_checkpoint.best_model_path or None
+
+
+def _finish(record: RunRecord, model, callbacks: Sequence, trainer, started: float) -> None:
+    """What the run did, whatever ended it: the per-epoch history, the plots, the time, the device."""
+    from mnist_arch.callbacks import find
+    from mnist_arch.plots import RunPlots
+
+    record.add_history(model.history)
+    plots = find(callbacks, RunPlots)
+    if plots:
+        record.plots_time_s, record.plots = round(plots.seconds, 3), sorted(plots.written)
+    record.wall_time_s = round(time.perf_counter() - started, 2)
+    record.device = provenance.device_name(trainer.strategy.root_device)
 
 
 def _outcome(e: BaseException) -> Tuple[str, Optional[str], Optional[str]]:

@@ -16,17 +16,14 @@ def options(group: str):
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def test_model_configs_mirror_the_registry():
+def test_model_configs_mirror_the_registry(make_cfg):
     """One conf/model/<name>.yaml per registered name (and custom); the other options are presets, whose
-    `arch` is registered."""
-    import yaml
-
-    folder = importlib.resources.files("mnist_arch.conf") / "model"
+    `arch` is registered (a preset inherits the family's defaults and states what differs)."""
     names = {}
     for option in options("model"):
-        spec = yaml.safe_load((folder / f"{option}.yaml").read_text())
-        assert spec["name"] == option
-        names[option] = spec.get("arch")
+        model = make_cfg([f"model={option}"]).model
+        assert model.name == option
+        names[option] = model.get("arch")
     assert sorted(o for o, arch in names.items() if arch is None) == sorted([*list_models(), "custom"])
     assert {arch for arch in names.values() if arch} <= set(list_models())
 
@@ -207,3 +204,11 @@ def test_reference_experiments_set_the_write_ups_recipes(make_cfg):
     assert (s4.model.name, s4.data.batch_size, s4.optimizer.lr, s4.scheduler.name, s4.trainer.max_epochs) == \
         ("s4", 128, 0.01, "none", 10)
     assert s4.model.net["dropout"] == 0.15 and s6.model.net["dropout"] == 0.25
+
+
+def test_a_preset_states_only_what_differs_and_the_speedrun_is_frontier_20k(make_cfg):
+    family = make_cfg(["model=convnet"]).model.net
+    for preset in ("frontier_4k", "frontier_8k", "public_7918"):
+        net = make_cfg([f"model={preset}"]).model.net
+        assert set(net) == set(family) and net.stages != family.stages  # inherited keys, its own shape
+    assert make_cfg(["model=speedrun"]).model.net == make_cfg(["model=frontier_20k"]).model.net
