@@ -16,6 +16,7 @@ traceback through instead.
 import argparse
 import dataclasses
 import functools
+import logging
 import os
 import re
 import sys
@@ -28,6 +29,17 @@ from typing import Callable, Optional, Tuple
 from mnist_arch.errors import ConfigError, RunError, did_you_mean
 
 FAILED, USAGE, INTERRUPTED = 1, 2, 130
+# Library messages a user cannot act on: kept in run.log, never on the console (conf/hydra/job_logging/).
+NOT_ACTIONABLE = {
+    # Lightning's advertisement for its cloud loggers, at every run
+    "litlogger": re.compile(r"Tip: For seamless cloud (logging|uploads)"),
+    # Lightning's hint that `srun` exists, on any machine with Slurm installed, whether or not the run is a job
+    "srun": re.compile(r"The `srun` command is available on your system but is not used"),
+    # a torch API that Lightning's own internals still call; nothing in a config or a net can change it
+    "LeafSpec": re.compile(r"isinstance\(treespec, LeafSpec\)"),
+}
+# What a user can act on among Lightning's progress messages: a GPU or TPU there but not used.
+UNUSED_DEVICE = re.compile(r"available: True, used: False")
 DEBUG = "MNIST_ARCH_DEBUG"
 _outer = {"debug": False, "depth": 0}  # a Hydra command is wrapped twice: the outer call reads the switches
 
@@ -43,6 +55,26 @@ class Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see {self.prog} --help)")
 
 
+class Console(logging.Filter):
+    """The console shows the project's own lines and the warnings a user can act on: Lightning's progress
+    chatter (seed set, devices, "fit stopped") and NOT_ACTIONABLE go to run.log only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(pattern.search(message) for pattern in NOT_ACTIONABLE.values()):
+            return False
+        chatter = record.name.startswith(("pytorch_lightning", "lightning")) and record.levelno < logging.WARNING
+        return not chatter or bool(UNUSED_DEVICE.search(message))
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Our lines as they are; a warning says it is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text.strip()}" if record.levelno >= logging.WARNING else text
+
+
 def command(main: Callable) -> Callable:
     """Run `main` (argparse- or Hydra-based) so that whatever goes wrong ends as one line and its exit code."""
 
@@ -56,6 +88,7 @@ def command(main: Callable) -> Callable:
         # multi-line screen and exiting 1.
         os.environ["HYDRA_FULL_ERROR"] = "1"
         _outer["depth"] += 1
+        logging.captureWarnings(True)  # Python warnings through logging: the console filter sees them too
         try:
             return main(*args, **kwargs)
         except KeyboardInterrupt:
@@ -70,6 +103,8 @@ def command(main: Callable) -> Callable:
             sys.exit(code)
         finally:
             _outer["depth"] -= 1
+            if not _outer["depth"]:
+                logging.captureWarnings(False)
             if hydra_full_error is None:
                 os.environ.pop("HYDRA_FULL_ERROR", None)
             else:

@@ -103,7 +103,8 @@ class DataConf:
             _check(0 <= getattr(self, key) <= 1, f"data.{key}={getattr(self, key)} must be a probability in [0, 1]")
         for key in ("brightness", "contrast"):
             _check(0 <= getattr(self, key) < 1, f"data.{key}={getattr(self, key)} must be in [0, 1)")
-        _check(8 <= self.progressive_size <= 56, f"data.progressive_size={self.progressive_size} must be in [8, 56] pixels")
+        _check(8 <= self.progressive_size <= 56,
+               f"data.progressive_size={self.progressive_size} must be in [8, 56] pixels")
         _check(self.progressive_epochs >= 0, f"data.progressive_epochs={self.progressive_epochs} must be >= 0")
         _check(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
         _check(self.fetch_timeout_s > 0, f"data.fetch_timeout_s={self.fetch_timeout_s} must be > 0")

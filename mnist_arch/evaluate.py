@@ -7,8 +7,8 @@ The first argument is a run dir (its tested checkpoint) or a .ckpt file; the res
 The split the run validated on (data.val, data.holdout_size) comes from the run's own config.yaml when
 there is one, and so does where its data lives (data.root) when that folder already holds the four MNIST
 files; whether data may be fetched and is verified are this machine's settings and your overrides, never a
-run dir's, so a run dir someone handed you cannot make evaluate write anywhere. Writes `evaluate.json` into the run dir (or
-beside the checkpoint).
+run dir's, so a run dir someone handed you cannot make evaluate write anywhere. Writes `evaluate.json`
+into the run dir (or beside the checkpoint).
 """
 import json
 from dataclasses import asdict, replace

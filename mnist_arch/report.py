@@ -174,8 +174,9 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
     repeated = {m for m, n in Counter(r["model"] for r in shown).items() if n > 1}
     for r in shown:
         mean, std = r[metric]
-        name = label(r) if label else " ".join([str(r["model"]), *(
-            f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items() if k != "experiment" and r["model"] in repeated)])
+        settings = [f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items()
+                    if k != "experiment" and r["model"] in repeated]
+        name = label(r) if label else " ".join([str(r["model"]), *settings])
         points.append((r[x], mean, std or 0.0, name, len(r["seeds"])))
     for params, mean, std, label, n in points:
         if ymin is not None and 100 * mean < ymin:

@@ -267,7 +267,8 @@ def _progress(study, number: int, job: Job) -> None:
     c = counts(study)
     attrs = t.user_attrs
     if attrs.get("infeasible"):
-        what = f"infeasible ({attrs['infeasible']}{', ' + format(attrs['params'], ',') + ' params' if 'params' in attrs else ''})"
+        params = f", {attrs['params']:,} params" if "params" in attrs else ""
+        what = f"infeasible ({attrs['infeasible']}{params})"
     elif t.state.name == "PRUNED":
         what = attrs.get("pruned", "pruned")
     elif t.state.name == "COMPLETE":

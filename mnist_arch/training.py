@@ -87,7 +87,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
         trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=resume, weights_only=True)
         if test:
             best = _best_to_test(conf, find(callbacks, ModelCheckpoint, monitor="val/acc"))
-            results = trainer.test(run.model, datamodule=run.datamodule, ckpt_path=best, weights_only=True)
+            # verbose=False: Lightning's table of test metrics would repeat what the headline says
+            results = trainer.test(run.model, datamodule=run.datamodule, ckpt_path=best, weights_only=True,
+                                   verbose=False)
             record.test_ckpt, record.test_acc = "best" if best else "final", results[0]["test/acc"] if results else None
         record.status = "completed"
     except BaseException as e:

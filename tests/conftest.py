@@ -77,7 +77,8 @@ def datamodule(root, **changes):
     from mnist_arch.config import load
     from mnist_arch.data import MNISTDataModule
 
-    return MNISTDataModule(**{**asdict(load([]).data), "root": str(root), "download": False, "seed": 0, **changes})
+    given = {"root": str(root)} if root is not None else {}
+    return MNISTDataModule(**{**asdict(load([]).data), **given, "download": False, "seed": 0, **changes})
 
 
 @pytest.fixture
@@ -103,6 +104,23 @@ def make_cfg():
         return compose(overrides, with_hydra=hydra)
 
     return make
+
+
+def hydra_command(main, argv: List[str], monkeypatch) -> int:
+    """A Hydra command (run, lr_find, search) as typed, `main` with `argv`, in this process; its exit code (0
+    when it returned). Hydra's global state is cleared after, so the next call composes afresh."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.setattr(sys, "argv", [main.__module__, *argv])
+    try:
+        main()
+    except SystemExit as e:
+        return e.code or 0
+    finally:
+        GlobalHydra.instance().clear()
+    return 0
 
 
 def fast_overrides(root: Path) -> List[str]:

@@ -110,3 +110,34 @@ def test_every_command_refuses_bad_input_in_one_line_with_exit_2(tmp_path, capsy
     finally:
         GlobalHydra.instance().clear()
     assert code == 2 and line.startswith(expected.format(tmp=tmp_path))
+
+
+def test_a_runs_console_is_ours_and_its_log_keeps_the_rest(mnist_root, tmp_path):
+    """The README's command as typed, on a machine with Slurm installed (an `srun` on PATH): the console has
+    the layer table, the epoch lines and the headline, and none of the library messages nobody can act on
+    (each kept in run.log instead); Lightning's progress chatter and its test-metrics table are not shown."""
+    import os
+    import subprocess
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    run_dir = tmp_path / "run"
+    from tests.conftest import fast_overrides
+
+    overrides = [o for o in fast_overrides(mnist_root) if o != "trainer.enable_progress_bar=false"]
+    done = subprocess.run([sys.executable, "-m", "mnist_arch.run", *overrides, "data.verify=false",
+                           f"hydra.run.dir={run_dir}", "callbacks.progress=lines"], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, console[-2000:]
+    assert console.startswith("s4\nlayer ") and console.strip().splitlines()[-1].startswith("s4 · 17,120 params")
+    assert len([line for line in console.splitlines() if line.startswith("epoch ")]) == 2
+    log = (run_dir / "run.log").read_text()
+    for name, pattern in cli.NOT_ACTIONABLE.items():
+        assert not pattern.search(console), name
+        assert pattern.search(log), name  # kept in the run's log
+    for chatter in ("Seed set to", "GPU available", "`Trainer.fit` stopped", "Test metric"):
+        assert chatter not in console
+    assert "Seed set to" in log and "`Trainer.fit` stopped" in log

@@ -324,3 +324,16 @@ def test_real_mnist_fetch_and_verify(tmp_path):
     assert raw.name == "raw" and all((raw / name).is_file() for name in fetch.MD5)
     assert len(datasets.MNIST(raw.parent.parent, train=True)) == 60_000
     assert len(datasets.MNIST(raw.parent.parent, train=False)) == 10_000
+
+
+def test_where_the_data_lives_data_root_then_environment_then_cache(tmp_path, monkeypatch):
+    """data.root wins; else $MNIST_ARCH_DATA; else $XDG_CACHE_HOME/mnist_arch; else ~/.cache/mnist_arch."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MNIST_ARCH_DATA", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert datamodule(None).root == tmp_path / "home" / ".cache" / "mnist_arch"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert datamodule(None).root == tmp_path / "xdg" / "mnist_arch"
+    monkeypatch.setenv("MNIST_ARCH_DATA", str(tmp_path / "env"))
+    assert datamodule(None).root == tmp_path / "env"
+    assert datamodule(tmp_path / "given").root == tmp_path / "given"

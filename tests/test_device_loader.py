@@ -140,3 +140,22 @@ def test_erasing_blanks_one_rectangle_within_torchvisions_area_range():
     half = random_erase(x, 0.5, torch.Generator().manual_seed(4))
     erased = ((half == 0).flatten(1).any(1)).float().mean()
     assert 0.35 < erased < 0.65
+
+
+def test_brightness_and_contrast_jitter_stay_within_their_bounds_with_their_probability():
+    """ColorJitter's semantics: brightness scales the pixels by a factor in [1 - b, 1 + b]; contrast moves each
+    pixel from the image's mean by a factor in [1 - c, 1 + c]; an image is jittered with probability jitter_p."""
+    from mnist_arch.data.device_loader import color_jitter
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((4000, 1, 4, 4), 0.5)
+    x[:, :, :2] = 0.25  # two levels: mean 0.375, so contrast has something to stretch
+    factor = color_jitter(x, replace(Augment.off(), brightness=0.4), g)[:, 0, 0, 0] / 0.25
+    assert 0.6 - 1e-6 <= factor.min() < 0.65 and 1.35 < factor.max() <= 1.4 + 1e-6  # uniform over [0.6, 1.4]
+    out = color_jitter(x, replace(Augment.off(), contrast=0.5), g)
+    spread = (out[:, 0, 3, 0] - out[:, 0, 0, 0]) / 0.25  # the gap between the two levels, scaled by the factor
+    assert 0.5 - 1e-6 <= spread.min() < 0.55 and 1.45 < spread.max() <= 1.5 + 1e-6
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=1e-6)  # around each image's mean
+    half = color_jitter(x, replace(Augment.off(), brightness=0.4, jitter_p=0.5), g)
+    untouched = (half == x).flatten(1).all(dim=1).float().mean()
+    assert 0.45 < untouched < 0.55  # jitter_p of the images jittered, the rest left as they are

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_arch import layer_table, layers, summary
-from mnist_arch.config import Budget
 from tests.conftest import default_budget
 from mnist_arch.models import build_model, list_models
 

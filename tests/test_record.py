@@ -2,7 +2,6 @@
 import json
 import subprocess
 
-import pytest
 
 from mnist_arch import provenance
 from mnist_arch.record import RECORD_VERSION, RunRecord

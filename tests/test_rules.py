@@ -1,7 +1,6 @@
 """The rules in one place: `judge` on numbers and on nets; every check can fail for its own reason."""
 import pytest
 
-from mnist_arch.config import Budget
 from mnist_arch.rules import judge, judge_net
 from tests.conftest import default_budget
 from tests.nets import TinyConv, WithLinear, WrongOutput

@@ -9,27 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 
 from mnist_arch import report, run, training
 from mnist_arch.errors import ConfigError
 from mnist_arch.record import RunRecord
 from mnist_arch.module import Classifier
-from tests.conftest import fast_overrides
+from tests.conftest import fast_overrides, hydra_command
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def hydra_main(argv, monkeypatch):
-    """`python -m mnist_arch.run <argv>` in this process; returns the exit code (0 when it returned)."""
-    monkeypatch.setattr(sys, "argv", ["mnist_arch.run", *argv])
-    try:
-        run.main()
-    except SystemExit as e:
-        return e.code
-    finally:
-        GlobalHydra.instance().clear()
-    return 0
+    """`python -m mnist_arch.run <argv>` in this process; returns the exit code."""
+    return hydra_command(run.main, argv, monkeypatch)
 
 
 def summaries(sweep_dir: Path):
@@ -98,6 +90,9 @@ def test_leaderboard_numbers_from_known_summaries(tmp_path, capsys):
     assert lines[0].startswith("model,params,optimizer.lr,n_seeds,seeds,best_val_acc_mean")
     assert lines[1].startswith("s4,17120,0.05,2,1 2,0.9948") and lines[-1].startswith("s6,,0.05,1,1,")
 
+    report.main([str(tmp_path / "sweep"), "--csv", str(tmp_path / "board.csv")])  # --csv: the CSV goes there
+    assert (tmp_path / "board.csv").read_text().splitlines() == lines
+
 
 def test_pareto_plot_of_known_summaries(tmp_path):
     budget = {"max_params": 20_000, "max_epochs": 20, "target_acc": 0.994, "allow_fc": False}
@@ -156,9 +151,15 @@ def test_ddp_cpu_two_processes_end_to_end(mnist_root, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = RunRecord.read(run_dir)
     assert summary.status == "completed" and summary.world_size == 2 and summary.rank == 0
-    assert summary.epochs_run == 2 and 0 <= summary.test_acc <= 1
     headlines = [line for line in done.stdout.splitlines() if line.startswith("s4 · 17,120 params")]
-    assert len(headlines) == 1  # rank 0's; the other rank reports nothing
+    assert summary.epochs_run == 2 and len(headlines) == 1  # rank 0's; the other rank reports nothing
+    # The test acc is reduced over both ranks' shards: it equals one process scoring every test image with
+    # the final weights
+    from mnist_arch import evaluate
+    from mnist_arch.trained import load
+
+    assert summary.test_acc == pytest.approx(evaluate.score(load(run_dir), evaluate.data_settings(
+        None, [f"data.root={mnist_root}", "data.download=false", "data.verify=false"]))["accuracy"], abs=1e-6)
 
 
 def test_resume_from_last_matches_the_uninterrupted_run(make_cfg, mnist_root, tmp_path, monkeypatch):

@@ -209,3 +209,13 @@ def test_output_to_a_file_gets_one_line_per_epoch(make_cfg, mnist_root, tmp_path
                         r"\d+\.\d s", lines[-1])
     for line, train_loss, val_acc in zip(lines, record.train_loss, record.val_acc):  # each epoch's own numbers
         assert f"train loss {train_loss:.4f} " in line and f"val acc {val_acc:.4f}" in line
+
+
+def test_an_export_off_beyond_its_tolerance_exits_1(trained_run, tmp_path, capsys, monkeypatch):
+    """The check is real: an exported file whose logits drift past the tolerance fails the command."""
+    tmp, _ = trained_run
+    suffix, write, run_file = export.FORMATS["torchscript"]
+    monkeypatch.setitem(export.FORMATS, "torchscript", (suffix, write, lambda path, x: run_file(path, x) + 1e-3))
+    with pytest.raises(SystemExit) as done:
+        export.main([str(tmp / "run"), "--format", "torchscript", "--out", str(tmp_path / "net.pt")])
+    assert done.value.code == 1 and "(OVER 0.0001)" in capsys.readouterr().out

@@ -5,16 +5,14 @@ Each crafted checkpoint would create a marker file if anything it names were cal
 test asserts the marker is absent, the exit code, and the one line."""
 import os
 import subprocess  # noqa: F401  (named by the crafted specs; never called by the code under test)
-import sys
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 
 from mnist_arch import evaluate, export, predict, run
 from mnist_arch.errors import BadFile
 from mnist_arch.models import TRUST_ENV, build_net, net_from_checkpoint
-from tests.conftest import fast_overrides
+from tests.conftest import fast_overrides, hydra_command
 
 
 class Payload:
@@ -149,13 +147,7 @@ def test_a_trusted_custom_class_is_built_and_an_untrusted_one_is_not(tmp_path, c
 
 
 def _run_cli(argv, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["mnist_arch.run", *argv])
-    try:
-        with pytest.raises(SystemExit) as done:
-            run.main()
-    finally:
-        GlobalHydra.instance().clear()
-    return done.value.code
+    return hydra_command(run.main, argv, monkeypatch)
 
 
 @pytest.mark.parametrize("kind, message", [

@@ -119,7 +119,8 @@ def _npy(path: Path) -> np.ndarray:
         except (ValueError, SyntaxError, TypeError, OSError) as e:
             raise BadFile(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
         if dtype.kind not in "biuf" or dtype.fields is not None:
-            raise BadFile(f"{path}: an array of {dtype}; a picture's pixels are real numbers (bool, int, uint or float)")
+            raise BadFile(f"{path}: an array of {dtype}; a picture's pixels are real numbers (bool, int, uint or "
+                          "float)")
         count = int(np.prod(shape, dtype=object))
         if count == 0:
             raise BadFile(f"{path}: an empty array (shape {shape}): no images")
