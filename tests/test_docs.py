@@ -1,0 +1,105 @@
+"""The README and docs/ say only what exists: every command and config option they name, every link and
+anchor they point at, and the README's measured numbers are those RESULTS.md holds."""
+import importlib
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+FILE_TYPES = {"py", "md", "log", "yaml", "json", "png", "txt", "ckpt", "db", "csv", "onnx", "pt", "sh"}
+TYPOS_SHOWN = {"optimizer.weight_decy"}  # shown on purpose, as what the gate refuses
+GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "callbacks", "logger", "budget", "experiment",
+          "debug", "search")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation but - and _ dropped, spaces as -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_link_and_anchor_resolves(page):
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        assert file.exists(), f"{page.name}: {target} does not exist"
+        if anchor and file.suffix == ".md":
+            anchors = {slug(h) for h in re.findall(r"^#+ (.+)$", file.read_text(), flags=re.M)}
+            assert anchor in anchors, f"{page.name}: no heading #{anchor} in {file.name}"
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    readme = (REPO / "README.md").read_text()
+    assert all(f"docs/{p.name}" in readme for p in PAGES[1:])
+
+
+def test_every_command_named_exists():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    for page in PAGES:
+        text = page.read_text()
+        for module in set(re.findall(r"python -m (mnist_arch(?:\.\w+)+)", text)):
+            imported = importlib.import_module(module)
+            assert hasattr(imported, "main") or module.endswith(".data"), f"{page.name}: {module}"
+        for name in set(re.findall(r"\b(mnist-arch(?:-[a-z-]+)?)\b", text)) - {"mnist-arch"}:
+            assert name.rstrip("-") in scripts or name.startswith("mnist-arch["), f"{page.name}: {name}"
+
+
+def _config():
+    from mnist_arch.config import compose
+
+    return compose(["search=8k"])
+
+
+def test_every_config_key_and_option_named_exists():
+    """`group=option` and `group.key` (or `group.key=value`) in code spans and code blocks."""
+    cfg, missing = _config(), []
+    for page in PAGES:
+        text = page.read_text()
+        for token in set(re.findall(r"(?<![\w.+/-])\+{0,2}([a-z_]+(?:\.[a-z_]+)+)(?==|`|\s|,|\))", text)):
+            group = token.split(".")[0]
+            if group not in GROUPS or token.rsplit(".", 1)[1] in FILE_TYPES or token in TYPOS_SHOWN:
+                continue
+            if token.startswith(("trainer.",)) and token.split(".")[1] not in cfg.trainer:
+                continue  # +trainer.<name>: any pl.Trainer argument, checked by the run
+            if token.startswith(("search.space.", "model.net.")):
+                continue  # a space's keys are the space's own; a net's arguments are its constructor's
+            missing.append(f"{page.name}: {token}") if OmegaConf.select(cfg, token, default="<absent>") == "<absent>" \
+                else None
+        for group, option in set(re.findall(rf"\b({'|'.join(GROUPS)})=(\w+)\b", text)):
+            if option in ("null", "true", "false") or group in ("data", "trainer") and not (
+                    REPO / "conf" / group / f"{option}.yaml").exists() and option.isdigit():
+                continue
+            if not (REPO / "conf" / group / f"{option}.yaml").is_file():
+                missing.append(f"{page.name}: {group}={option}")
+    assert not missing
+
+
+def test_the_readmes_commands_compose():
+    """Each `python -m mnist_arch.run|layers ...` line of the README's code blocks composes and validates (the
+    first value of a multirun list)."""
+    from mnist_arch.config import load
+
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    lines = [line.split("#")[0].split() for block in blocks for line in block.splitlines()]
+    checked = 0
+    for words in lines:
+        if words[:3] in (["python", "-m", "mnist_arch.run"], ["python", "-m", "mnist_arch.layers"]):
+            overrides = [w.split(",")[0] if "=" in w and "[" not in w else w for w in words[3:]
+                         if "=" in w and not w.startswith("model.net._target_")]
+            load(overrides)
+            checked += 1
+    assert checked >= 4
+
+
+def test_the_readmes_measured_numbers_are_the_ones_results_holds():
+    readme, results = (REPO / "README.md").read_text(), (REPO / "RESULTS.md").read_text()
+    table = readme.split("| model | params |")[1].split("\n\n")[0]
+    numbers = re.findall(r"\d\d\.\d\d% ± \d\.\d\d", table)
+    assert numbers and all(n in results for n in numbers), [n for n in numbers if n not in results]
