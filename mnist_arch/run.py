@@ -33,7 +33,7 @@ register_schema()
 def main(cfg: DictConfig) -> Optional[float]:
     """One run, or one job of a sweep. Returns the best val acc, None when the job failed. A single run that fails ends as one line (mnist_arch/cli.py). A
     failing job of a sweep records its summary.json (status, error) and lets the sweep go on; the
-    leaderboard callback (mnist_arch/report.py) lists it and makes the sweep exit non-zero."""
+    leaderboard callback (mnist_arch/leaderboard.py) lists it and makes the sweep exit non-zero."""
     from hydra.types import RunMode
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)

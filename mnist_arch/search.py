@@ -452,14 +452,14 @@ def main(cfg: DictConfig) -> None:
 
 def _plot(study_dir: Path, search: SearchConf) -> None:
     """front.png: every trained trial's val acc against the second objective (params by default)."""
-    from mnist_arch import report
+    from mnist_arch import leaderboard
 
-    records = report.load(study_dir / "trials")
+    records = leaderboard.load(study_dir / "trials")
     if not any(r.status == "completed" for r in records):
         return
     x = search.objectives[1] if len(search.objectives) > 1 else "params"
-    differing, rows, _ = report.leaderboard(records)
-    report.pareto(rows, differing, "final", x=x, label=lambda row: f"#{Path(row['run_dirs'][0]).name}"
+    differing, rows, _ = leaderboard.leaderboard(records)
+    leaderboard.pareto(rows, differing, "final", x=x, label=lambda row: f"#{Path(row['run_dirs'][0]).name}"
                   ).savefig(study_dir / "front.png", dpi=100)
 
 

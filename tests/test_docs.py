@@ -103,3 +103,34 @@ def test_the_readmes_measured_numbers_are_the_ones_results_holds():
     table = readme.split("| model | params |")[1].split("\n\n")[0]
     numbers = re.findall(r"\d\d\.\d\d% ± \d\.\d\d", table)
     assert numbers and all(n in results for n in numbers), [n for n in numbers if n not in results]
+
+
+def test_the_layouts_tiers_are_the_imports():
+    """README's Layout lists mnist_arch's files bottom to top: a file imports only files on its own line or above."""
+    import ast
+
+    block = (REPO / "README.md").read_text().split("## Layout")[1].split("```")[1]
+    tier, lines = {}, block.split("mnist_arch/\n")[1].split("benchmarks/")[0].splitlines()
+    for number, line in enumerate(lines):
+        for word in line.split("  ")[1].split() if line.startswith("  ") else []:
+            if word.endswith((".py", "/")) and not word.startswith("("):
+                tier[word.rstrip("/").removesuffix(".py").replace("/", ".")] = number
+    package = REPO / "mnist_arch"
+    files = [p for p in package.rglob("*.py") if p.name != "__init__.py" and "conf" not in p.parts]
+    for path in files:
+        name = ".".join(path.relative_to(package).with_suffix("").parts)
+        own = tier.get(name, tier.get(name.split(".")[0]))
+        assert own is not None, f"{name} is not in the README's Layout"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for module in (m for m in modules if m.startswith("mnist_arch.")):
+                parts = module.split(".")[1:]
+                target = next((tier[".".join(parts[:k])] for k in range(len(parts), 0, -1)
+                               if ".".join(parts[:k]) in tier), None)
+                if target is not None and name.split(".")[0] != parts[0]:
+                    assert target <= own, f"{name} (line {own}) imports {module} (line {target}) from above it"

@@ -177,13 +177,13 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**9, 10**9) | st.
 @given(st.one_of(JSON, st.dictionaries(st.sampled_from(RECORD_FIELDS), JSON, max_size=6)), st.booleans())
 def test_any_summary_json_reads_and_the_leaderboard_takes_it(folder, data, cut):
     """A summary.json from elsewhere: read (or marked unreadable, one line), and the report never crashes on it."""
-    from mnist_arch import report
+    from mnist_arch import leaderboard
 
     text = json.dumps(data)
     (folder / "summary.json").write_text(text[:len(text) // 2] if cut else text)
     record = RunRecord.read(folder / "summary.json")
     if record.status == "unreadable":
         assert one_line(record.error)
-    differing, rows, failed = report.leaderboard([record])
-    report.markdown(differing, rows, failed)
+    differing, rows, failed = leaderboard.leaderboard([record])
+    leaderboard.markdown(differing, rows, failed)
     record.headline()

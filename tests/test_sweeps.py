@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_arch import report, run, training
+from mnist_arch import leaderboard, report, run, training
 from mnist_arch.errors import ConfigError
 from mnist_arch.record import RunRecord
 from mnist_arch.module import Classifier
@@ -70,7 +70,7 @@ def test_leaderboard_numbers_from_known_summaries(tmp_path, capsys):
     RunRecord(status="over_budget", model="s6", seed=1, error="19,866 > 18,000",
               overrides=["optimizer.lr=0.05", "seed=1", "trainer.max_epochs=10"]).write(tmp_path / "sweep" / "4")
 
-    differing, rows, failed = report.leaderboard(report.load(tmp_path / "sweep"))
+    differing, rows, failed = leaderboard.leaderboard(leaderboard.load(tmp_path / "sweep"))
     assert differing == ["optimizer.lr"]  # seed is averaged over; max_epochs is the same everywhere
     assert [(r["model"], r["setting"]) for r in rows] == [("s4", {"optimizer.lr": "0.05"}),
                                                           ("s4", {"optimizer.lr": "0.01"})]
@@ -101,8 +101,8 @@ def test_pareto_plot_of_known_summaries(tmp_path):
             ("mid", 9_000, 1, 0.9920, 0.1), ("mid", 9_000, 1, 0.9910, 0.2)]):
         RunRecord(status="completed", model=model, params=params, budget=budget, seed=seed, val_acc=[acc],
                   test_acc=acc, overrides=[f"seed={seed}", f"optimizer.lr={lr}"]).write(tmp_path / "runs" / str(i))
-    differing, rows, _ = report.leaderboard(report.load(tmp_path / "runs"))
-    ax = report.pareto(rows, differing).axes[0]
+    differing, rows, _ = leaderboard.leaderboard(leaderboard.load(tmp_path / "runs"))
+    ax = leaderboard.pareto(rows, differing).axes[0]
     points = sorted((c.lines[0].get_xdata()[0], round(c.lines[0].get_ydata()[0], 4)) for c in ax.containers)
     assert points == [(3_762, 99.35), (9_000, 99.1), (9_000, 99.2), (19_000, 99.5)]  # small: its two seeds' mean
     front = next(line for line in ax.lines if line.get_label() == "Pareto front")
@@ -114,7 +114,7 @@ def test_pareto_plot_of_known_summaries(tmp_path):
         "big (n=1)", "mid lr=0.1 (n=1)", "mid lr=0.2 (n=1)", "small (n=2)"]
 
     # A point under --ymin sits on the bottom edge with its value in its label, so nothing is hidden.
-    ax = report.pareto(rows, differing, ymin=99.3).axes[0]
+    ax = leaderboard.pareto(rows, differing, ymin=99.3).axes[0]
     assert ax.get_ylim()[0] == 99.3 and any(t.get_text() == "mid lr=0.2 (n=1): 99.10% ± 0.00, below the axis"
                                             for t in ax.texts)
 

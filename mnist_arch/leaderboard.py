@@ -1,0 +1,224 @@
+"""The leaderboard: every `summary.json` beneath a folder, grouped by setting, seeds averaged; and the
+Pareto picture. Printed by `python -m mnist_arch.report` (mnist_arch/report.py), written when a sweep
+ends (the `Leaderboard` Hydra callback), drawn by a search (mnist_arch/search.py).
+
+Jobs that differ only in `seed` form one row: model, params, the overrides that differ between jobs,
+the seeds, best-epoch and final-epoch val acc as mean ± std over the seeds, how many reached the target
+and at which epoch, test acc, mean wall time, statuses. Rows are sorted by mean best val acc, best first;
+jobs that failed are listed below with their error. Printed as markdown and written as CSV.
+
+A sweep writes its own (`leaderboard.md`, `leaderboard.csv` in the sweep dir) through `Leaderboard`,
+a Hydra callback set in `conf/config.yaml`, which also makes the sweep exit non-zero if a job failed.
+"""
+import csv
+import io
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from hydra.experimental.callback import Callback
+
+from mnist_arch.record import FILE_NAME, RunRecord
+
+NOT_SHOWN = {"seed"}  # averaged over, not a setting
+
+
+def load(root: Path) -> List[RunRecord]:
+    """Every run record beneath `root` (a sweep, or a whole outputs/ tree), in path order."""
+    return [RunRecord.read(path) for path in sorted(Path(root).rglob(FILE_NAME))]
+
+
+def _settings(record: RunRecord) -> Dict[str, str]:
+    pairs = (o.split("=", 1) for o in record.overrides if "=" in o)
+    return {key.lstrip("+~"): value for key, value in pairs}
+
+
+def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """(the overrides that differ between jobs, one row per setting sorted best first, the failed jobs)."""
+    settings = [_settings(r) for r in records]
+    keys = sorted({k for st in settings for k in st} - NOT_SHOWN - {"model"})
+    differing = [k for k in keys if len({st.get(k) for st in settings}) > 1]
+    groups: Dict[tuple, List[RunRecord]] = {}
+    failed = []
+    for record, st in zip(records, settings):
+        if record.status != "completed":
+            failed.append({"model": record.model, "setting": {k: st.get(k) for k in differing},
+                           "seed": record.seed, "status": record.status, "error": record.error or "",
+                           "run_dir": record.run_dir})
+            continue
+        groups.setdefault((record.model, tuple(st.get(k) for k in differing)), []).append(record)
+
+    rows = []
+    for (model, values), jobs in groups.items():
+        best = [j.best_val_acc for j in jobs if j.best_val_acc is not None]
+        final = [j.final_val_acc for j in jobs if j.final_val_acc is not None]
+        test = [j.test_acc for j in jobs if j.test_acc is not None]
+        hits = [j.target_epoch for j in jobs if j.target_epoch]
+        statuses = [j.status for j in jobs]
+        rows.append({
+            "model": model, "params": jobs[0].params, "macs": jobs[0].macs_per_image,
+            "train_seconds": _mean_std([sum(j.epoch_time_s) for j in jobs])[0], "run_dirs": [j.run_dir for j in jobs],
+            "setting": dict(zip(differing, values)),
+            "seeds": sorted(j.seed for j in jobs), "best": _mean_std(best), "final": _mean_std(final),
+            "test": _mean_std(test), "target": (len(hits), len(jobs), hits), "target_acc": jobs[0].target_acc,
+            "max_params": (jobs[0].budget or {}).get("max_params"), "max_macs": (jobs[0].budget or {}).get("max_macs"),
+            "wall_time_s": _mean_std([j.wall_time_s or 0 for j in jobs]),
+            "status": ", ".join(f"{statuses.count(x)} {x}" for x in sorted(set(statuses))),
+        })
+    rows.sort(key=lambda r: -(r["best"][0] if r["best"][0] is not None else -1))
+    return differing, rows, failed
+
+
+def _mean_std(values: List[float]) -> Tuple[Optional[float], Optional[float]]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _pct(mean_std) -> str:
+    mean, std = mean_std
+    if mean is None:
+        return "-"
+    return f"{mean:.2%}" + (f" ± {std * 100:.2f}" if std is not None else "")
+
+
+def markdown(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict[str, Any]]) -> str:
+    header = ["#", "model", "params", *differing, "seeds", "best val acc", "final val acc", "target epoch",
+              "test acc", "wall s", "status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for rank, r in enumerate(rows, 1):
+        reached, total, epochs = r["target"]
+        target = f"{reached}/{total}" + (f" (ep {', '.join(map(str, epochs))})" if epochs else "")
+        params = f"{r['params']:,}" if isinstance(r["params"], int) else "-"
+        cells = [str(rank), str(r["model"]), params, *(str(r["setting"][k]) for k in differing),
+                 ",".join(map(str, r["seeds"])), _pct(r["best"]), _pct(r["final"]), target, _pct(r["test"]),
+                 f"{r['wall_time_s'][0]:.0f}" if r["wall_time_s"][0] is not None else "-", r["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    if rows:
+        text += ("\n\nbest/final val acc: mean ± std (percentage points) over the seeds; target epoch: "
+                 "seeds that reached the target, and the first epoch each did.")
+    pruned = [f for f in failed if f["status"] == "pruned"]
+    failed = [f for f in failed if f["status"] != "pruned"]
+    if pruned:  # a search's pruner stopping hopeless trials is the search working, not a failure: one line
+        text += f"\n\n{len(pruned)} trial(s) pruned by the search (stopped early, not ranked)."
+    if failed:
+        text += f"\n\n{len(failed)} job(s) did not complete:\n" + "\n".join(
+            f"- {' '.join([str(f['model']), *(f'{k}={v}' for k, v in f['setting'].items())])} seed {f['seed']}: "
+            f"{f['status']}: {f['error']} ({f['run_dir']})" for f in failed)
+    return text
+
+
+def csv_text(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["model", "params", *differing, "n_seeds", "seeds", "best_val_acc_mean", "best_val_acc_std",
+                     "final_val_acc_mean", "final_val_acc_std", "target_reached", "target_epochs", "test_acc_mean",
+                     "test_acc_std", "wall_time_s_mean", "status", "error"])
+    for r in rows:
+        writer.writerow([r["model"], r["params"], *(r["setting"][k] for k in differing), len(r["seeds"]),
+                         " ".join(map(str, r["seeds"])), *r["best"], *r["final"], r["target"][0],
+                         " ".join(map(str, r["target"][2])), *r["test"], r["wall_time_s"][0], r["status"], ""])
+    for f in failed:
+        writer.writerow([f["model"], "", *(f["setting"][k] for k in differing), 1, f["seed"], *[""] * 9,
+                         f["status"], f["error"]])
+    return out.getvalue()
+
+
+def write(root: Path, csv_path: Optional[Path] = None, plot_path: Optional[Path] = None,
+          metric: str = "test", ymin: Optional[float] = None, x: str = "params") -> Tuple[str, List[Dict[str, Any]]]:
+    """Build the leaderboard of `root`, write its CSV (default: <root>/leaderboard.csv) and markdown, and
+    the Pareto plot when `plot_path` is given."""
+    differing, rows, failed = leaderboard(load(root))
+    text = markdown(differing, rows, failed)
+    (csv_path or root / "leaderboard.csv").write_text(csv_text(differing, rows, failed))
+    if csv_path is None:
+        (root / "leaderboard.md").write_text(text + "\n")
+    if plot_path is not None:
+        pareto(rows, differing, metric, ymin, x).savefig(plot_path, dpi=100)
+    return text, failed
+
+
+METRICS = {"test": "test acc", "final": "final-epoch val acc", "best": "best-epoch val acc"}
+
+
+X_AXES = {"params": ("trainable parameters", "max_params", "params"), "macs": ("MACs per image", "max_macs", "MACs"),
+          "train_seconds": ("training seconds (train + val epochs)", None, "s")}
+
+
+def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test", ymin: Optional[float] = None,
+           x: str = "params", label: Optional[Callable[[Dict[str, Any]], str]] = None):
+    """Accuracy against parameters (or `x`: macs, train_seconds), one point per setting: the mean over its
+    seeds with ± std error bars, labelled; dashed lines at each budget's limit and target accuracy. The
+    settings no other setting beats at a lower cost (the Pareto front) are joined by a line. `ymin` (percent)
+    cuts the axis so that one failed seed does not flatten the rest; a point under it is drawn on the bottom
+    edge as a down-pointing triangle, its mean ± std written in its label, never left out. `label` names a
+    point (default: its model, and its settings where the model appears more than once)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    ax = figure.add_subplot()
+    points = []
+    # A point is labelled by its model, plus its settings only where the model appears more than once:
+    # runs gathered from several sweeps differ in many keys that would otherwise crowd every label.
+    x_label, limit_key, unit = X_AXES[x]
+    shown = [r for r in rows if r[metric][0] is not None and isinstance(r.get(x), (int, float))]
+    repeated = {m for m, n in Counter(r["model"] for r in shown).items() if n > 1}
+    for r in shown:
+        mean, std = r[metric]
+        settings = [f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items()
+                    if k != "experiment" and r["model"] in repeated]
+        name = label(r) if label else " ".join([str(r["model"]), *settings])
+        points.append((r[x], mean, std or 0.0, name, len(r["seeds"])))
+    for params, mean, std, label, n in points:
+        if ymin is not None and 100 * mean < ymin:
+            ax.plot(params, ymin, "v", markersize=7, clip_on=False)
+            ax.annotate(f"{label} (n={n}): {100 * mean:.2f}% ± {100 * std:.2f}, below the axis", (params, ymin),
+                        textcoords="offset points", xytext=(-60, 8), fontsize=7)
+            continue
+        ax.errorbar(params, 100 * mean, yerr=100 * std, fmt="o", capsize=3, markersize=4)
+        ax.annotate(f"{label} (n={n})", (params, 100 * mean), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    front, best = [], -1.0
+    for params, mean, *_ in sorted(points):
+        if mean > best:
+            front.append((params, 100 * mean))
+            best = mean
+    if len(front) > 1:
+        ax.plot(*zip(*front), "-", color="gray", linewidth=1, alpha=0.6, label="Pareto front")
+    for limit in sorted({r[limit_key] for r in rows if limit_key and r.get(limit_key)}):
+        ax.axvline(limit, color="red", linestyle="--", linewidth=0.8, alpha=0.6)
+        ax.annotate(f"≤{limit:,} {unit}", (limit, 0), xycoords=("data", "axes fraction"), rotation=90,
+                    fontsize=7, color="red", xytext=(-10, 5), textcoords="offset points")
+    for target in sorted({r["target_acc"] for r in rows if r.get("target_acc")}):
+        ax.axhline(100 * target, color="green", linestyle="--", linewidth=0.8, alpha=0.6)
+        ax.annotate(f"target {target:.2%}", (0, 100 * target), xycoords=("axes fraction", "data"), fontsize=7,
+                    color="green", xytext=(4, 2), textcoords="offset points")
+    if ymin is not None:
+        ax.set_ylim(bottom=ymin)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(f"{METRICS[metric]} (%), mean ± std over seeds")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{METRICS[metric]} against {x_label.split(' (')[0]} ({len(points)} settings)", fontsize=9)
+    return figure
+
+
+class Leaderboard(Callback):
+    """Hydra callback: when a sweep ends, write its leaderboard into the sweep dir and print it; exit
+    non-zero if any job did not complete. (It also makes the sweep dir when the sweep starts, so that a
+    sweeper plugin can keep its state there.)"""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        text, failed = write(sweep_dir)
+        print(f"\nleaderboard ({sweep_dir / 'leaderboard.md'}):\n{text}")
+        if failed:
+            sys.exit(f"{len(failed)} job(s) of the sweep did not complete (see the leaderboard)")
