@@ -44,7 +44,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             top = p.topk(2)
             results.append({"file": str(path.parent / name), "digit": int(top.indices[0]),
                             "probability": round(float(top.values[0]), 4), "runner_up": int(top.indices[1]),
-                            "runner_up_probability": round(float(top.values[1]), 4)})
+                            "runner_up_probability": round(float(top.values[1]), 4),
+                            "probabilities": [round(float(q), 6) for q in p]})
     if args.json:
         print(json.dumps(results, indent=2))
     else:

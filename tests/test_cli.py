@@ -79,6 +79,7 @@ BAD_INPUT = {
                                                                  "checkpoint file"),
     "mnist-arch-data": (["--timeout", "soon"], "error: argument --timeout: invalid float value: 'soon'"),
     "mnist-arch-search": (["search=nope"], "error: search=nope is not an option of search; its options: "),
+    "mnist-arch-serve": (["{tmp}/nowhere"], "error: {tmp}/nowhere: no such run dir or checkpoint file"),
 }
 
 

@@ -40,8 +40,8 @@ def test_console_commands_are_on_path_and_complete_like_hydra(tmp_path):
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert {"mnist-arch", "mnist-arch-layers", "mnist-arch-summary", "mnist-arch-report", "mnist-arch-evaluate",
-            "mnist-arch-predict", "mnist-arch-export", "mnist-arch-lr-find", "mnist-arch-data", "mnist-arch-search"
-            } == set(scripts)
+            "mnist-arch-predict", "mnist-arch-export", "mnist-arch-lr-find", "mnist-arch-data", "mnist-arch-search",
+            "mnist-arch-serve"} == set(scripts)
     for name, target in scripts.items():  # every entry names a function that exists
         module, _, function = target.partition(":")
         assert callable(getattr(__import__(module, fromlist=[function]), function)), name
