@@ -282,7 +282,7 @@ class Budget:
 
 OBJECTIVES = ("val_acc", "params", "macs", "train_seconds")  # val_acc is maximised, the others minimised
 SAMPLERS = ("tpe", "nsga2", "random")
-PRUNERS = ("auto", "median", "hyperband", "none")
+PRUNERS = ("auto", "median", "percentile", "hyperband", "none")
 
 
 @dataclass
@@ -300,6 +300,7 @@ class SearchConf:
     sampler: str = MISSING
     pruner: str = MISSING
     pruner_warmup_epochs: int = MISSING  # epochs every trial trains before the pruner may stop it
+    pruner_percentile: float = MISSING  # pruner=percentile: stop a trial below this percentile of the others
     seed: int = MISSING  # the sampler's
     confirm: int = MISSING  # afterwards, retrain the top K (two objectives: up to K of the front) on the 60k
     confirm_seeds: List[int] = MISSING
@@ -320,6 +321,7 @@ class SearchConf:
         for key in ("n_trials", "workers"):
             _check(getattr(self, key) >= 1, f"search.{key}={getattr(self, key)} must be >= 1")
         _check(self.pruner_warmup_epochs >= 0, f"search.pruner_warmup_epochs={self.pruner_warmup_epochs} must be >= 0")
+        _check(0 < self.pruner_percentile < 100, f"search.pruner_percentile={self.pruner_percentile} must be in (0, 100)")
         _check(self.confirm >= 0 and bool(self.confirm_seeds),
                f"search.confirm={self.confirm} must be >= 0 and search.confirm_seeds a non-empty list")
         space.check(self.space)

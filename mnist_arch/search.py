@@ -148,6 +148,8 @@ def open_study(job: Job, worker: int = 0):
     }
     pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP,
                                                             n_warmup_steps=s.pruner_warmup_epochs),
+              "percentile": lambda: optuna.pruners.PercentilePruner(s.pruner_percentile, PRUNER_STARTUP,
+                                                                    s.pruner_warmup_epochs),
               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=max(1, s.pruner_warmup_epochs),
                                                                   max_resource=job.max_epochs),
               "none": optuna.pruners.NopPruner}[_pruner(s)]()
