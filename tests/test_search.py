@@ -14,6 +14,7 @@ import optuna
 import pytest
 
 from mnist_arch import report, search, space, training
+from mnist_arch import study as studies
 from mnist_arch.config import SearchConf
 from tests.conftest import fast_overrides, hydra_command
 
@@ -35,7 +36,7 @@ def search_main(argv, monkeypatch) -> int:
 
 
 def load(study: Path, name: str = "4k", storage: str = None):
-    return optuna.load_study(study_name=name, storage=search._storage(storage or f"sqlite:///{study / 'study.db'}"))
+    return optuna.load_study(study_name=name, storage=studies._storage(storage or f"sqlite:///{study / 'study.db'}"))
 
 
 def test_a_study_is_a_folder_of_runs_and_resumes(mnist_root, tmp_path, monkeypatch, capsys):
@@ -120,7 +121,7 @@ def test_the_front_is_the_undominated_feasible_trials():
                                     (0.995, 9000, True), (0.96, 1000, False), (0.99, 6000, False)]:  # dominated
         study.add_trial(optuna.create_trial(values=[acc, params], user_attrs={"infeasible": "over_budget"}
                                             if infeasible else {}))
-    assert [(t.values[0], t.values[1]) for t in search.front(study, _job(["val_acc", "params"]))] == \
+    assert [(t.values[0], t.values[1]) for t in studies.front(study, _job(["val_acc", "params"]))] == \
         [(0.96, 1000), (0.98, 3000), (0.99, 5000)]
 
 
@@ -222,7 +223,7 @@ def test_confirm_retrains_the_best_on_the_60k_and_scores_the_test_set(mnist_root
     study_dir = tmp_path / "study"
     assert search_main(small(mnist_root, study_dir, "search.n_trials=2", "search.confirm=1",
                              "search.confirm_seeds=[1,2]"), monkeypatch) == 0
-    best = search.front(load(study_dir), _job(["val_acc"]))[0]
+    best = studies.front(load(study_dir), _job(["val_acc"]))[0]
     runs = [json.loads((study_dir / "confirm" / f"{best.number:04d}" / f"seed{s}" / "summary.json").read_text())
             for s in (1, 2)]
     assert [r["seed"] for r in runs] == [1, 2] and all(r["val_split"] == "test" and r["test_ckpt"] == "final"
