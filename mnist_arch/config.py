@@ -300,7 +300,7 @@ class SearchConf:
     sampler: str = MISSING
     pruner: str = MISSING
     pruner_warmup_epochs: int = MISSING  # epochs every trial trains before the pruner may stop it
-    pruner_percentile: float = MISSING  # pruner=percentile: stop a trial below this percentile of the others
+    pruner_percentile: float = MISSING  # pruner=percentile: the top share kept at each epoch (75: bottom quarter stopped)
     seed: int = MISSING  # the sampler's
     confirm: int = MISSING  # afterwards, retrain the top K (two objectives: up to K of the front) on the 60k
     confirm_seeds: List[int] = MISSING

@@ -111,7 +111,7 @@ def test_a_pruned_run_stops_after_the_judged_epoch_whole(make_cfg, mnist_root, t
 def _job(objectives):
     conf = SearchConf(study_name="s", experiment=None, space={"x": {"low": 0, "high": 1}}, objectives=objectives,
                       n_trials=1, workers=1, storage=None, sampler="random", pruner="auto", pruner_warmup_epochs=0,
-                      pruner_percentile=25.0, seed=0, confirm=0, confirm_seeds=[1], start=[])
+                      pruner_percentile=75.0, seed=0, confirm=0, confirm_seeds=[1], start=[])
     return conf
 
 
