@@ -258,3 +258,18 @@ def test_optuna_dashboard_opens_the_study(mnist_root, tmp_path, monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_the_percentile_pruner_stops_only_the_bottom_share(tmp_path):
+    """pruner_percentile is the share kept, as Optuna means it: at 75, a trial in the bottom quarter of the
+    others at the same epoch is stopped, one in the middle goes on."""
+    from dataclasses import replace
+
+    conf = replace(_job(["val_acc"]), pruner="percentile", pruner_percentile=75.0)
+    study = studies.open_study(studies.Job(conf, tmp_path, f"sqlite:///{tmp_path / 's.db'}", [], max_epochs=4))
+    for value in (0.1, 0.2, 0.3, 0.4, 0.5):
+        study.add_trial(optuna.create_trial(value=value, intermediate_values={0: value}))
+    middle, low = study.ask(), study.ask()
+    middle.report(0.25, 0)
+    low.report(0.15, 0)
+    assert not middle.should_prune() and low.should_prune()
