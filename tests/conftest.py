@@ -123,6 +123,25 @@ def hydra_command(main, argv: List[str], monkeypatch) -> int:
     return 0
 
 
+def ctrl_c_at(monkeypatch, epoch: int, batch: int):
+    """Ctrl-C during training at that (0-based) epoch and batch, as the Trainer sees one; pytest keeps its own
+    Ctrl-C handler. Returns the real training step, to put back."""
+    import signal
+
+    from mnist_arch.module import Classifier
+
+    real_step = Classifier.training_step
+
+    def step(self, data, batch_idx):
+        if self.current_epoch == epoch and batch_idx == batch:
+            raise KeyboardInterrupt
+        return real_step(self, data, batch_idx)
+
+    monkeypatch.setattr(Classifier, "training_step", step)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    return real_step
+
+
 def fast_overrides(root: Path) -> List[str]:
     """A CPU run of two short epochs on the synthetic data, no network."""
     return [

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnist_arch import run, training
 from mnist_arch.record import RunRecord
-from tests.conftest import datamodule, fast_overrides, hydra_command
+from tests.conftest import ctrl_c_at, datamodule, fast_overrides, hydra_command
 
 SUMMARY_KEYS = {"model", "params", "epochs_run", "best_val_acc", "best_epoch", "val_acc", "test_acc", "seed",
                 "device", "wall_time_s", "git_commit", "versions", "status"}
@@ -338,17 +338,7 @@ def test_a_checkpoint_from_another_run_starts_a_new_run_dir(make_cfg, mnist_root
 
 
 def test_ctrl_c_exits_130_and_says_how_to_resume(mnist_root, tmp_path, monkeypatch, capsys):
-    from mnist_arch.module import Classifier
-
-    real_step = Classifier.training_step
-
-    def ctrl_c_in_second_epoch(self, batch, batch_idx):
-        if self.current_epoch == 1 and batch_idx == 1:
-            raise KeyboardInterrupt
-        return real_step(self, batch, batch_idx)
-
-    monkeypatch.setattr(Classifier, "training_step", ctrl_c_in_second_epoch)
-    monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's own Ctrl-C handler
+    ctrl_c_at(monkeypatch, epoch=1, batch=1)
     code = hydra_command(run.main, [*fast_overrides(mnist_root), f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch)
     assert code == 130 and RunRecord.read(tmp_path / "run").status == "interrupted"
     assert f"hydra.run.dir={tmp_path / 'run'} ckpt_path=last" in capsys.readouterr().err

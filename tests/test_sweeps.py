@@ -14,7 +14,7 @@ from mnist_arch import leaderboard, report, run, training
 from mnist_arch.errors import ConfigError
 from mnist_arch.record import RunRecord
 from mnist_arch.module import Classifier
-from tests.conftest import fast_overrides, hydra_command
+from tests.conftest import ctrl_c_at, fast_overrides, hydra_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,15 +167,7 @@ def test_resume_from_last_matches_the_uninterrupted_run(make_cfg, mnist_root, tm
                                               "data.rotation=10", "seed=7"]
     straight = training.train(make_cfg(overrides), tmp_path / "straight")
 
-    real_step = Classifier.training_step
-
-    def ctrl_c_in_second_epoch(self, batch, batch_idx):
-        if self.current_epoch == 1 and batch_idx == 2:
-            raise KeyboardInterrupt
-        return real_step(self, batch, batch_idx)
-
-    monkeypatch.setattr(Classifier, "training_step", ctrl_c_in_second_epoch)
-    monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's own Ctrl-C handler
+    real_step = ctrl_c_at(monkeypatch, epoch=1, batch=2)
     stopped = training.train(make_cfg(overrides), tmp_path / "resumed")
     assert stopped.status == "interrupted" and stopped.epochs_run == 1
     assert (tmp_path / "resumed" / "checkpoints" / "interrupted.ckpt").is_file()
