@@ -101,16 +101,22 @@ def _infeasible(trial, job: Job, run_dir: Path, overrides: List[str], model: Opt
     return [worst[o] for o in job.search.objectives]
 
 
+def to_confirm(study, search: SearchConf, target: float) -> List:
+    """search.confirm trials: the best by holdout val acc, or, with two objectives, the cheapest points of the
+    front that reach `target` (all of the front's if none does)."""
+    picked = front(study, search, best=search.confirm)
+    if len(search.objectives) > 1:
+        picked = [t for t in picked if t.values[0] >= target] or picked  # the front is sorted cheapest first
+    return picked[:search.confirm]
+
+
 def confirm(study, job: Job, threads: Optional[int], target: float) -> str:
     """search.confirm trials retrained on the 60k, the 10k test scored with the final weights, once per
     confirm seed; the table RESULTS.md uses. One objective: the best by holdout val acc. Two: the cheapest
     points of the front that reach the target on the holdout (all of the front's, if none does)."""
     from mnist_arch.training import train
 
-    picked = front(study, job.search, best=job.search.confirm)
-    if len(job.search.objectives) > 1:
-        picked = [t for t in picked if t.values[0] >= target] or picked  # the front is sorted cheapest first
-    picked = picked[:job.search.confirm]
+    picked = to_confirm(study, job.search, target)
     rows = ["| trial | params | MACs | seeds | test acc (final epoch) | min | train s | command |",
             "|---|---|---|---|---|---|---|---|"]
     for t in picked:

@@ -273,3 +273,14 @@ def test_the_percentile_pruner_stops_only_the_bottom_share(tmp_path):
     middle.report(0.25, 0)
     low.report(0.15, 0)
     assert not middle.should_prune() and low.should_prune()
+
+
+def test_with_two_objectives_confirm_takes_the_cheapest_front_points_at_the_target():
+    from dataclasses import replace
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for acc, seconds in [(0.990, 20), (0.993, 30), (0.9941, 45), (0.9950, 70), (0.9960, 120), (0.9945, 90)]:
+        study.add_trial(optuna.create_trial(values=[acc, seconds]))
+    conf = replace(_job(["val_acc", "train_seconds"]), confirm=2)
+    assert [t.values for t in search.to_confirm(study, conf, target=0.994)] == [[0.9941, 45], [0.9950, 70]]
+    assert [t.values for t in search.to_confirm(study, conf, target=0.999)] == [[0.990, 20], [0.993, 30]]
