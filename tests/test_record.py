@@ -71,10 +71,10 @@ def test_a_dirty_checkout_records_its_diff(tmp_path):
     assert provenance.git_state(tmp_path / "run", repo=tmp_path / "not_a_repo") == (None, None)
 
 
-def test_the_readme_documents_every_record_field():
-    """The README's Outputs table names every key summary.json holds, derived ones included."""
+def test_the_docs_document_every_record_field():
+    """docs/record.md names every key summary.json holds, derived ones included."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "record.md").read_text()
     keys = RunRecord().to_dict()
     assert [key for key in keys if f"`{key}`" not in readme] == []
