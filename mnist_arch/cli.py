@@ -132,9 +132,12 @@ def one_line(text: str) -> str:
 def hydra_error(e: Exception) -> Optional[str]:
     """One line for Hydra's and OmegaConf's errors (an unknown option or key, an override it cannot parse or
     merge); None for any other exception."""
+    import yaml
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+    if isinstance(e, yaml.YAMLError):  # a config file of yours that is not YAML
+        return f"a config file is not valid YAML: {one_line(str(e))}"
     if not isinstance(e, (HydraException, OmegaConfBaseException)):
         # Hydra and OmegaConf also fail with plain exceptions on some overrides (`model=0`: a ValueError,
         # "Config group override must be a string or a list"; `~model +model.net.x=1`: an AttributeError):
@@ -162,12 +165,13 @@ def hydra_error(e: Exception) -> Optional[str]:
         known = [f.name for f in dataclasses.fields(cause.object_type)]
         where = f"the {group} group" if group else "the config"
         return f"{key} is not a key of {where}; {did_you_mean(name, known, f'{group}.' if group else '')}"
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("See https://hydra.cc")]
+    noise = re.compile(r"^(See https://hydra\.cc|full_key:|reference_type=|object_type=)")
+    lines = [line.strip().replace("::", ":") for line in text.splitlines() if line.strip() and not noise.match(line.strip())]
     if isinstance(e, OmegaConfBaseException):
         return lines[0] + (f" (key {e.full_key})" if getattr(e, "full_key", None) else "")
     if isinstance(cause, OmegaConfBaseException):
         lines.append(str(cause).splitlines()[0])
-    return lines[0].rstrip(".") + (": " + " ".join(lines[1:]) if len(lines) > 1 else "")
+    return lines[0].rstrip(".:") + (": " + " ".join(lines[1:]) if len(lines) > 1 else "")
 
 
 def _write_traceback(e: Exception, command: str) -> str:

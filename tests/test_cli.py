@@ -142,3 +142,20 @@ def test_a_runs_console_is_ours_and_its_log_keeps_the_rest(mnist_root, tmp_path)
     for chatter in ("Seed set to", "GPU available", "`Trainer.fit` stopped", "Test metric"):
         assert chatter not in console
     assert "Seed set to" in log and "`Trainer.fit` stopped" in log
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("data:\n  batch_size: [1, 2\n", "error: a config file is not valid YAML: while parsing a flow sequence"),
+    ("# @package _global_\ndata:\n  batch_size: lots\n", "error: In 'experiment/mine': ValidationError raised while "
+                                                        "composing config: Value 'lots' of type 'str' could not be "
+                                                        "converted to Integer\n"),
+])
+def test_a_broken_config_file_of_your_own_is_one_line(tmp_path, monkeypatch, capsys, content, expected):
+    from mnist_arch import run
+    from tests.conftest import hydra_command
+
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(content)
+    code = hydra_command(run.main, ["--config-dir", str(tmp_path / "conf"), "experiment=mine"], monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(expected) and err.count("\n") == 1, err
