@@ -120,6 +120,8 @@ def explain(e: Exception, command: str = "mnist_arch") -> Tuple[int, str]:
     line = hydra_error(e)
     if line is not None:
         return USAGE, line
+    if isinstance(e, OSError) and e.strerror:  # a file that cannot be written or read: the machine's, not a bug
+        return FAILED, f"{e.strerror}: {e.filename}" if e.filename else e.strerror
     where = _write_traceback(e, command)
     return FAILED, (f"unexpected {type(e).__name__}: {one_line(str(e)) or '(no message)'} (a bug; the full "
                     f"traceback is in {where}, or run again with {DEBUG}=1 to see it)")

@@ -52,6 +52,11 @@ def test_the_debug_switch_lets_the_traceback_through(monkeypatch, switch):
         _raises(ZeroDivisionError("division by zero"))
 
 
+def test_a_file_that_cannot_be_written_is_one_line_not_a_bug(capsys):
+    assert _fails_with(capsys, _raises, PermissionError(13, "Permission denied", "run/evaluate.json")) == (
+        1, "error: Permission denied: run/evaluate.json")
+
+
 def test_ctrl_c_outside_a_run_exits_130(capsys):
     with pytest.raises(SystemExit) as done:
         _raises(KeyboardInterrupt())
