@@ -120,7 +120,9 @@ def confirm(study, job: Job, threads: Optional[int], target: float) -> str:
     rows = ["| trial | params | MACs | seeds | test acc (final epoch) | min | train s | command |",
             "|---|---|---|---|---|---|---|---|"]
     for t in picked:
-        base = [o for o in t.user_attrs["overrides"] if not o.startswith(("data.val=", "seed="))]
+        # a confirm run is long and alone: it shows its epochs, which a trial leaves to the study's line
+        base = [o for o in t.user_attrs["overrides"]
+                if not o.startswith(("data.val=", "seed=")) and o not in QUIET_OVERRIDES]
         overrides = [*base, "data.val=test", "callbacks.stop_at_target=false", "test_weights=final"]
         records = []
         for seed in job.search.confirm_seeds:

@@ -232,6 +232,9 @@ def test_confirm_retrains_the_best_on_the_60k_and_scores_the_test_set(mnist_root
     mean = 100 * (runs[0]["test_acc"] + runs[1]["test_acc"]) / 2
     assert f"| {best.number} | " in table and f"| 1,2 | {mean:.2f}% ± " in table
     assert "data.val=test callbacks.stop_at_target=false test_weights=final" in table
+    assert "enable_progress_bar" not in table  # a confirm run shows its epochs (the trials' switch is not kept)
+    assert all(r["epochs_run"] == 2 for r in runs)
+    assert "epoch 2/2" in capsys.readouterr().out
 
 
 def test_optuna_dashboard_opens_the_study(mnist_root, tmp_path, monkeypatch):
