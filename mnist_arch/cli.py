@@ -146,6 +146,12 @@ def hydra_error(e: Exception) -> Optional[str]:
         # input errors too, told by where they were raised
         frames = traceback.extract_tb(e.__traceback__)
         raised_in = frames[-1].filename if frames else ""
+        if "Unexpected type for root: NoneType" in str(e):  # `search.n_trials=3` where `search` is still null
+            key = next((f.f_locals.get("key") for f, _ in traceback.walk_tb(e.__traceback__)
+                        if f.f_code.co_name == "update" and isinstance(f.f_locals.get("key"), str)), None)
+            if key:
+                group = key.split(".")[0]
+                return f"{key}: `{group}` is empty until its group is chosen; choose one first ({group}=<name>)"
         if re.search(r"[/\\](hydra|omegaconf)[/\\]", raised_in):
             key = re.search(r"full_key: (\S+)", str(e))
             return one_line(str(e).split("\n    full_key:")[0]) + (f" (key {key.group(1)})" if key else "")

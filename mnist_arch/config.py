@@ -40,6 +40,11 @@ def holdout_problem(holdout_size: int, train_size: int) -> Optional[str]:
     return f"data.holdout_size={holdout_size} must be between 1 and {train_size - 1}"
 
 
+def _mapping(key: str, value) -> None:
+    # OmegaConf types a scalar but not a mapping behind an interpolation: model.net=${oc.env:HOME} arrives a str
+    _check(isinstance(value, dict), f"{key} must be a mapping (name: value, ...), not {value!r}")
+
+
 def _one_of(key: str, value: str, allowed) -> None:
     _check(value in allowed, f"{key}={value!r} is not one of: {', '.join(allowed)}")
 
@@ -55,6 +60,7 @@ class ModelConf:
             _check(self.arch in list_models(), f"model.arch: {unknown_model(self.arch)}")
         else:
             _check(self.name in [*list_models(), CUSTOM], f"model.name: {unknown_model(self.name, CUSTOM)}")
+        _mapping("model.net", self.net)
         target = self.net.get("_target_")
         if self.name == CUSTOM:
             _check(bool(target), "model=custom needs the net's class: model.net._target_=package.module.Class")
@@ -208,6 +214,7 @@ class TrainerConf:
     extra: Dict[str, Any] = field(default_factory=dict)  # other pl.Trainer arguments (+trainer.<name>)
 
     def __post_init__(self):
+        _mapping("trainer.extra", self.extra)
         _check(self.max_epochs >= 1, f"trainer.max_epochs={self.max_epochs} must be >= 1")
         _check(self.profiler in (None, "simple", "advanced", "pytorch"),
                f"trainer.profiler={self.profiler!r} is not one of: simple, advanced, pytorch")
@@ -324,6 +331,10 @@ class SearchConf:
         _check(0 < self.pruner_percentile < 100, f"search.pruner_percentile={self.pruner_percentile} must be in (0, 100)")
         _check(self.confirm >= 0 and bool(self.confirm_seeds),
                f"search.confirm={self.confirm} must be >= 0 and search.confirm_seeds a non-empty list")
+        _mapping("search.space", self.space)
+        _check(isinstance(self.start, list), f"search.start must be a list of trials, not {self.start!r}")
+        for i, trial in enumerate(self.start):
+            _mapping(f"search.start[{i}]", trial)
         space.check(self.space)
 
 

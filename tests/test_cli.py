@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mnist_arch import cli
-from mnist_arch.errors import BadFile, DataError
+from mnist_arch.errors import BadFile, ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
@@ -164,3 +164,30 @@ def test_a_broken_config_file_of_your_own_is_one_line(tmp_path, monkeypatch, cap
     code = hydra_command(run.main, ["--config-dir", str(tmp_path / "conf"), "experiment=mine"], monkeypatch)
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(expected) and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    # a search key before its space is chosen: `search` is still null in the config
+    (["search.n_trials=3"], "error: search.n_trials: `search` is empty until its group is chosen; choose one first "
+                            "(search=<name>)\n"),
+    (["search=4k", "search.space=${oc.env:HOME}"], "error: Error merging override search.space="),
+    (["search=4k", "search.start=[1]"], "error: Error merging override search.start=[1]: Cannot assign int to "
+                                        "Dict[str, Any]\n"),
+])
+def test_search_overrides_that_hydra_takes_but_cannot_mean_are_one_line(tmp_path, monkeypatch, capsys, argv,
+                                                                        expected):
+    from mnist_arch import search
+    from tests.conftest import hydra_command
+
+    monkeypatch.chdir(tmp_path)
+    assert hydra_command(search.main, argv, monkeypatch) == 2
+    assert capsys.readouterr().err.startswith(expected) and not list(tmp_path.rglob("study.db"))
+
+
+def test_a_net_given_as_a_scalar_is_one_line(monkeypatch):
+    """OmegaConf types a scalar behind an interpolation, not a mapping (found by test_readers_property)."""
+    from mnist_arch.config import load
+
+    monkeypatch.setenv("NOT_A_NET", "0")
+    with pytest.raises(ConfigError, match=r"^model.net must be a mapping \(name: value, ...\), not '0'$"):
+        load(["model.net=${oc.env:NOT_A_NET}"])
