@@ -301,13 +301,13 @@ class SearchConf:
     experiment: Optional[str] = MISSING  # the recipe every trial starts from (an experiment= option)
     space: Dict[str, Any] = MISSING  # what is sampled (mnist_arch/space.py)
     objectives: List[str] = MISSING  # [val_acc], or [val_acc, params | macs | train_seconds]
-    n_trials: int = MISSING  # finished trials (complete, pruned or infeasible) the study should hold
+    n_trials: int = MISSING  # trained trials (complete or pruned) the study should hold; infeasible ones do not count
     workers: int = MISSING  # processes on this machine, the CPU threads split between them
     storage: Optional[str] = MISSING  # an Optuna storage URL; null: SQLite in the study folder
     sampler: str = MISSING
     pruner: str = MISSING
     pruner_warmup_epochs: int = MISSING  # epochs every trial trains before the pruner may stop it
-    pruner_percentile: float = MISSING  # pruner=percentile: the top share kept at each epoch (75: bottom quarter stopped)
+    pruner_percentile: float = MISSING  # pruner=percentile: the top share kept each epoch (75: bottom quarter stopped)
     seed: int = MISSING  # the sampler's
     confirm: int = MISSING  # afterwards, retrain the top K (two objectives: up to K of the front) on the 60k
     confirm_seeds: List[int] = MISSING
@@ -328,7 +328,8 @@ class SearchConf:
         for key in ("n_trials", "workers"):
             _check(getattr(self, key) >= 1, f"search.{key}={getattr(self, key)} must be >= 1")
         _check(self.pruner_warmup_epochs >= 0, f"search.pruner_warmup_epochs={self.pruner_warmup_epochs} must be >= 0")
-        _check(0 < self.pruner_percentile < 100, f"search.pruner_percentile={self.pruner_percentile} must be in (0, 100)")
+        _check(0 < self.pruner_percentile < 100,
+               f"search.pruner_percentile={self.pruner_percentile} must be in (0, 100)")
         _check(self.confirm >= 0 and bool(self.confirm_seeds),
                f"search.confirm={self.confirm} must be >= 0 and search.confirm_seeds a non-empty list")
         _mapping("search.space", self.space)

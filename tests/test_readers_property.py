@@ -54,7 +54,8 @@ def test_prepare_gives_a_digit_or_one_line(image):
 @given(st.binary(max_size=120))
 def test_any_bytes_are_an_idx_array_or_one_line(data):
     array = read_or_refuse(parse_idx, data)
-    assert array is None or array.ndim == data[3] and array.shape == struct.unpack(f">{data[3]}I", data[4:4 + 4 * data[3]])
+    dims = data[3] if array is not None else 0
+    assert array is None or array.ndim == dims and array.shape == struct.unpack(f">{dims}I", data[4:4 + 4 * dims])
 
 
 @FAST
