@@ -278,7 +278,7 @@ def test_the_percentile_pruner_stops_only_the_bottom_share(tmp_path):
     assert not middle.should_prune() and low.should_prune()
 
 
-def test_with_two_objectives_confirm_takes_the_cheapest_front_points_at_the_target():
+def test_with_two_objectives_confirm_takes_the_cheapest_front_points_at_the_target_or_the_nearest():
     from dataclasses import replace
 
     study = optuna.create_study(directions=["maximize", "minimize"])
@@ -286,4 +286,5 @@ def test_with_two_objectives_confirm_takes_the_cheapest_front_points_at_the_targ
         study.add_trial(optuna.create_trial(values=[acc, seconds]))
     conf = replace(_job(["val_acc", "train_seconds"]), confirm=2)
     assert [t.values for t in search.to_confirm(study, conf, target=0.994)] == [[0.9941, 45], [0.9950, 70]]
-    assert [t.values for t in search.to_confirm(study, conf, target=0.999)] == [[0.990, 20], [0.993, 30]]
+    # none reaches it: the two most accurate points, cheapest first (not the cheapest, least accurate ones)
+    assert [t.values for t in search.to_confirm(study, conf, target=0.999)] == [[0.9950, 70], [0.9960, 120]]
