@@ -239,6 +239,15 @@ def front(study, search: SearchConf, best: int = 5) -> List:
     return sorted(front_, key=lambda t: t.values[1])
 
 
+def planned_epochs(record: RunRecord, job: Job) -> int:
+    """The epochs a trial would have trained unpruned: what it ran, if it was not pruned; else the study's
+    trainer.max_epochs, or its own where the space samples it."""
+    if record.status != "pruned":
+        return record.epochs_run
+    given = [o.split("=", 1)[1] for o in record.overrides if o.startswith("trainer.max_epochs=")]
+    return int(given[-1]) if given else job.max_epochs
+
+
 def summarize(study, job: Job) -> Dict:
     """study.json: the counts, the front, and what pruning saved against training every trial to the end."""
     records = {int(p.parent.name): RunRecord.read(p) for p in (job.study_dir / "trials").glob("*/summary.json")}
@@ -246,12 +255,12 @@ def summarize(study, job: Job) -> Dict:
     epochs = sum(r.epochs_run for r in trained)
     seconds = sum(sum(r.epoch_time_s) for r in trained)
     # a pruned trial, had it run on, would have cost its own mean epoch time for each epoch it did not run
-    unpruned = sum(sum(r.epoch_time_s) + (job.max_epochs - r.epochs_run) * sum(r.epoch_time_s) / max(1, r.epochs_run)
-                   for r in trained)
+    unpruned = sum(sum(r.epoch_time_s) + (planned_epochs(r, job) - r.epochs_run) * sum(r.epoch_time_s)
+                   / max(1, r.epochs_run) for r in trained)
     shown = front(study, job.search)
     return {"study": job.search.study_name, "storage": job.storage, "objectives": job.search.objectives,
             "pruner": pruner_name(job.search), "counts": counts(study),
-            "pruning": {"epochs_trained": epochs, "epochs_unpruned": len(trained) * job.max_epochs,
+            "pruning": {"epochs_trained": epochs, "epochs_unpruned": sum(planned_epochs(r, job) for r in trained),
                         "train_seconds": round(seconds, 1), "train_seconds_unpruned_estimate": round(unpruned, 1)},
             "front": [{"trial": t.number, **dict(zip(job.search.objectives, t.values)),
                        "params": t.user_attrs.get("params"), "macs": t.user_attrs.get("macs"),

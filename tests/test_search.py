@@ -288,3 +288,23 @@ def test_with_two_objectives_confirm_takes_the_cheapest_front_points_at_the_targ
     assert [t.values for t in search.to_confirm(study, conf, target=0.994)] == [[0.9941, 45], [0.9950, 70]]
     # none reaches it: the two most accurate points, cheapest first (not the cheapest, least accurate ones)
     assert [t.values for t in search.to_confirm(study, conf, target=0.999)] == [[0.9950, 70], [0.9960, 120]]
+
+
+def test_what_pruning_saved_prices_each_trial_at_its_own_length(tmp_path):
+    """A completed trial cost what it ran; a pruned one would have run on to the study's trainer.max_epochs,
+    or its own where the space samples it, at its own mean epoch time."""
+    from mnist_arch.record import RunRecord
+
+    def trial(status, seconds, overrides):  # epochs run: one val acc per epoch timed
+        return RunRecord(status=status, val_acc=[0.9] * len(seconds), epoch_time_s=seconds, overrides=overrides)
+
+    trials = {0: trial("completed", [2.0, 2.0, 2.0], ["trainer.max_epochs=3"]),
+              1: trial("pruned", [1.0, 3.0], ["trainer.max_epochs=6"]),
+              2: trial("pruned", [1.0] * 4, []),
+              3: trial("over_budget", [], [])}
+    for number, record in trials.items():
+        record.write(tmp_path / "trials" / f"{number:04d}")
+    job = studies.Job(_job(["val_acc"]), tmp_path, f"sqlite:///{tmp_path / 's.db'}", [], max_epochs=10)
+    pruning = studies.summarize(studies.open_study(job), job)["pruning"]
+    assert pruning == {"epochs_trained": 9, "epochs_unpruned": 3 + 6 + 10, "train_seconds": 14.0,
+                       "train_seconds_unpruned_estimate": 6.0 + 6 * 2.0 + 10 * 1.0}
