@@ -148,6 +148,9 @@ X_AXES = {"params": ("trainable parameters", "max_params", "params"), "macs": ("
           "train_seconds": ("training seconds (train + val epochs)", None, "s")}
 
 
+CROWDED = 12  # more points than this: only the front's are labelled
+
+
 def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test", ymin: Optional[float] = None,
            x: str = "params", label: Optional[Callable[[Dict[str, Any]], str]] = None):
     """Accuracy against parameters (or `x`: macs, train_seconds), one point per setting: the mean over its
@@ -173,6 +176,13 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
                     if k != "experiment" and r["model"] in repeated]
         name = label(r) if label else " ".join([str(r["model"]), *settings])
         points.append((r[x], mean, std or 0.0, name, len(r["seeds"])))
+    front, best = [], -1.0
+    for params, mean, *_ in sorted(points):
+        if mean > best:
+            front.append((params, 100 * mean))
+            best = mean
+    # a study's dozens of trials: their labels would cover each other, so only the front's are written
+    crowded = len(points) > CROWDED
     for params, mean, std, label, n in points:
         if ymin is not None and 100 * mean < ymin:
             ax.plot(params, ymin, "v", markersize=7, clip_on=False)
@@ -180,12 +190,9 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
                         textcoords="offset points", xytext=(-60, 8), fontsize=7)
             continue
         ax.errorbar(params, 100 * mean, yerr=100 * std, fmt="o", capsize=3, markersize=4)
-        ax.annotate(f"{label} (n={n})", (params, 100 * mean), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    front, best = [], -1.0
-    for params, mean, *_ in sorted(points):
-        if mean > best:
-            front.append((params, 100 * mean))
-            best = mean
+        if not crowded or (params, 100 * mean) in front:
+            ax.annotate(f"{label} (n={n})", (params, 100 * mean), textcoords="offset points", xytext=(5, 4),
+                        fontsize=7)
     if len(front) > 1:
         ax.plot(*zip(*front), "-", color="gray", linewidth=1, alpha=0.6, label="Pareto front")
     for limit in sorted({r[limit_key] for r in rows if limit_key and r.get(limit_key)}):
@@ -202,7 +209,8 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
     ax.set_ylabel(f"{METRICS[metric]} (%), mean ± std over seeds")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.grid(alpha=0.3)
-    ax.set_title(f"{METRICS[metric]} against {x_label.split(' (')[0]} ({len(points)} settings)", fontsize=9)
+    ax.set_title(f"{METRICS[metric]} against {x_label.split(' (')[0]} ({len(points)} settings"
+                 f"{'; the front labelled' if crowded else ''})", fontsize=9)
     return figure
 
 

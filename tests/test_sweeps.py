@@ -124,6 +124,21 @@ def test_pareto_plot_of_known_summaries(tmp_path):
     assert imread(tmp_path / "pareto.png").shape[:2] == (500, 800)
 
 
+def test_a_crowded_pareto_plot_labels_only_its_front(tmp_path):
+    """A study's dozens of trials: every point drawn, only the front's labelled (the rest would overlap)."""
+    n = leaderboard.CROWDED + 3
+    for i in range(n):  # params rise with i; accuracy rises on even i only, so the front is the even points
+        acc = 0.990 + 0.0002 * i if i % 2 == 0 else 0.980
+        RunRecord(status="completed", model=f"t{i}", params=1_000 * (i + 1), seed=1, val_acc=[acc], test_acc=acc,
+                  overrides=["seed=1"]).write(tmp_path / "runs" / str(i))
+    differing, rows, _ = leaderboard.leaderboard(leaderboard.load(tmp_path / "runs"))
+    ax = leaderboard.pareto(rows, differing).axes[0]
+    assert len(ax.containers) == n
+    assert sorted(t.get_text() for t in ax.texts if "(n=" in t.get_text()) == sorted(
+        f"t{i} (n=1)" for i in range(0, n, 2))
+    assert "the front labelled" in ax.get_title()
+
+
 def test_report_cli_refuses_a_folder_without_runs(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         report.main([str(tmp_path)])
