@@ -59,19 +59,20 @@ def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any
         statuses = [j.status for j in jobs]
         rows.append({
             "model": model, "params": jobs[0].params, "macs": jobs[0].macs_per_image,
-            "train_seconds": _mean_std([sum(j.epoch_time_s) for j in jobs])[0], "run_dirs": [j.run_dir for j in jobs],
+            "train_seconds": mean_std([sum(j.epoch_time_s) for j in jobs])[0], "run_dirs": [j.run_dir for j in jobs],
             "setting": dict(zip(differing, values)),
-            "seeds": sorted(j.seed for j in jobs), "best": _mean_std(best), "final": _mean_std(final),
-            "test": _mean_std(test), "target": (len(hits), len(jobs), hits), "target_acc": jobs[0].target_acc,
+            "seeds": sorted(j.seed for j in jobs), "best": mean_std(best), "final": mean_std(final),
+            "test": mean_std(test), "target": (len(hits), len(jobs), hits), "target_acc": jobs[0].target_acc,
             "max_params": (jobs[0].budget or {}).get("max_params"), "max_macs": (jobs[0].budget or {}).get("max_macs"),
-            "wall_time_s": _mean_std([j.wall_time_s or 0 for j in jobs]),
+            "wall_time_s": mean_std([j.wall_time_s or 0 for j in jobs]),
             "status": ", ".join(f"{statuses.count(x)} {x}" for x in sorted(set(statuses))),
         })
     rows.sort(key=lambda r: -(r["best"][0] if r["best"][0] is not None else -1))
     return differing, rows, failed
 
 
-def _mean_std(values: List[float]) -> Tuple[Optional[float], Optional[float]]:
+def mean_std(values: List[float]) -> Tuple[Optional[float], Optional[float]]:
+    """The mean and the sample std (None for a single value) of the seeds' numbers."""
     if not values:
         return None, None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None

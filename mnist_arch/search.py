@@ -33,7 +33,7 @@ from mnist_arch.config import Config, ConfigError, SearchConf, compose, load, re
 from mnist_arch.errors import Pruned, RunError
 from mnist_arch.record import RunRecord
 from mnist_arch.study import (PRUNER_STARTUP, QUIET_OVERRIDES, Job, counts, fail_stale, front, front_table, open_study,
-                              optuna_module, pruner_name, run_workers, set_attrs, summarize)
+                              optuna_module, pruner_name, run_overrides, run_workers, set_attrs, summarize)
 
 register_schema()
 
@@ -117,6 +117,7 @@ def to_confirm(study, search: SearchConf, target: float) -> List:
 def confirm(study, job: Job, threads: Optional[int], target: float) -> str:
     """search.confirm trials retrained on the 60k, the 10k test scored with the final weights, once per
     confirm seed; the table RESULTS.md uses. Which trials: to_confirm."""
+    from mnist_arch.leaderboard import mean_std
     from mnist_arch.training import train
 
     picked = to_confirm(study, job.search, target)
@@ -124,8 +125,7 @@ def confirm(study, job: Job, threads: Optional[int], target: float) -> str:
             "|---|---|---|---|---|---|---|---|"]
     for t in picked:
         # a confirm run is long and alone: it shows its epochs, which a trial leaves to the study's line
-        base = [o for o in t.user_attrs["overrides"]
-                if not o.startswith(("data.val=", "seed=")) and o not in QUIET_OVERRIDES]
+        base = [o for o in run_overrides(t) if not o.startswith(("data.val=", "seed="))]
         overrides = [*base, "data.val=test", "callbacks.stop_at_target=false", "test_weights=final"]
         records = []
         for seed in job.search.confirm_seeds:
@@ -136,8 +136,8 @@ def confirm(study, job: Job, threads: Optional[int], target: float) -> str:
                 done = train(cfg, run_dir, [*overrides, f"seed={seed}"])
             records.append(done)
         accs = [r.test_acc for r in records]
-        mean = sum(accs) / len(accs)
-        std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
+        mean, std = mean_std(accs)
+        std = std or 0.0  # one seed
         seconds = sum(sum(r.epoch_time_s) for r in records) / len(records)
         rows.append(f"| {t.number} | {records[0].params:,} | {records[0].macs_per_image:,} | "
                     f"{','.join(map(str, job.search.confirm_seeds))} | {100 * mean:.2f}% ± {100 * std:.2f} | "

@@ -248,25 +248,30 @@ def planned_epochs(record: RunRecord, job: Job) -> int:
     return int(given[-1]) if given else job.max_epochs
 
 
+def run_overrides(trial) -> List[str]:
+    """A trial's overrides as a run takes them: without the switches that keep a trial's console quiet."""
+    return [o for o in trial.user_attrs.get("overrides", []) if o not in QUIET_OVERRIDES]
+
+
 def summarize(study, job: Job) -> Dict:
     """study.json: the counts, the front, and what pruning saved against training every trial to the end."""
-    records = {int(p.parent.name): RunRecord.read(p) for p in (job.study_dir / "trials").glob("*/summary.json")}
-    trained = [r for r in records.values() if r.status in ("completed", "pruned")]
-    epochs = sum(r.epochs_run for r in trained)
-    seconds = sum(sum(r.epoch_time_s) for r in trained)
+    records = [RunRecord.read(p) for p in (job.study_dir / "trials").glob("*/summary.json")]
+    # (epochs run, seconds, epochs it would have run unpruned) of each trained trial
+    trained = [(r.epochs_run, sum(r.epoch_time_s), planned_epochs(r, job)) for r in records
+               if r.status in ("completed", "pruned")]
     # a pruned trial, had it run on, would have cost its own mean epoch time for each epoch it did not run
-    unpruned = sum(sum(r.epoch_time_s) + (planned_epochs(r, job) - r.epochs_run) * sum(r.epoch_time_s)
-                   / max(1, r.epochs_run) for r in trained)
+    unpruned = sum(seconds + (planned - run) * seconds / max(1, run) for run, seconds, planned in trained)
     shown = front(study, job.search)
     return {"study": job.search.study_name, "storage": job.storage, "objectives": job.search.objectives,
             "pruner": pruner_name(job.search), "counts": counts(study),
-            "pruning": {"epochs_trained": epochs, "epochs_unpruned": sum(planned_epochs(r, job) for r in trained),
-                        "train_seconds": round(seconds, 1), "train_seconds_unpruned_estimate": round(unpruned, 1)},
+            "pruning": {"epochs_trained": sum(run for run, _, _ in trained),
+                        "epochs_unpruned": sum(planned for _, _, planned in trained),
+                        "train_seconds": round(sum(seconds for _, seconds, _ in trained), 1),
+                        "train_seconds_unpruned_estimate": round(unpruned, 1)},
             "front": [{"trial": t.number, **dict(zip(job.search.objectives, t.values)),
                        "params": t.user_attrs.get("params"), "macs": t.user_attrs.get("macs"),
                        "train_seconds": t.user_attrs.get("train_seconds"),
-                       "command": "python -m mnist_arch.run " + " ".join(
-                           o for o in t.user_attrs.get("overrides", []) if o not in QUIET_OVERRIDES)}
+                       "command": "python -m mnist_arch.run " + " ".join(run_overrides(t))}
                       for t in shown]}
 
 
