@@ -24,6 +24,7 @@ STALE_AFTER_S = 3600  # a RUNNING trial whose worker is gone, or silent for this
 QUIET = ("mnist_arch", "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "optuna")
 PRUNER_STARTUP = 5  # trained trials before the pruner may stop one (their curves make the median)
 QUIET_OVERRIDES = ["trainer.enable_progress_bar=false"]  # a trial's progress is the study's line per trial
+LOCK = ".ask.lock"  # in the study folder: held to open the study and to ask it for a trial
 
 
 @dataclass
@@ -49,6 +50,15 @@ def open_study(job: Job, worker: int = 0):
     """The study, created or loaded. Each worker's sampler gets its own seed, from search.seed, its index
     and the trials the study already holds: the same seed everywhere would have two workers (or a resumed
     study) propose the very same points while the sampler is still drawing at random."""
+    from filelock import FileLock
+
+    # Under the study folder's lock: Slurm jobs of one search start at once, and two processes creating a
+    # new storage (Optuna's tables) and study side by side fail on each other's
+    with FileLock(str(job.study_dir / LOCK)):
+        return _open_study(job, worker)
+
+
+def _open_study(job: Job, worker: int):
     optuna = optuna_module()
     s = job.search
     storage = _storage(job.storage)
@@ -154,7 +164,7 @@ def work(job: Job, objective: Callable, threads: Optional[int] = None, worker: i
             logging.getLogger(name).setLevel(logging.WARNING)
     study = open_study(job, worker)
     while True:
-        with FileLock(str(job.study_dir / ".ask.lock")):
+        with FileLock(str(job.study_dir / LOCK)):
             fail_stale(study)
             c = counts(study)
             trained = c["complete"] + c["pruned"] + c["running"]
