@@ -8,7 +8,8 @@ The split the run validated on (data.val, data.holdout_size) comes from the run'
 there is one, and so does where its data lives (data.root) when that folder already holds the four MNIST
 files; whether data may be fetched and is verified are this machine's settings and your overrides, never a
 run dir's, so a run dir someone handed you cannot make evaluate write anywhere. Writes `evaluate.json`
-into the run dir (or beside the checkpoint).
+into the run dir (or beside the checkpoint) by a rename, so a symlink planted there is replaced, not
+written through.
 """
 import json
 from dataclasses import asdict, replace
@@ -19,7 +20,7 @@ import torch
 
 from mnist_arch.cli import Parser, command
 from mnist_arch.errors import BadFile, ConfigError
-from mnist_arch.files import MAX_CONFIG_BYTES, check_file
+from mnist_arch.files import MAX_CONFIG_BYTES, check_file, write_atomic
 
 EVALUATE_VERSION = 1
 FROM_THE_RUN = ("val", "holdout_size")  # data settings a run dir's config.yaml decides, unless overridden
@@ -98,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     trained = trained_nets.load(args.run, args.trust_target)
     result = score(trained, data_settings(trained.run_dir, args.overrides))
     out = trained.out_dir / "evaluate.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(out, json.dumps(result, indent=2) + "\n")  # a link planted at evaluate.json is replaced, not followed
     print(f"{report(result)}\nwritten: {out}")
 
 

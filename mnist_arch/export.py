@@ -17,6 +17,7 @@ import torch
 
 from mnist_arch.cli import Parser, command
 from mnist_arch.errors import RunError
+from mnist_arch.files import replacing
 
 TOLERANCE = 1e-4  # max |exported - pytorch| on logits, float32
 CHECK_BATCH = 64
@@ -67,7 +68,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.manual_seed(0)
     check = torch.randn(CHECK_BATCH, 1, 28, 28)  # normalised inputs span about the same range
     try:
-        export(trained.net, check[:2], out)
+        with replacing(out) as tmp:  # a link planted at the output's name is replaced, not written through
+            export(trained.net, check[:2], tmp)
+    except OSError:
+        raise
     except Exception as e:  # noqa: BLE001 - an op the exporter cannot express: say which, in one line
         raise RunError(f"{trained.name} cannot be exported to {args.format}: "
                        f"{type(e).__name__}: {str(e).strip().splitlines()[0]}") from e

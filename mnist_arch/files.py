@@ -1,23 +1,41 @@
-"""Files someone hands a command are data. Before one is read it must be a regular file (not a folder, a
-FIFO or a device, which could block or never end) of a size under its kind's limit, or it is refused in
-one line (errors.BadFile) before any memory is spent on it. The limits, stated once (README, "What is
-trusted"):
+"""Files someone hands a command are data, and folders someone hands a command are not ours to write through.
+
+Reading: before a file is read it must be a regular file (not a folder, a FIFO or a device, which could
+block or never end) of a size under its kind's limit, or it is refused in one line (errors.BadFile)
+before any memory is spent on it. What a file expands to is limited too, and judged from its header
+before the expansion: an IDX or .npy header's shape, a picture's width x height, a checkpoint's declared
+record sizes, a net's parameter count from its spec. Each limit is set from what the commands need, so
+that any file, accepted or refused, costs at most a few hundred MB (docs/trust.md, "Limits").
+
+Writing: `replacing` / `write_atomic` write beside the target and rename over it. A rename replaces the
+path itself, so a symlink planted where a command writes (a run dir from elsewhere whose evaluate.json
+points at ~/.bashrc) is replaced, never followed; and a reader never sees half a file.
 """
 import os
+import re
 import stat
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Iterator, Union
 
-from mnist_arch.errors import BadFile
+from mnist_arch.errors import BadFile, ConfigError
 
 MiB = 1 << 20
-MAX_CHECKPOINT_BYTES = 1024 * MiB  # a checkpoint (.ckpt); a 20k-parameter net's is about 0.3 MB
-MAX_PICTURE_BYTES = 256 * MiB  # a picture file (PNG, JPEG, ...)
-MAX_PICTURE_PIXELS = 50_000_000  # decoded size of a picture, read from its header first (a 48 MP photo fits)
-MAX_DIGITS = 100_000  # images in one .npy or IDX file (the 60k training set fits)
-MAX_ARRAY_BYTES = 1024 * MiB  # an .npy or IDX file (or what a .gz one decompresses to)
+# A checkpoint file, and the sum of the sizes its zip records declare they hold (what torch.load allocates):
+# a 20k-parameter net's is about 0.3 MB, a 1M-parameter net with its optimizer state about 12 MB.
+MAX_CHECKPOINT_BYTES = 64 * MiB
+MAX_NET_PARAMS = 4_000_000  # a net built from a checkpoint's spec, counted on the meta device before it is built
+MAX_PICTURE_BYTES = 32 * MiB  # a picture file (PNG, JPEG, ...); also what the serve page takes in one request
+MAX_PICTURE_PIXELS = 12_000_000  # a picture's width x height, from its header: a 12 MP (4000x3000) phone photo
+MAX_DIGITS = 100_000  # images in one .npy or IDX file (the 60k training set, or the 70k of all MNIST, fits)
+# The body of an .npy or IDX file (or what a .gz one decompresses to): 100,000 28x28 digits as bytes are
+# 78 MB; the 10k test set as float32 is 31 MB.
+MAX_ARRAY_BYTES = 96 * MiB
 MAX_RECORD_BYTES = 16 * MiB  # a summary.json
 MAX_CONFIG_BYTES = 1 * MiB  # a run dir's config.yaml
+# A name that becomes one file or folder name (a model's, a study's): no separator, no leading dot, no "..".
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 
 def check_file(path: Union[str, Path], what: str, max_bytes: int) -> int:
@@ -40,3 +58,39 @@ def check_file(path: Union[str, Path], what: str, max_bytes: int) -> int:
     if not os.access(path, os.R_OK):
         raise BadFile(f"{path}: no permission to read it")
     return info.st_size
+
+
+def folder_name(name: str, key: str) -> str:
+    """`name` when it is a SAFE_NAME; ConfigError naming `key` otherwise (it would leave its folder)."""
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{key}={name[:60]!r} names a folder: letters, digits and _ . - only (at most 100, not "
+                          "starting with a dot), so that it stays inside outputs/")
+    return name
+
+
+@contextmanager
+def replacing(path: Union[str, Path]) -> Iterator[Path]:
+    """A temporary path beside `path` for the caller to write; when the block ends without an error it is
+    fsynced and renamed onto `path` (replacing a file or a symlink there, never writing through one), else
+    removed."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results and a shared data cache stay readable
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Union[str, Path], content: Union[str, bytes, Iterable[bytes]]) -> Path:
+    """Write `content` (text, bytes or byte chunks) to `path` through `replacing`; the path."""
+    chunks = [content.encode()] if isinstance(content, str) else [content] if isinstance(content, bytes) else content
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+    return Path(path)

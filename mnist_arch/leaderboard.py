@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from hydra.experimental.callback import Callback
 
+from mnist_arch.files import replacing, write_atomic
 from mnist_arch.record import FILE_NAME, RunRecord
 
 NOT_SHOWN = {"seed"}  # averaged over, not a setting
@@ -134,11 +135,13 @@ def write(root: Path, csv_path: Optional[Path] = None, plot_path: Optional[Path]
     the Pareto plot when `plot_path` is given."""
     differing, rows, failed = leaderboard(load(root))
     text = markdown(differing, rows, failed)
-    (csv_path or root / "leaderboard.csv").write_text(csv_text(differing, rows, failed))
+    # by a rename: a sweep dir from elsewhere may hold links where these go (mnist_arch/files.py)
+    write_atomic(csv_path or root / "leaderboard.csv", csv_text(differing, rows, failed))
     if csv_path is None:
-        (root / "leaderboard.md").write_text(text + "\n")
+        write_atomic(root / "leaderboard.md", text + "\n")
     if plot_path is not None:
-        pareto(rows, differing, metric, ymin, x).savefig(plot_path, dpi=100)
+        with replacing(plot_path) as tmp:
+            pareto(rows, differing, metric, ymin, x).savefig(tmp, dpi=100, format=Path(plot_path).suffix[1:] or "png")
     return text, failed
 
 

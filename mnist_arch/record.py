@@ -10,14 +10,13 @@ without one are version 1 (mnist_arch before the record existed), and read the s
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union, get_args, get_origin, get_type_hints
 
 from mnist_arch.config import Budget
 from mnist_arch.errors import RunError
-from mnist_arch.files import MAX_RECORD_BYTES, check_file
+from mnist_arch.files import MAX_RECORD_BYTES, check_file, write_atomic
 from mnist_arch.rules import Verdict, judge
 
 RECORD_VERSION = 2
@@ -164,10 +163,7 @@ class RunRecord:
         """Into <run_dir>/summary.json, atomically: a reader never sees half a file."""
         path = Path(run_dir) / FILE_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(partial, path)
-        return path
+        return write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "RunRecord":

@@ -219,3 +219,26 @@ def test_an_export_off_beyond_its_tolerance_exits_1(trained_run, tmp_path, capsy
     with pytest.raises(SystemExit) as done:
         export.main([str(tmp / "run"), "--format", "torchscript", "--out", str(tmp_path / "net.pt")])
     assert done.value.code == 1 and "(OVER 0.0001)" in capsys.readouterr().out
+
+
+def test_a_run_dir_from_elsewhere_cannot_make_evaluate_or_export_write_through_a_link(trained_run, tmp_path,
+                                                                                      capsys):
+    """docs/trust.md: a run dir someone hands you cannot make a command write anywhere. Its evaluate.json and
+    the export's default output are links to a file of yours: the links are replaced, your file is kept."""
+    import shutil
+
+    tmp, _ = trained_run
+    run = tmp_path / "handed_over"
+    shutil.copytree(tmp / "run", run)
+    victim = tmp_path / "bashrc"
+    victim.write_text("keep me\n")
+    for name in ("evaluate.json", "convnet.pt"):
+        (run / name).unlink(missing_ok=True)
+        (run / name).symlink_to(victim)
+    evaluate.main([str(run)])
+    with pytest.raises(SystemExit) as done:
+        export.main([str(run), "--format", "torchscript"])
+    capsys.readouterr()
+    assert done.value.code == 0 and victim.read_text() == "keep me\n"
+    assert not (run / "evaluate.json").is_symlink() and json.loads((run / "evaluate.json").read_text())["images"] == N_TEST
+    assert not (run / "convnet.pt").is_symlink() and torch.jit.load(str(run / "convnet.pt"))(torch.zeros(1, 1, 28, 28)).shape == (1, 10)

@@ -29,6 +29,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from mnist_arch.errors import DataError
+from mnist_arch.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +79,6 @@ def md5sum(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_atomic(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write to a temp file beside `path`, fsync, rename: readers see the old file or the whole new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must stay readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- sources -------------------------------------------------------------------------------------
