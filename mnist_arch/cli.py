@@ -6,7 +6,8 @@ Exit codes, the same for every command:
          table), an export is off beyond its tolerance, a file among several could not be read (the
          others were), a sweep with a failed job, or an unexpected error (a bug)
     2    the input was refused before any work: a bad argument, config key or value, or a file that is
-         not what it must be (a truncated checkpoint, one that names code you did not trust)
+         not what it must be (a truncated checkpoint, one that names code you did not trust, one past
+         the limits of mnist_arch/files.py; for predict, every file it was given)
     130  interrupted by Ctrl-C (143: by SIGTERM, a run only)
 
 Every error is one line on stderr, `error: ...`. An unexpected exception is one line too, naming the file
@@ -115,6 +116,9 @@ def command(main: Callable) -> Callable:
 
 def explain(e: Exception, command: str = "mnist_arch") -> Tuple[int, str]:
     """(exit code, one line) for an exception that ended a command."""
+    ours = re.match(r"(ConfigError|BadFile) raised while resolving interpolation: (.*)", str(e), flags=re.S)
+    if ours:  # our own refusal inside a resolver (${folder_name:...}); OmegaConf drops the exception itself
+        return USAGE, one_line(ours.group(2).split("\n    full_key:")[0])
     if isinstance(e, RunError):
         return (USAGE if isinstance(e, ConfigError) else FAILED), one_line(str(e))
     line = hydra_error(e)

@@ -3,7 +3,7 @@ argument it does not take, in one line that names the closest one it does. A typ
 `optimizer.momentm=0.9` must stop the run, not train without momentum."""
 import importlib
 import inspect
-from typing import Any, Callable, Iterable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
 from mnist_arch.errors import ConfigError, did_you_mean
 
@@ -41,3 +41,17 @@ def check_arguments(prefix: str, fn: Callable[..., Any], given: Iterable[str], o
     for key in given:
         if key not in known:
             raise ConfigError(f"{prefix}{key} is not an argument of {owner}; {did_you_mean(key, known, prefix)}")
+
+
+SIMPLE = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}  # what a plain annotation admits
+
+
+def check_values(prefix: str, fn: Callable[..., Any], given: Dict[str, Any]) -> None:
+    """Each given value of a parameter annotated int, float, bool or str is one (an int is a float too);
+    others are left to `fn`. `model.net.dropout=abc` is refused here, in one line, not inside nn.Dropout."""
+    params = inspect.signature(fn).parameters
+    for key, value in given.items():
+        kinds = SIMPLE.get(params[key].annotation) if key in params else None
+        if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            raise ConfigError(f"{prefix}{key}={value!r}: {fn.__name__} takes a {params[key].annotation.__name__} "
+                              f"here, not a {type(value).__name__}")

@@ -6,22 +6,56 @@
 Each picture is prepared the way MNIST's digits were (mnist_arch/data/digits.py: grayscale, dark-on-light
 inverted, cropped to the ink, fitted into 20x20, centred by centre of mass in 28x28). One line per digit:
 file, predicted digit, its probability, the runner-up. A file that cannot be read gets one line saying
-why, and the others are still read; the exit code is 1 if any file could not be read.
+why, and the others are still read; the exit code is 1 if some files could not be read, 2 if none could
+(every file refused: the input, not the work, was wrong).
 """
 import json
 import sys
+import textwrap
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
 from mnist_arch.cli import Parser, command
 from mnist_arch.errors import BadFile
 
+CHUNK = 2048  # digits prepared and scored at a time: ~6 MB of prepared images, whatever the file holds
+
+
+def probabilities(trained, path: Path):
+    """(the file's digit names, their (N, 10) probabilities); BadFile when the file or one digit in it
+    cannot be read. Prepared a chunk at a time, so memory holds the file's raw images once."""
+    from mnist_arch.data.digits import digit_names, load, prepared
+
+    stack = load(path)
+    names = digit_names(path, len(stack))
+    scored = torch.empty(len(stack), 10)
+    for start in range(0, len(stack), CHUNK):
+        images = [prepared(path, names[i], stack[i]) for i in range(start, min(start + CHUNK, len(stack)))]
+        scored[start: start + len(images)] = trained.probabilities(torch.stack(images).unsqueeze(1))
+    return names, scored
+
+
+def results(trained, files: List[Path]) -> Iterator[Dict[str, Any]]:
+    """One result per digit, or one {"file", "error"} per file that cannot be read, in the order given."""
+    for path in files:
+        try:
+            names, scored = probabilities(trained, path)
+        except BadFile as e:
+            yield {"file": str(path), "error": str(e)}
+            continue
+        for name, p in zip(names, scored):
+            top = p.topk(2)
+            yield {"file": str(path.parent / name), "digit": int(top.indices[0]),
+                   "probability": round(float(top.values[0]), 4), "runner_up": int(top.indices[1]),
+                   "runner_up_probability": round(float(top.values[1]), 4),
+                   "probabilities": [round(float(q), 6) for q in p]}
+
+
 @command
 def main(argv: Optional[List[str]] = None) -> None:
     from mnist_arch import trained as trained_nets
-    from mnist_arch.data.digits import read
 
     parser = Parser(prog="python -m mnist_arch.predict", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run dir (its tested checkpoint) or a .ckpt file")
@@ -31,31 +65,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     trained = trained_nets.load(args.run, args.trust_target)
 
-    results, failed = [], 0
-    for path in args.files:
-        try:
-            digits = read(path)
-        except BadFile as e:
-            failed += 1
-            results.append({"file": str(path), "error": str(e)})
-            continue
-        probabilities = trained.probabilities(torch.stack([image for _, image in digits]).unsqueeze(1))
-        for (name, _), p in zip(digits, probabilities):
-            top = p.topk(2)
-            results.append({"file": str(path.parent / name), "digit": int(top.indices[0]),
-                            "probability": round(float(top.values[0]), 4), "runner_up": int(top.indices[1]),
-                            "runner_up_probability": round(float(top.values[1]), 4),
-                            "probabilities": [round(float(q), 6) for q in p]})
+    failed = read = 0
+    if args.json:  # one JSON list, written as it goes: 100,000 digits' results are never all held at once
+        print("[", end="")
+    for n, r in enumerate(results(trained, args.files)):
+        failed, read = failed + ("error" in r), read + ("error" not in r)
+        if args.json:
+            print(("," if n else "") + "\n" + textwrap.indent(json.dumps(r, indent=2), "  "), end="")
+        elif "error" in r:  # a file that could not be read: its one line on stderr, in the order given
+            print(f"error: {r['error']}", file=sys.stderr, flush=True)
+        else:
+            print(f"{r['file']}: {r['digit']} (p {r['probability']:.3f}; runner-up {r['runner_up']} "
+                  f"p {r['runner_up_probability']:.3f})", flush=True)
     if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:  # a file that could not be read: its one line on stderr, in the order given
-            if "error" in r:
-                print(f"error: {r['error']}", file=sys.stderr, flush=True)
-            else:
-                print(f"{r['file']}: {r['digit']} (p {r['probability']:.3f}; runner-up {r['runner_up']} "
-                      f"p {r['runner_up_probability']:.3f})", flush=True)
-    sys.exit(1 if failed else 0)
+        print("\n]")
+    sys.exit(0 if not failed else 1 if read else 2)
 
 
 if __name__ == "__main__":

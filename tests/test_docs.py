@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-FILE_TYPES = {"py", "md", "log", "yaml", "json", "png", "txt", "ckpt", "db", "csv", "onnx", "pt", "sh"}
+FILE_TYPES = {"py", "md", "log", "yaml", "json", "png", "txt", "ckpt", "db", "csv", "onnx", "pt", "sh", "pkl"}
 TYPOS_SHOWN = {"optimizer.weight_decy"}  # shown on purpose, as what the gate refuses
 GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "callbacks", "logger", "budget", "experiment",
           "debug", "search")

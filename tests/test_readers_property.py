@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from mnist_arch.data.digits import prepare, read
 from mnist_arch.data.idx import TYPES, parse_idx
 from mnist_arch.errors import BadFile, ConfigError
-from mnist_arch.models import build_net, read_checkpoint
+from mnist_arch.models import build_net, net_from_checkpoint, read_checkpoint
 from mnist_arch.record import RunRecord
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -183,3 +183,25 @@ def test_any_summary_json_reads_and_the_leaderboard_takes_it(folder, data, cut):
     differing, rows, failed = leaderboard.leaderboard([record])
     leaderboard.markdown(differing, rows, failed)
     record.headline()
+
+
+CONVNET_KEYS = ["stages", "padding", "transitions", "bias", "class_bias", "order", "dropout", "head", "num_classes",
+                "width", "_target_"]
+SPEC_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 70_000) | st.floats(-2, 2) |
+    st.sampled_from(["same", "valid", "bn_relu", "relu_bn", "gap_conv", "abc", "0.25", "os.system"]),
+    lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+
+
+@FAST
+@given(name=st.sampled_from(["convnet", "s4", "s6", "custom", "frontier_8k", "x/../y", ""]),
+       arch=st.sampled_from([None, "convnet", "s4", "custom", 3]),
+       net=st.dictionaries(st.sampled_from(CONVNET_KEYS), SPEC_VALUES, max_size=4))
+def test_any_net_spec_in_a_checkpoint_builds_or_is_one_line(folder, name, arch, net):
+    """A checkpoint's net_spec is what a stranger controls most: whatever it says, the net is built (within the
+    limits, its weights fitting) or the file is refused in one line; nothing else escapes, nothing is imported."""
+    spec = {"name": name, "arch": arch, "net": net}
+    state = build_net({"name": "convnet", "net": {"stages": [[4], [8]]}}).state_dict()
+    torch.save({"net_spec": spec, "state_dict": {f"net.{k}": v for k, v in state.items()}}, folder / "spec.ckpt")
+    built = read_or_refuse(net_from_checkpoint, folder / "spec.ckpt")
+    assert built is None or isinstance(built[0], torch.nn.Module)

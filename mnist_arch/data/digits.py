@@ -9,10 +9,11 @@ Every file is data from elsewhere: its kind is told by its first bytes (an IDX o
 picture), its size and shape are checked against the limits in mnist_arch/files.py before it is decoded,
 and anything this cannot read is one line (errors.BadFile), whatever the bytes.
 """
+import functools
 import re
 import warnings
 from pathlib import Path
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import numpy as np
 import torch
@@ -28,26 +29,31 @@ INK = 0.1  # after normalising to [0, 1]: pixels above this are ink
 
 def prepare(image: np.ndarray) -> torch.Tensor:
     """(H, W) grayscale, any real range -> (28, 28) float32 in [0, 1], MNIST-style. BadFile (without a path:
-    the caller adds it) when it is not a 2-D picture of finite numbers with some ink."""
+    the caller adds it) when it is not a 2-D picture of finite numbers with some ink. Works in float32 on one
+    copy of the picture: a 12 MP photo costs about 50 MB here, not the 200 MB of float64 copies."""
     array = np.asarray(image)
     if array.dtype.kind not in "biuf":
         raise BadFile(f"pixels of type {array.dtype} are not numbers")
-    x = torch.as_tensor(array.astype(np.float64))  # float64: a range as wide as float32's still subtracts
-    if x.ndim != 2 or min(x.shape) < 1:
-        raise BadFile(f"expected a 2-D grayscale image, got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
+    if array.ndim != 2 or min(array.shape) < 1:
+        raise BadFile(f"expected a 2-D grayscale image, got shape {tuple(array.shape)}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise BadFile("the image holds NaN or infinite values")
+    if array.dtype.kind == "f":  # float64 values past float32's range: bring them into it (the range is stretched anyway)
+        largest = max(abs(float(array.max())), abs(float(array.min())))
+        if largest > 1e30:
+            array = array / largest
+    x = torch.from_numpy(np.array(array, dtype=np.float32))  # our one copy: changed in place below
     if tuple(x.shape) == (SIZE, SIZE) and 0 <= x.min() and x.max() <= 255:
-        pixels = torch.as_tensor(array.astype(np.float32))  # float32 as in training: the very same values
-        as_is = pixels / 255 if pixels.max() > 1 else pixels  # uint8 pixels, or already in [0, 1]
+        as_is = x / 255 if x.max() > 1 else x.clone()  # uint8 pixels, or already in [0, 1]
         if _border(as_is).max() <= INK and as_is.max() > INK:
             return as_is.clamp(0, 1)  # already an MNIST digit: leave its pixels alone
     low, high = x.min(), x.max()
-    if not high - low > 1e-6 * max(1.0, abs(high)):
+    if not high - low > 1e-6 * max(1.0, abs(float(high))):
         raise BadFile("the image is blank (one flat colour): no digit to read")
-    x = (x - low) / (high - low)
+    half_range = high / 2 - low / 2  # halves: a range as wide as float32's still subtracts without overflow
+    x.div_(2).sub_(low / 2).div_(half_range)
     if _border(x).median() > 0.5:  # dark ink on a light ground, as on paper: MNIST's ink is light
-        x = 1 - x
+        x.neg_().add_(1)
     rows, cols = (x > INK).any(dim=1).nonzero().flatten(), (x > INK).any(dim=0).nonzero().flatten()
     if len(rows) == 0:
         raise BadFile("no ink found in the image")
@@ -63,7 +69,7 @@ def prepare(image: np.ndarray) -> torch.Tensor:
     left = int(round(SIZE / 2 - 0.5 - cx.item()))
     top, left = min(max(top, 0), SIZE - h), min(max(left, 0), SIZE - w)  # keep the whole box in the image
     out = torch.zeros(SIZE, SIZE)
-    out[top: top + h, left: left + w] = x.float()
+    out[top: top + h, left: left + w] = x
     return out
 
 
@@ -74,39 +80,59 @@ def _border(x: torch.Tensor) -> torch.Tensor:
 NPY_MAGIC = b"\x93NUMPY"
 
 
-def read(path: Path) -> List[Tuple[str, torch.Tensor]]:
+def read(path: Path, max_digits: int = MAX_DIGITS) -> List[Tuple[str, torch.Tensor]]:
     """(name, prepared 28x28 image) for each digit in the file: one for a picture, N for an .npy stack or
     an IDX file (.gz or not). BadFile, starting with the path, when the file is not one this reads."""
+    stack = load(path, max_digits)
+    return [(name, prepared(path, name, image)) for name, image in zip(digit_names(path, len(stack)), stack)]
+
+
+def load(path: Path, max_digits: int = MAX_DIGITS) -> np.ndarray:
+    """The file's images as they are, (N, H, W), N from 1 to `max_digits`; their count and size are judged
+    from the file's header, before its body is read or decoded."""
     path = Path(path)
     check_file(path, "picture or array", max(MAX_PICTURE_BYTES, MAX_ARRAY_BYTES))
     with open(path, "rb") as f:
         head = f.read(6)
+    shape_ok = functools.partial(check_shape, path, max_digits=max_digits)
     if is_idx(head) or head[:2] == GZIP_MAGIC:
-        stack = read_idx(path)
+        stack = read_idx(path, check_shape=shape_ok)
     elif head == NPY_MAGIC:
-        stack = _npy(path)
+        stack = _npy(path, shape_ok)
     else:
         stack = _picture(path)[None]
-    if stack.ndim == 2:
-        stack = stack[None]
-    if stack.ndim != 3:
-        raise BadFile(f"{path}: an array of shape {stack.shape}; a digit is (H, W) and a stack (N, H, W)")
-    if len(stack) == 0 or len(stack) > MAX_DIGITS or stack.shape[1] * stack.shape[2] > MAX_PICTURE_PIXELS:
-        raise BadFile(f"{path}: holds {len(stack):,} images of {stack.shape[1]}x{stack.shape[2]}; predict reads 1 "
-                      f"to {MAX_DIGITS:,} images of at most {MAX_PICTURE_PIXELS / 1e6:.0f} megapixels each")
-    names = [path.name] if len(stack) == 1 else [f"{path.name}[{i}]" for i in range(len(stack))]
-    digits = []
-    for name, image in zip(names, stack):
-        try:
-            digits.append((name, prepare(image)))
-        except BadFile as e:
-            raise BadFile(f"{path.parent / name}: {e}") from None
-    return digits
+    return stack if stack.ndim == 3 else stack[None]
 
 
-def _npy(path: Path) -> np.ndarray:
-    """An .npy array of numbers, its header checked (dtype, shape, size against the file) before the body
-    is read; never a pickle."""
+def check_shape(path: Path, shape: Tuple[int, ...], max_digits: int = MAX_DIGITS) -> None:
+    """BadFile unless `shape` is one picture (H, W) or a stack (N, H, W) within the limits."""
+    if len(shape) not in (2, 3):
+        raise BadFile(f"{path}: an array of shape {tuple(shape)}; a digit is (H, W) and a stack (N, H, W)")
+    count, (height, width) = (1 if len(shape) == 2 else shape[0]), shape[-2:]
+    if not 1 <= count <= max_digits or height * width > MAX_PICTURE_PIXELS:
+        size = f"{MAX_PICTURE_PIXELS / 1e6:.0f} megapixels"
+        takes = f"one image of at most {size} is" if max_digits == 1 else \
+            f"1 to {max_digits:,} images of at most {size} each are"
+        raise BadFile(f"{path}: holds {count:,} images of {height}x{width}; {takes} read here")
+
+
+def digit_names(path: Path, count: int) -> List[str]:
+    """What predict calls each digit of a file: its name, or name[i] in a stack."""
+    path = Path(path)
+    return [path.name] if count == 1 else [f"{path.name}[{i}]" for i in range(count)]
+
+
+def prepared(path: Path, name: str, image: np.ndarray) -> torch.Tensor:
+    """prepare(image), its refusal naming the file and the digit."""
+    try:
+        return prepare(image)
+    except BadFile as e:
+        raise BadFile(f"{Path(path).parent / name}: {e}") from None
+
+
+def _npy(path: Path, check_shape: Callable[[Tuple[int, ...]], None]) -> np.ndarray:
+    """An .npy array of numbers, its header checked (dtype, shape by `check_shape`, size against the file)
+    before the body is read; never a pickle."""
     from numpy.lib import format as npy
 
     with open(path, "rb") as f:
@@ -124,6 +150,7 @@ def _npy(path: Path) -> np.ndarray:
         count = int(np.prod(shape, dtype=object))
         if count == 0:
             raise BadFile(f"{path}: an empty array (shape {shape}): no images")
+        check_shape(shape)
         remaining = path.stat().st_size - f.tell()
         if remaining < count * dtype.itemsize:
             raise BadFile(f"{path}: its header promises {shape} {dtype} ({count * dtype.itemsize:,} bytes) but it "
@@ -146,7 +173,7 @@ def _picture(path: Path) -> np.ndarray:
             return _decode(path)
     except BadFile:
         raise
-    except Image.DecompressionBombError as e:  # PIL's own guard, at twice its default limit, fires in open()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's own guard, in open()
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(pixels.group(1)):,} pixels, over" if pixels else "over"
         raise BadFile(f"{path}: {size} the {MAX_PICTURE_PIXELS / 1e6:.0f} megapixels predict decodes") from None
@@ -166,9 +193,9 @@ def _decode(path: Path) -> np.ndarray:
             raise BadFile(f"{path}: {width}x{height} pixels, over the {MAX_PICTURE_PIXELS / 1e6:.0f} megapixels "
                           "predict decodes")
         image = ImageOps.exif_transpose(image)  # a phone photo stands as it was shot
-        if image.mode in WIDE_MODES:
-            return np.asarray(image, dtype=np.float64)
+        if image.mode in WIDE_MODES:  # float32: 16-bit values exactly, 32-bit ones to 7 digits (their range is stretched)
+            return np.asarray(image, dtype=np.float32)
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             ground = Image.new("RGBA", image.size, "white")  # transparent parts are paper
             image = Image.alpha_composite(ground, image.convert("RGBA"))
-        return np.asarray(image.convert("L"), dtype=np.float32)
+        return np.asarray(image.convert("L"))  # uint8: prepare() makes its one float32 copy

@@ -16,23 +16,25 @@ command, or MNIST_ARCH_TRUST_TARGETS=pkg.nets.Tiny,other.Net in the environment.
 import os
 import pickle
 import re
+import struct
+import zipfile
 from pathlib import Path
-from typing import Any, Collection, Dict, Tuple, Union
+from typing import Any, Collection, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from mnist_arch.errors import BadFile, ConfigError
-from mnist_arch.files import MAX_CHECKPOINT_BYTES, check_file
+from mnist_arch.files import MAX_CHECKPOINT_BYTES, MAX_NET_PARAMS, SAFE_NAME, MiB, check_file
 from mnist_arch.models.registry import MODELS, unknown_model
-from mnist_arch.locate import check_arguments, locate
+from mnist_arch.locate import check_arguments, check_values, locate
 
 CUSTOM = "custom"  # model=custom: the net's class comes from model.net._target_
 TRUST_ENV = "MNIST_ARCH_TRUST_TARGETS"  # comma-separated classes a checkpoint's custom spec may name
 SPEC_KEYS = ("name", "arch", "net")
-# A model's name ends up in file names (export writes <run dir>/<name>.onnx): no separators, no leading dot.
-SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 PLAIN = (type(None), bool, int, float, str)
+MAX_RECORDS = 10_000  # records in a checkpoint's zip archive: one per tensor, a few hundred for a Lightning run's
+MAX_PICKLE_BYTES = 4 * MiB  # its data.pkl (the structure around the tensors): tens of KB for a Lightning run
 
 
 def build_net(spec: Dict[str, Any]) -> nn.Module:
@@ -50,12 +52,17 @@ def build_net(spec: Dict[str, Any]) -> nn.Module:
         raise ConfigError(f"model.net.{bad}: a net's arguments are plain values (numbers, strings, lists), "
                           f"not {type(kwargs[bad]).__name__}")
     check_arguments("model.net.", make, kwargs, owner)
+    check_values("model.net.", make, kwargs)
     try:
         return make(**kwargs)
     except ValueError as e:  # a registered net refusing its arguments says why (e.g. convnet's shapes)
         if name != CUSTOM:
             raise ConfigError(str(e)) from e
         raise ConfigError(f"model.net._target_={owner} could not be built: {type(e).__name__}: {e}") from e
+    except (TypeError, IndexError, KeyError) as e:  # a value of a shape the annotations do not say (a nested list)
+        what = f"model {name}" if name != CUSTOM else f"model.net._target_={owner}"
+        raise ConfigError(f"{what} could not be built from model.net={kwargs}: {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0]}") from e
     except Exception as e:  # noqa: BLE001 - a user's constructor failing is a config error, said in one line
         if name != CUSTOM:
             raise
@@ -87,6 +94,7 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     """A checkpoint file's dict, read as data (torch.load with weights_only=True, said here rather than left
     to torch's default); BadFile, one line, for anything that is not a readable mnist_arch checkpoint."""
     check_file(path, "checkpoint", MAX_CHECKPOINT_BYTES)
+    check_records(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only refused a pickled object: say which, never load it
@@ -104,6 +112,56 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     return checkpoint
 
 
+def check_records(path: Union[str, Path]) -> None:
+    """A checkpoint is the zip archive torch.save writes; what its records declare they hold (what torch.load
+    allocates for them) is judged before it is read: BadFile for anything else, or for more than the limits.
+    torch.load's reader refuses a record that expands past its declared size."""
+    count, directory = zip_directory(path)
+    if count is None:
+        raise BadFile(f"{path}: not a checkpoint: it has no zip directory (truncated, or not the zip archive torch.save "
+                      "writes)")
+    if count > MAX_RECORDS or directory > MAX_RECORDS * 512:
+        raise BadFile(f"{path}: a zip archive of {count:,} records ({directory:,} bytes of directory), over the "
+                      f"{MAX_RECORDS:,} a checkpoint may hold")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise BadFile(f"{path}: not a checkpoint: a damaged zip archive ({e})") from None
+    total = sum(record.file_size for record in records)
+    pickled = max((r.file_size for r in records if r.filename.endswith("data.pkl")), default=0)
+    if total > MAX_CHECKPOINT_BYTES:
+        raise BadFile(f"{path}: its records declare {total / MiB:,.0f} MiB, over the {MAX_CHECKPOINT_BYTES / MiB:,.0f} "
+                      "MiB a checkpoint may expand to")
+    if pickled > MAX_PICKLE_BYTES:
+        raise BadFile(f"{path}: its data.pkl declares {pickled / MiB:,.1f} MiB, over the {MAX_PICKLE_BYTES / MiB:,.0f} "
+                      "MiB a checkpoint's structure may be (its tensors are records of their own)")
+
+
+def zip_directory(path: Union[str, Path]) -> Tuple[Optional[int], int]:
+    """(records, bytes of central directory) from a zip file's end records (zip64 where it has them), read
+    before zipfile parses the directory into memory; (None, 0) when it has none (not a zip file)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - (1 << 16) - 22))  # the end record, behind a comment of up to 64 KiB
+        tail = f.read()
+        end = tail.rfind(b"PK\x05\x06")
+        if end < 0 or len(tail) - end < 22:
+            return None, 0
+        count, directory = struct.unpack("<HI", tail[end + 10: end + 16])
+        locator = end - 20
+        if locator >= 0 and tail[locator: locator + 4] == b"PK\x06\x07":  # zip64: the real numbers are there
+            (offset,) = struct.unpack("<Q", tail[locator + 8: locator + 16])
+            if offset + 56 > size:
+                return None, 0
+            f.seek(offset)
+            record = f.read(56)
+            if record[:4] != b"PK\x06\x06":
+                return None, 0
+            count, directory = struct.unpack("<QQ", record[32:48])
+    return count, directory
+
+
 def check_spec(spec: Any, path: Union[str, Path], trust: Collection[str] = ()) -> Dict[str, Any]:
     """A checkpoint's net_spec, checked before anything is imported or built: plain data, a registered
     architecture or preset, or a custom class the user trusts by name."""
@@ -115,12 +173,13 @@ def check_spec(spec: Any, path: Union[str, Path], trust: Collection[str] = ()) -
             and is_plain(spec)):
         raise BadFile(f"{path}: its net_spec is not a model spec (a name, an optional arch, and the net's "
                       "arguments as plain values)")
-    if not SAFE_NAME.fullmatch(spec["name"]):
+    # its name ends up in file names (export writes <run dir>/<name>.onnx)
+    if not SAFE_NAME.fullmatch(spec["name"]) or ".." in spec["name"]:
         raise BadFile(f"{path}: its model name {spec['name'][:40]!r} is not a plain name (letters, digits, _ . -)")
     name = spec.get("arch") or spec["name"]
     if name == CUSTOM:
         target = (spec.get("net") or {}).get("_target_")
-        if target not in trusted_targets(trust):
+        if not isinstance(target, str) or target not in trusted_targets(trust):
             raise BadFile(f"{path}: its net is custom code, {target!r}, which is not imported from a checkpoint "
                           f"unless you trust it: add --trust-target {target} (or set {TRUST_ENV}={target})")
     elif name not in MODELS:
@@ -144,16 +203,35 @@ def check_weights(net: nn.Module, state: Dict[str, torch.Tensor], prefix: str, p
     return given
 
 
+def sized_net(spec: Dict[str, Any]) -> nn.Module:
+    """The spec's net on the meta device: shapes without storage, so a spec asking for a 14 GB net costs
+    nothing. A custom class you trusted by name that cannot be built there is built as it is."""
+    try:
+        with torch.device("meta"):
+            return build_net(spec)
+    except (RuntimeError, NotImplementedError):
+        if (spec.get("arch") or spec["name"]) != CUSTOM:
+            raise
+        return build_net(spec)
+
+
 def net_from_checkpoint(path: Union[str, Path], trust: Collection[str] = ()) -> Tuple[nn.Module, Dict[str, Any]]:
     """(the trained net in eval mode, the checkpoint dict), from a run's .ckpt file and nothing else.
     `trust`: custom classes the user allows this checkpoint to name (see the module's docstring)."""
     checkpoint = read_checkpoint(path)
     spec = check_spec(checkpoint.get("net_spec"), path, trust)
     try:
+        sized = sized_net(spec)
+        params = sum(t.numel() for t in sized.state_dict().values())
+        if params > MAX_NET_PARAMS:
+            raise BadFile(f"{path}: its net_spec builds a net of {params:,} parameters and buffers, over the "
+                          f"{MAX_NET_PARAMS:,} a net from a checkpoint may have")
+        weights = check_weights(sized, checkpoint["state_dict"], "net.", path, spec["name"])  # before any allocation
         net = build_net(spec)
     except ConfigError as e:
+        if isinstance(e, BadFile):
+            raise
         raise BadFile(f"{path}: its net_spec cannot be built: {e}") from None
-    weights = check_weights(net, checkpoint["state_dict"], "net.", path, spec["name"])
     try:
         net.load_state_dict(weights)
     except (RuntimeError, TypeError, ValueError) as e:  # e.g. a tensor of a dtype the parameter cannot take
