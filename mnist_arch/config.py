@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from mnist_arch.errors import ConfigError, RunError, did_you_mean
+from mnist_arch.files import folder_name
 from mnist_arch.models import CUSTOM, list_models, unknown_model
 from mnist_arch.recipe import OPTIMIZER_BASE, SCHEDULER_BASE, class_arguments, piecewise_problem
 from mnist_arch.locate import check_arguments, locate
@@ -389,12 +390,21 @@ def run_stamp() -> str:
     return f"slurm-{job}" if job else datetime.now().strftime("%H-%M-%S")
 
 
+def folder_of(key: str, _root_: DictConfig) -> str:
+    """`${folder_name:model.name}` in a run dir's path: the key's value, refused (one line, before Hydra makes
+    the folder) when it would leave its parent folder (`search.study_name=../../x`). null: "none"."""
+    value = OmegaConf.select(_root_, key, default=None)
+    return folder_name("none" if value is None else str(value), key)
+
+
 def register_schema() -> None:
     """Make the schema the first default of `conf/config.yaml`, so every merge is type-checked; and the
-    run dir's `${run_stamp:}`."""
+    run dir's `${run_stamp:}` and `${folder_name:<key>}`."""
     ConfigStore.instance().store(name="schema", node=Config)
     if not OmegaConf.has_resolver("run_stamp"):
         OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
+    if not OmegaConf.has_resolver("folder_name"):
+        OmegaConf.register_new_resolver("folder_name", folder_of)
 
 
 def validate(cfg: DictConfig) -> Config:

@@ -59,6 +59,11 @@ def build_scheduler(conf: Dict[str, Any], optimizer: torch.optim.Optimizer, tota
     kwargs = class_arguments(conf)
     if "total_steps" in (arguments(cls) or []) and "total_steps" not in kwargs:
         kwargs["total_steps"] = total_batches if conf["interval"] == "step" else max_epochs
+    if issubclass(cls, torch.optim.lr_scheduler.OneCycleLR) and \
+            float(kwargs.get("pct_start", 0.3) * kwargs.get("total_steps", 0)) == 1.0:
+        # OneCycleLR divides by the warm-up's length in steps minus one: a one-step warm-up (5 batches at
+        # pct_start 0.2, as debug=limit can give) is a ZeroDivisionError. Half a step is no warm-up at all.
+        kwargs["pct_start"] = 0.5 / kwargs["total_steps"]
     scheduler = {"scheduler": cls(optimizer, **kwargs), "interval": conf["interval"]}
     if conf.get("monitor"):
         scheduler["monitor"] = conf["monitor"]

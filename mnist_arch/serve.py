@@ -14,24 +14,50 @@ no outside resources: it works offline.
 The server listens on 127.0.0.1 (this machine only) unless --host says otherwise, and then says so. A
 run dir or checkpoint that cannot be used is one line before it starts; a dropped file that is not a
 picture is a message on the page.
+
+It faces strangers (any page the browser opens can send it requests), so it is served by waitress, a
+production WSGI server, and holds: a listen queue for bursts, a timeout for idle and stalled clients, 400
+for a malformed request, 413 for a body over MAX_UPLOAD_BYTES; predictions run WORKERS at a time, up to
+MAX_WAITING more wait their turn, and past that a request gets 503; a POST from a page of another origin
+gets 403, and so does a request to a loopback server that names another host (DNS rebinding). The numbers
+it was measured to hold are in docs/trust.md.
 """
+import argparse
+import errno
 import ipaddress
 import json
+import logging
 import sys
 import tempfile
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
 from mnist_arch.cli import Parser, command
-from mnist_arch.errors import BadFile
+from mnist_arch.errors import BadFile, ConfigError
+from mnist_arch.files import MAX_PICTURE_BYTES
 
-MAX_UPLOAD_BYTES = 32 << 20  # a picture sent by the page (a phone photo fits)
+MAX_UPLOAD_BYTES = MAX_PICTURE_BYTES  # a picture sent by the page (a phone photo fits); waitress answers 413 past it
 PAGE = "serve.html"  # mnist_arch/web/
+WORKERS = 2  # predictions at once: each holds one picture's preparation (about 100 MB for a 12 MP photo)
+MAX_WAITING = 64  # predictions that wait for a worker; the next one gets 503 (a burst of 50 is all answered)
+TIMEOUT_S = 10  # a client silent this long (idle, or a request it never finishes) is disconnected
+CONNECTION_LIMIT = 2048  # open connections; past it new ones wait in the listen queue
+WAITRESS = dict(
+    threads=WORKERS + MAX_WAITING + 4,  # a waiting prediction holds a thread; a few more for the page and /api/nets
+    backlog=1024,  # the listen queue: a burst of connections waits there instead of being reset
+    connection_limit=CONNECTION_LIMIT,
+    asyncore_use_poll=True,  # poll(), not select(): select fails past 1,024 open sockets
+    channel_timeout=TIMEOUT_S,
+    cleanup_interval=2,  # how often silent clients are looked for
+    max_request_body_size=MAX_UPLOAD_BYTES,
+    max_request_header_size=16 << 10,  # the page's requests carry a few hundred bytes of headers
+    ident="mnist_arch",  # the Server header
+    clear_untrusted_proxy_headers=True,
+)
 
 
 @dataclass
@@ -80,11 +106,9 @@ def answer(nets: List[Net], picture: bytes, name: str = "the picture") -> Dict[s
         path = Path(folder) / "picture"
         path.write_bytes(picture)
         try:
-            digits = read(path)
+            digits = read(path, max_digits=1)  # a stack of digits is refused from its header, before any work
         except BadFile as e:
             return {"error": f"{name}: {str(e).removeprefix(str(path) + ': ')}"}
-    if len(digits) != 1:
-        return {"error": f"{name} holds {len(digits)} digits; the page reads one (predict reads them all)"}
     image = digits[0][1]
     results = []
     for net in nets:
@@ -117,68 +141,104 @@ def _bytes(output) -> List[List[List[int]]]:
     return ((output - low) / (high - low).clamp(min=1e-12) * 255).round().byte().tolist()
 
 
-class Handler(BaseHTTPRequestHandler):
-    """GET / (the page), GET /api/nets, POST /api/predict (the picture's bytes). Nothing else is served."""
+class App:
+    """The WSGI app: GET / (the page), GET /api/nets, POST /api/predict (the picture's bytes)."""
 
-    nets: List[Net] = []
-    hosts: Optional[set] = None  # the Host headers accepted on a loopback server (DNS rebinding)
+    def __init__(self, nets: List[Net]):
+        self.nets = nets
+        self.hosts: Optional[set] = None  # the Host headers a loopback server accepts (DNS rebinding)
+        self.workers = threading.BoundedSemaphore(WORKERS)
+        self.lock = threading.Lock()
+        self.pending = 0  # predictions running or waiting for a worker
 
-    def do_GET(self):
-        if not self._host_ok():
-            return
-        if self.path == "/":
-            page = resources.files("mnist_arch").joinpath("web", PAGE).read_bytes()
-            return self._send(200, page, "text/html; charset=utf-8")
-        if self.path == "/api/nets":
-            return self._json(200, {"nets": describe(self.nets)})
-        self._json(404, {"error": f"no such page: {self.path}"})
+    def __call__(self, environ, start_response):
+        status, body, kind = self.respond(environ)
+        start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body))),
+                                 ("Cache-Control", "no-store")] + ([("Retry-After", "1")] if status[:3] == "503" else []))
+        return [body]
 
-    def do_POST(self):
-        if not self._host_ok():
-            return
-        if self.path != "/api/predict":
-            return self._json(404, {"error": f"no such page: {self.path}"})
-        size = int(self.headers.get("Content-Length") or 0)
-        if not 0 < size <= MAX_UPLOAD_BYTES:
-            return self._json(413, {"error": f"a picture of 1 byte to {MAX_UPLOAD_BYTES >> 20} MiB, please "
-                                             f"(this one: {size:,} bytes)"})
-        name = unquote(self.headers.get("X-File-Name") or "the drawing")  # the page encodes it (headers are ASCII)
+    def respond(self, environ) -> Tuple[str, bytes, str]:
+        host, method, path = environ.get("HTTP_HOST", ""), environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        if self.hosts is not None and host not in self.hosts:
+            return _json("403 Forbidden", {"error": "this server answers its own address only"})
+        if (method, path) == ("GET", "/"):
+            return "200 OK", resources.files("mnist_arch").joinpath("web", PAGE).read_bytes(), "text/html; charset=utf-8"
+        if (method, path) == ("GET", "/api/nets"):
+            return _json("200 OK", {"nets": describe(self.nets)})
+        if (method, path) == ("POST", "/api/predict"):
+            return self.predict(environ, host)
+        if path in ("/", "/api/nets", "/api/predict"):
+            return _json("405 Method Not Allowed", {"error": f"{method} {path}: not served"})
+        return _json("404 Not Found", {"error": f"no such page: {path[:200]}"})
+
+    def predict(self, environ, host: str) -> Tuple[str, bytes, str]:
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None and origin != f"http://{host}":  # a page of another origin, in the user's browser
+            return _json("403 Forbidden", {"error": f"a prediction from a page of another origin ({origin[:100]}) "
+                                                    "is refused"})
+        size = int(environ.get("CONTENT_LENGTH") or 0)  # waitress has refused a malformed or too large one
+        if size == 0:
+            return _json("400 Bad Request", {"error": "send the picture's bytes as the request's body"})
+        name = unquote(environ.get("HTTP_X_FILE_NAME") or "the drawing")[:100]  # the page encodes it (headers are ASCII)
+        with self.lock:
+            if self.pending >= WORKERS + MAX_WAITING:
+                return _json("503 Service Unavailable", {"error": f"busy: {self.pending} pictures ahead of this one; "
+                                                                  "try again"})
+            self.pending += 1
         try:
-            result = answer(self.nets, self.rfile.read(size), name[:100])
-        except Exception as e:  # noqa: BLE001 - the page shows it; the server keeps serving
-            result = {"error": f"{name[:100]}: could not be read ({type(e).__name__}: {str(e).splitlines()[0]})"}
-        self._json(200, result)
-
-    def _host_ok(self) -> bool:
-        if self.hosts is None or self.headers.get("Host") in self.hosts:
-            return True
-        self._json(403, {"error": "this server answers its own address only"})
-        return False
-
-    def _json(self, status: int, body: Dict[str, Any]) -> None:
-        self._send(status, json.dumps(body).encode(), "application/json")
-
-    def _send(self, status: int, body: bytes, kind: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format, *args):  # noqa: A002 - the console is for the address and errors
-        pass
+            picture = environ["wsgi.input"].read(size)
+            with self.workers:
+                try:
+                    return _json("200 OK", answer(self.nets, picture, name))
+                except Exception as e:  # noqa: BLE001 - the page shows it; the server keeps serving
+                    return _json("200 OK", {"error": f"{name}: could not be read ({type(e).__name__}: "
+                                                     f"{(str(e).splitlines() or [''])[0]})"})
+        finally:
+            with self.lock:
+                self.pending -= 1
 
 
-def make_server(nets: List[Net], host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """The page's server, not yet serving; port 0 takes a free one (server.server_address says which)."""
-    handler = type("NetHandler", (Handler,), {"nets": nets})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    if _loopback(host):
-        port = server.server_address[1]
-        handler.hosts = {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
-    return server
+def _json(status: str, body: Dict[str, Any]) -> Tuple[str, bytes, str]:
+    return status, json.dumps(body).encode(), "application/json"
+
+
+class PageServer:
+    """The page's server (waitress), not yet serving; port 0 takes a free one (`address` says which)."""
+
+    def __init__(self, nets: List[Net], host: str = "127.0.0.1", port: int = 0):
+        import waitress
+
+        _allow_open_files(CONNECTION_LIMIT + 64)
+        self.app = App(nets)
+        try:
+            self.server = waitress.create_server(self.app, host=host, port=port, **WAITRESS)
+        except (OSError, ValueError) as e:  # an address not ours, a port in use or not allowed; a name that does not
+            # resolve is waitress's ValueError
+            what = f"--port {port}" if getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES) else f"--host {host}"
+            reason = getattr(e, "strerror", None) or ("not an address of this machine" if isinstance(e, ValueError) else e)
+            raise ConfigError(f"{what}: cannot listen on {host}:{port} ({reason})") from None
+        self.address = (self.server.effective_host, self.server.effective_port)
+        if _loopback(host):
+            self.app.hosts = {f"{name}:{self.address[1]}" for name in ("127.0.0.1", "localhost", "[::1]")}
+
+    def serve_forever(self) -> None:
+        self.server.run()  # until shutdown(), or Ctrl-C (waitress then stops its threads and returns)
+
+    def shutdown(self) -> None:
+        from waitress import wasyncore
+
+        self.server.task_dispatcher.shutdown()
+        wasyncore.close_all(self.server._map)
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise this process's soft limit on open files towards `needed` (each connection is one), within the
+    hard limit the system sets."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else min(needed, hard), hard))
 
 
 def _loopback(host: str) -> bool:
@@ -196,21 +256,24 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("runs", nargs="+", help="run dirs (their tested checkpoint) or .ckpt files: one column each")
     parser.add_argument("--host", default="127.0.0.1",
                         help="the address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=0, help="the port (default: a free one)")
+    parser.add_argument("--port", type=port_number, default=0, help="the port, 0-65535 (default 0: a free one)")
     trained_nets.add_trust_option(parser)
     args = parser.parse_args(argv)
     nets = load_nets(args.runs, args.trust_target)  # a bad run dir or checkpoint: one line, before serving
-    server = make_server(nets, args.host, args.port)
-    host, port = server.server_address[:2]
+    server = PageServer(nets, args.host, args.port)  # an address it cannot listen on: one line
+    host, port = server.address[:2]
     reach = "this machine only" if _loopback(args.host) else f"open to the network on {host}: anyone who can reach it"
     print(f"serving {len(nets)} net(s) at http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ "
           f"({reach}); Ctrl-C stops it", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-    finally:
-        server.server_close()
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth": what MAX_WAITING is for
+    server.serve_forever()  # waitress returns on Ctrl-C
+    print("stopped", file=sys.stderr)
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: a number from 0 to 65535 (0: a free one)")
+    return int(text)
 
 
 if __name__ == "__main__":

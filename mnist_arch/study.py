@@ -9,6 +9,7 @@ whose process is gone or that has been silent for STALE_AFTER_S is failed and qu
 """
 import logging
 import os
+import re
 import socket
 import time
 import warnings
@@ -97,10 +98,19 @@ def _storage(url: str):
     """An Optuna storage from a URL: journal:///<file> for a journal file (on a shared disk for several
     machines), any other an RDB (SQLite waits up to a minute for a lock another worker holds)."""
     optuna = optuna_module()
-    if url.startswith("journal:///"):
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url[len("journal://"):]))
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    try:
+        if url.startswith("journal:///"):
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url[len("journal://"):]))
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    except ImportError:  # SQLAlchemy knows the dialect; its driver is not installed
+        raise ConfigError(f"search.storage={url}: the driver for {url.split(':', 1)[0]} is not installed (MySQL: pip "
+                          "install pymysql; PostgreSQL: pip install psycopg2-binary)") from None
+    except Exception as e:  # noqa: BLE001 - a folder that is not there, a file that is no database, a bad URL
+        reason = re.sub(r"\s*\(Background on this error.*|\s*\[SQL:.*", "", str(e).splitlines()[0] if str(e) else "")
+        raise ConfigError(f"search.storage={url}: cannot be opened ({type(e).__name__}: {reason}); give a "
+                          "sqlite:///<file> in a folder that exists, journal:///<file>, or a reachable database URL") \
+            from None
 
 
 def counts(study) -> Dict[str, int]:

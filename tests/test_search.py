@@ -145,6 +145,33 @@ def test_a_bad_search_is_refused_in_one_line(mnist_root, tmp_path, monkeypatch, 
     assert not (tmp_path / "study" / "study.db").exists()
 
 
+def test_a_study_name_that_would_leave_outputs_is_refused_before_any_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert search_main(["search=8k", "search.study_name=../../../escaped"], monkeypatch) == 2
+    assert capsys.readouterr().err == ("error: search.study_name='../../../escaped' names a folder: letters, digits "
+                                       "and _ . - only (at most 100, not starting with a dot), so that it stays "
+                                       "inside outputs/\n")
+    assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / "escaped").exists()
+
+
+@pytest.mark.parametrize("storage, message", [
+    ("sqlite:////proc/x.db", "cannot be opened (OperationalError: (sqlite3.OperationalError) unable to open database "
+                             "file)"),
+    ("sqlite:///{tmp}/missing/study.db", "cannot be opened (OperationalError"),
+    ("sqlite:///{tmp}/not_a_database.db", "cannot be opened (DatabaseError: (sqlite3.DatabaseError) file is not a "
+                                          "database)"),
+    ("mysql://user@localhost/db", "the driver for mysql is not installed (MySQL: pip install pymysql"),
+    ("postgresql://user@localhost/db", "the driver for postgresql is not installed"),
+    ("journal:///{tmp}/missing/journal.log", "cannot be opened (FileNotFoundError"),
+])
+def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path, monkeypatch, capsys, storage, message):
+    (tmp_path / "not_a_database.db").write_text("hello\n")
+    url = storage.replace("{tmp}", str(tmp_path))
+    code = search_main(["search=8k", f"hydra.run.dir={tmp_path / 'study'}", f"search.storage={url}"], monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: search.storage={url}: {message}") and err.count("\n") == 1, err
+
+
 def test_no_search_space_is_one_line(tmp_path, monkeypatch, capsys):
     assert search_main([f"hydra.run.dir={tmp_path}"], monkeypatch) == 2
     assert capsys.readouterr().err.startswith("error: pick a search space: search=<name>")

@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from mnist_arch import predict, serve, training
@@ -38,12 +40,11 @@ def two_runs(tmp_path_factory, make_cfg):
 @pytest.fixture
 def server(two_runs):
     nets = serve.load_nets([str(p) for p in two_runs], [])
-    running = serve.make_server(nets)
+    running = serve.PageServer(nets)
     thread = threading.Thread(target=running.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{running.server_address[1]}", nets
+    yield f"http://127.0.0.1:{running.address[1]}", nets
     running.shutdown()
-    running.server_close()
 
 
 def _post(url: str, body: bytes, host: str = None):
@@ -98,6 +99,186 @@ def test_an_unusable_run_dir_is_one_line_before_the_server_starts(tmp_path, caps
         serve.main([str(tmp_path / "nowhere")])
     assert done.value.code == 2 and capsys.readouterr().err == f"error: {tmp_path / 'nowhere'}: no such run dir or " \
                                                                "checkpoint file\n"
+
+
+def _raw(url: str, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes to the server and read its answer to the end (a request a browser would not send)."""
+    import socket
+
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(data)
+        chunks = []
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def _status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else 0
+
+
+def test_fifty_concurrent_predictions_are_all_answered(server, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = server
+    picture = _seven(tmp_path / "seven.png").read_bytes()
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda _: _post(url, picture), range(50)))
+    assert [status for status, _ in answers] == [200] * 50
+    assert len({json.dumps(answer) for _, answer in answers}) == 1  # the same picture, the same answer
+
+
+def _post_with(url: str, body: bytes, headers: dict):
+    request = urllib.request.Request(f"{url}/api/predict", data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_a_post_from_another_origin_is_refused_and_one_without_origin_is_not(server, tmp_path):
+    url, _ = server
+    picture = _seven(tmp_path / "seven.png").read_bytes()
+    assert _post_with(url, picture, {"Origin": "http://evil.example"}) == 403
+    assert _post_with(url, picture, {"Origin": "null"}) == 403
+    assert _post_with(url, picture, {"Origin": url}) == 200  # the page itself
+    assert _post_with(url, picture, {}) == 200  # curl, scripts
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"POST /api/predict HTTP/1.1\r\nHost: {host}\r\nContent-Length: abc\r\n\r\n", 400),
+    (b"NONSENSE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: {host}\r\nBad Header Line\r\n\r\n", 400),
+    (b"POST /api/predict HTTP/1.1\r\nHost: {host}\r\nContent-Length: 99999999999\r\n\r\n", 413),
+    (b"GET /api/predict HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n", 405),
+    (b"GET /etc/passwd HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n", 404),
+    (b"GET / HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n", 403),
+])
+def test_a_malformed_or_unwanted_request_gets_its_status_and_the_server_goes_on(server, tmp_path, capfd,
+                                                                               request_bytes, status):
+    url, _ = server
+    host = url.removeprefix("http://").encode()
+    assert _status(_raw(url, request_bytes.replace(b"{host}", host))) == status
+    assert _post(url, _seven(tmp_path / "seven.png").read_bytes())[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_slow_clients_are_dropped_and_a_broken_pipe_is_no_traceback(two_runs, tmp_path, monkeypatch, capfd):
+    import socket
+    import time
+
+    monkeypatch.setitem(serve.WAITRESS, "channel_timeout", 1)
+    monkeypatch.setitem(serve.WAITRESS, "cleanup_interval", 1)
+    running = serve.PageServer(serve.load_nets([str(two_runs[0])], []))
+    threading.Thread(target=running.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{running.address[1]}"
+    try:
+        stalled = socket.create_connection(("127.0.0.1", running.address[1]))
+        stalled.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1")  # and never finishes its headers
+        stalled.settimeout(10)
+        started = time.monotonic()
+        assert stalled.recv(100) == b"" and time.monotonic() - started < 5  # closed by the server
+        picture = _seven(tmp_path / "seven.png").read_bytes()
+        for _ in range(5):  # a client that sends a whole request and hangs up before the answer
+            with socket.create_connection(("127.0.0.1", running.address[1])) as gone:
+                gone.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{running.address[1]}\r\n"
+                             f"Content-Length: {len(picture)}\r\n\r\n".encode() + picture)
+        assert _post(url, picture)[0] == 200
+    finally:
+        running.shutdown()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_past_the_queue_a_prediction_gets_503(two_runs, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(serve, "WORKERS", 1)
+    monkeypatch.setattr(serve, "MAX_WAITING", 2)
+    release = threading.Event()
+    real_answer = serve.answer
+    monkeypatch.setattr(serve, "answer", lambda *args: (release.wait(30), real_answer(*args))[1])
+    running = serve.PageServer(serve.load_nets([str(two_runs[0])], []))
+    threading.Thread(target=running.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{running.address[1]}"
+    picture = _seven(tmp_path / "seven.png").read_bytes()
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            held = [pool.submit(_post, url, picture) for _ in range(3)]  # one running, two waiting
+            while running.app.pending < 3:
+                threading.Event().wait(0.05)
+            status, body = _post(url, picture)
+            release.set()
+            assert (status, [f.result()[0] for f in held]) == (503, [200, 200, 200])
+            assert body["error"].startswith("busy: 3 pictures ahead of this one")
+    finally:
+        release.set()
+        running.shutdown()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "99999"], "argument --port: '99999' is not a port: a number from 0 to 65535"),
+    (["--port", "http"], "argument --port: 'http' is not a port"),
+    (["--host", "nowhere.invalid"], "--host nowhere.invalid: cannot listen on nowhere.invalid:0"),
+    (["--host", "192.0.2.1"], "--host 192.0.2.1: cannot listen on 192.0.2.1:0 (Cannot assign requested address)"),
+])
+def test_a_bad_port_or_host_is_one_line(two_runs, capsys, argv, message):
+    with pytest.raises(SystemExit) as done:
+        serve.main([str(two_runs[0]), *argv])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_a_port_in_use_is_one_line(two_runs, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as done:
+            serve.main([str(two_runs[0]), "--port", str(port)])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: --port {port}: cannot listen on 127.0.0.1:{port} (Address "
+                                              "already in use)")
+
+
+HEADER_NAMES = st.sampled_from(["Content-Length", "Origin", "Host", "X-File-Name", "Transfer-Encoding", "Expect",
+                                 "Connection", "Content-Type", "X-Forwarded-For", "A" * 300, "Bad Name", "\u00e9"])
+HEADER_VALUES = st.one_of(st.sampled_from(["0", "-1", "abc", "5", "chunked", "100-continue", "close", "null",
+                                           "http://evil.example", "%ff%00../x", "1e9", " 7 "]),
+                          st.text(max_size=20))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD", "G\x00T", ""]),
+       path=st.sampled_from(["/", "/api/nets", "/api/predict", "/api/predict?x=1", "//", "/../..", "*", "", "/%00"]),
+       version=st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2", "HTTP/1.1 extra", ""]),
+       own_host=st.booleans(),
+       headers=st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=4),
+       body=st.binary(max_size=200))
+def test_any_request_gets_a_status_never_a_server_error(server, capfd, method, path, version, own_host, headers, body):
+    """What a client controls, fuzzed: the request line, headers (names, values, repeats) and body. The answer is
+    a 2xx/4xx/503 status (or the connection closed on an incomplete request), never a 500 or a traceback, and the
+    server still answers the page afterwards."""
+    import socket
+
+    url, _ = server
+    host = url.removeprefix("http://") if own_host else "evil.example"
+    lines = [f"{method} {path} {version}".strip(), f"Host: {host}", *(f"{k}: {v}" for k, v in headers)]
+    request = "\r\n".join(lines).encode("utf-8", "surrogatepass") + b"\r\n\r\n" + body
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        conn.shutdown(socket.SHUT_WR)  # a body shorter than its Content-Length ends here, not after a timeout
+        answer = b"".join(iter(lambda: conn.recv(65536), b""))
+    assert answer == b"" or _status(answer) in (200, 400, 403, 404, 405, 411, 413, 417, 431, 501, 503), answer[:200]
+    with urllib.request.urlopen(f"{url}/api/nets", timeout=10) as page:
+        assert page.status == 200
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def _chromium():
@@ -162,9 +343,9 @@ def test_drawing_in_a_real_browser_shows_what_predict_answers(server, two_runs, 
                                                  "IDX file")
         if os.environ.get("MNIST_ARCH_SCREENSHOT"):  # the README's picture: of the runs named, else of these
             runs = os.environ.get("MNIST_ARCH_SCREENSHOT_RUNS", os.pathsep.join(map(str, two_runs)))
-            shown = serve.make_server(serve.load_nets(runs.split(os.pathsep), []))
+            shown = serve.PageServer(serve.load_nets(runs.split(os.pathsep), []))
             threading.Thread(target=shown.serve_forever, daemon=True).start()
-            page.goto(f"http://127.0.0.1:{shown.server_address[1]}")
+            page.goto(f"http://127.0.0.1:{shown.address[1]}")
             page.wait_for_selector(".net .layer")
             _draw(page, "7")
             page.screenshot(path=os.environ["MNIST_ARCH_SCREENSHOT"], full_page=True)
