@@ -28,7 +28,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -125,7 +124,7 @@ def files(args) -> None:
     np.save(tmp / "float.npy", np.repeat(stack[:30_000, None], 1, axis=1)[:, 0].astype(np.float32) / 255)
     (tmp / "noise.ckpt").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     idle = None
-    print(f"| input | on disk | exit | peak RSS (MB) | over idle (MB) | wall (s) | first line |\n|---|---:|---:|---:|---:|---:|---|")
+    print("| input | on disk | exit | peak RSS (MB) | over idle (MB) | wall (s) | first line |\n|---|---:|---:|---:|---:|---:|---|")
     for name, (model, file) in cases.items():
         code, rss, wall, text = timed([sys.executable, "-m", "mnist_arch.predict", str(model), str(file)])
         idle = rss if idle is None else idle

@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnist_arch import training
-from mnist_arch.config import compose
+from mnist_arch.config.schema import compose
 from mnist_arch.models import build_model
+from mnist_arch.train import job as training
 
 REFERENCE_BATCH = {"s4": 128, "s6": 64}  # s6: its write-up; s4: silent, the course's usual 128
 VARIANTS = {

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mnist_arch.record import RunRecord  # noqa: E402
+from mnist_arch.results.record import RunRecord  # noqa: E402
 
 # name -> the overrides of `python -m mnist_arch.run` that make the recipe. Every recipe is scored on the
 # 10k test set and stops at the target; the frontier recipes were designed on the holdout split, so

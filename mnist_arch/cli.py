@@ -99,7 +99,8 @@ def command(main: Callable) -> Callable:
             if debug:
                 raise
             module = getattr(sys.modules.get(main.__module__), "__spec__", None)  # `python -m` runs __main__
-            code, line = explain(e, (module.name if module else main.__module__).rpartition(".")[2])
+            name = (module.name if module else main.__module__).removesuffix(".__main__").removesuffix(".command")
+            code, line = explain(e, name.rpartition(".")[2])
             print(f"error: {line}", file=sys.stderr)
             sys.exit(code)
         finally:

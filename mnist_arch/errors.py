@@ -38,7 +38,7 @@ class DataError(RunError, RuntimeError):
 
 
 class Pruned(RunError):
-    """A search's pruner stopped the trial's run early (mnist_arch/search.py); the message says when."""
+    """A search's pruner stopped the trial's run early (mnist_arch/search/command.py); the message says when."""
 
     status = "pruned"
 

@@ -12,84 +12,16 @@ into the run dir (or beside the checkpoint) by a rename, so a symlink planted th
 written through.
 """
 import json
-from dataclasses import asdict, replace
-from pathlib import Path
-from typing import Any, Dict, List, Optional
-
-import torch
+from typing import List, Optional
 
 from mnist_arch.cli import Parser, command
-from mnist_arch.errors import BadFile, ConfigError
-from mnist_arch.files import MAX_CONFIG_BYTES, check_file, write_atomic
-
-EVALUATE_VERSION = 1
-FROM_THE_RUN = ("val", "holdout_size")  # data settings a run dir's config.yaml decides, unless overridden
-
-
-def data_settings(run_dir: Optional[Path], overrides: List[str]):
-    """This machine's data group with the overrides, and the run's split where the overrides leave it."""
-    from omegaconf import OmegaConf
-
-    from mnist_arch.config import VAL_SPLITS, load
-    from mnist_arch.data.fetch import MD5, raw_folder
-
-    bad = [o for o in overrides if not o.startswith("data.")]
-    if bad:
-        raise ConfigError(f"{bad[0]}: evaluate takes data.* overrides only (e.g. data.val=holdout)")
-    data = load(overrides).data
-    saved = run_dir / "config.yaml" if run_dir else None
-    if saved is None or not saved.exists():
-        return data
-    check_file(saved, "config file", MAX_CONFIG_BYTES)
-    try:  # raw values: an interpolation in a file from elsewhere is not resolved
-        run_data = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)["data"]
-        given = {o.split("=", 1)[0][len("data."):] for o in overrides}
-        split = {key: run_data[key] for key in FROM_THE_RUN if key not in given and key in run_data}
-        root = run_data.get("root")
-        if "root" not in given and isinstance(root, str) and all((raw_folder(root) / name).is_file() for name in MD5):
-            split["root"] = root  # only a folder that already holds the data: nothing is fetched into it
-    except Exception as e:  # noqa: BLE001 - YAML errors and odd shapes alike: the file is data
-        raise BadFile(f"{saved}: not a readable run config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if split.get("val", "test") not in VAL_SPLITS or type(split.get("holdout_size", 1)) is not int:
-        raise BadFile(f"{saved}: its data.val / data.holdout_size are not a split ({split})")
-    try:
-        return replace(data, **split)  # the schema's checks run again on the new values
-    except ConfigError as e:
-        raise BadFile(f"{saved}: its data settings do not hold: {e}") from None
-
-
-def score(trained, data) -> Dict[str, Any]:
-    """Predictions over the split `data.val` names (test: the 10k test set; holdout: the held-out 60k part)."""
-    from mnist_arch.data import MNISTDataModule
-
-    # The resident-tensor pipeline whatever the run trained with: without augmentation both pipelines give
-    # the same normalised images, and its splits are plain tensors.
-    datamodule = MNISTDataModule(**{**asdict(data), "pipeline": "tensor"}, seed=0)  # the seed shuffles nothing here
-    datamodule.setup("test")
-    images, labels = datamodule.splits["test" if data.val == "test" else "val"]
-    predicted = trained.probabilities(images.unsqueeze(1).float() / 255, data.eval_batch_size).argmax(dim=1)
-    confusion = torch.bincount(labels * 10 + predicted, minlength=100).reshape(10, 10)  # [true, predicted]
-    per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
-    return {"version": EVALUATE_VERSION, "checkpoint": str(trained.path), "model": trained.name,
-            "net_spec": trained.checkpoint["net_spec"], "split": "10k test" if data.val == "test" else "holdout",
-            "images": int(confusion.sum()), "correct": int(confusion.diag().sum()),
-            "accuracy": round(confusion.diag().sum().item() / max(1, confusion.sum().item()), 6),
-            "per_class": [round(a, 6) for a in per_class], "confusion": confusion.tolist()}
-
-
-def report(result: Dict[str, Any]) -> str:
-    lines = [f"{result['model']} · {result['checkpoint']} · {result['split']}: {result['accuracy']:.2%} "
-             f"({result['correct']:,}/{result['images']:,})",
-             "per class: " + " · ".join(f"{k} {a:.1%}" for k, a in enumerate(result["per_class"])),
-             "confusion (rows: true digit, columns: predicted):",
-             "     " + "".join(f"{p:>6}" for p in range(10))]
-    lines += [f"  {t}  " + "".join(f"{n:>6}" for n in row) for t, row in enumerate(result["confusion"])]
-    return "\n".join(lines)
+from mnist_arch.files import write_atomic
+from mnist_arch.inference.evaluate import data_settings, report, score
 
 
 @command
 def main(argv: Optional[List[str]] = None) -> None:
-    from mnist_arch import trained as trained_nets
+    from mnist_arch.inference import trained as trained_nets
 
     parser = Parser(prog="python -m mnist_arch.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run dir (its tested checkpoint) or a .ckpt file")

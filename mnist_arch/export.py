@@ -9,7 +9,6 @@ install 'mnist-arch[export]'; torch.jit.load for TorchScript) on a batch of real
 largest absolute difference from the PyTorch net, and exits 1 if it exceeds the tolerance.
 """
 import sys
-import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,43 +17,12 @@ import torch
 from mnist_arch.cli import Parser, command
 from mnist_arch.errors import RunError
 from mnist_arch.files import replacing
-
-TOLERANCE = 1e-4  # max |exported - pytorch| on logits, float32
-CHECK_BATCH = 64
-
-
-def export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
-    torch.onnx.export(net, (example,), str(out), input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-
-
-def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise RunError("checking an ONNX file needs onnxruntime: pip install 'mnist-arch[export]'") from e
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-
-
-def export_torchscript(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
-    with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export; it still ships
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.trace(net, example).save(str(out))
-
-
-def run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path))(x)
-
-
-FORMATS = {"onnx": (".onnx", export_onnx, run_onnx), "torchscript": (".pt", export_torchscript, run_torchscript)}
+from mnist_arch.inference.export import CHECK_BATCH, FORMATS, TOLERANCE
 
 
 @command
 def main(argv: Optional[List[str]] = None) -> None:
-    from mnist_arch import trained as trained_nets
+    from mnist_arch.inference import trained as trained_nets
 
     parser = Parser(prog="python -m mnist_arch.export", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run dir (its tested checkpoint) or a .ckpt file")

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mnist_arch.cli import command
-from mnist_arch.config import register_schema
+from mnist_arch.config.schema import register_schema
 from mnist_arch.errors import RunError
 
 MIN_LR, MAX_LR, NUM_TRAINING = 1e-5, 1.0, 100
@@ -30,7 +30,7 @@ def find(cfg: DictConfig, run_dir: Path) -> float:
     import pytorch_lightning as pl
     from pytorch_lightning.tuner import Tuner
 
-    from mnist_arch.training import setup
+    from mnist_arch.train.job import setup
 
     constant = {"_target_": None, "name": "none", "interval": "epoch"}  # the range test drives the lr itself
     run = setup(cfg, scheduler=constant)

@@ -1,4 +1,4 @@
-"""The leaderboard of every `summary.json` beneath a folder (mnist_arch/leaderboard.py), as markdown and CSV.
+"""The leaderboard of every `summary.json` beneath a folder (mnist_arch/results/leaderboard.py), as markdown and CSV.
 
     python -m mnist_arch.report outputs/multirun/2026-11-22/10-00-00
     python -m mnist_arch.report outputs --csv board.csv
@@ -15,8 +15,8 @@ from typing import List, Optional
 
 from mnist_arch.cli import Parser, command
 from mnist_arch.errors import ConfigError
-from mnist_arch.leaderboard import METRICS, X_AXES, load, write
-from mnist_arch.record import FILE_NAME
+from mnist_arch.results.leaderboard import METRICS, X_AXES, load, write
+from mnist_arch.results.record import FILE_NAME
 
 
 @command

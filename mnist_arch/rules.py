@@ -8,7 +8,7 @@
 
 The callbacks (refuse before any step, stop at target), the layer table, the run's headline and
 `summary.json` all ask `judge`; nothing else decides whether a rule holds or how the verdict reads. The
-budget itself is a group of the config (mnist_arch/config.py, conf/budget/).
+budget itself is a group of the config (mnist_arch/config/schema.py, conf/budget/).
 """
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from mnist_arch.config import Budget
+from mnist_arch.config.schema import Budget
 from mnist_arch.errors import BudgetError
 
 # Every layer type that is a fully connected layer in disguise; 1x1 convolutions are allowed.

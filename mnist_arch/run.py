@@ -3,7 +3,7 @@
     python -m mnist_arch.run model=s6 optimizer.lr=0.05 trainer.max_epochs=20
     python -m mnist_arch.run -m model=s4,s6 seed=1,2,3      # a sweep, one run dir per job
 
-The run itself is `mnist_arch.training.train` (config -> seed -> data -> net -> module -> callbacks ->
+The run itself is `mnist_arch.train.job.train` (config -> seed -> data -> net -> module -> callbacks ->
 trainer -> fit -> test -> record). `main` is the command: it maps what went wrong to one line (or, in a
 sweep, to the job's record) and prints the headline.
 """
@@ -16,12 +16,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_arch import provenance
 from mnist_arch.cli import command
-from mnist_arch.config import register_schema
+from mnist_arch.config.schema import register_schema
 from mnist_arch.errors import RunError
-from mnist_arch.record import RunRecord
-from mnist_arch.training import train
+from mnist_arch.results import provenance
+from mnist_arch.results.record import RunRecord
+from mnist_arch.train.job import train
 
 log = logging.getLogger("mnist_arch")
 register_schema()
@@ -33,7 +33,7 @@ register_schema()
 def main(cfg: DictConfig) -> Optional[float]:
     """One run, or one job of a sweep. Returns the best val acc, None when the job failed. A single run that fails ends as one line (mnist_arch/cli.py). A
     failing job of a sweep records its summary.json (status, error) and lets the sweep go on; the
-    leaderboard callback (mnist_arch/leaderboard.py) lists it and makes the sweep exit non-zero."""
+    leaderboard callback (mnist_arch/results/leaderboard.py) lists it and makes the sweep exit non-zero."""
     from hydra.types import RunMode
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)

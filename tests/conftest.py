@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from mnist_arch.config import compose
+from mnist_arch.config.schema import compose
 from mnist_arch.data import fetch
 
 N_TRAIN, N_TEST = 320, 80
@@ -65,7 +65,7 @@ def default_budget(**changes):
     """conf/budget/default.yaml's budget (the one place its values live), with `changes`."""
     from dataclasses import replace
 
-    from mnist_arch.config import load
+    from mnist_arch.config.schema import load
 
     return replace(load([]).budget, **changes)
 
@@ -74,7 +74,7 @@ def datamodule(root, **changes):
     """MNISTDataModule with the data group's values (conf/data/mnist.yaml), reading `root`, and `changes`."""
     from dataclasses import asdict
 
-    from mnist_arch.config import load
+    from mnist_arch.config.schema import load
     from mnist_arch.data import MNISTDataModule
 
     given = {"root": str(root)} if root is not None else {}
@@ -128,7 +128,7 @@ def ctrl_c_at(monkeypatch, epoch: int, batch: int):
     Ctrl-C handler. Returns the real training step, to put back."""
     import signal
 
-    from mnist_arch.module import Classifier
+    from mnist_arch.train.module import Classifier
 
     real_step = Classifier.training_step
 

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from mnist_arch import run, training
+from mnist_arch import run
 from mnist_arch.errors import BudgetError
 from mnist_arch.rules import fc_layers, largest_layers
-from mnist_arch.module import Classifier
+from mnist_arch.train import job as training
+from mnist_arch.train.module import Classifier
 from tests.conftest import fast_overrides, hydra_command
 from tests.nets import TinyConv, WithLinear
 
@@ -115,7 +116,7 @@ def test_logits_and_log_probabilities_train_identically():
 
 
 def test_a_bad_target_path_is_one_clear_error(make_cfg, mnist_root, tmp_path):
-    from mnist_arch.config import ConfigError
+    from mnist_arch.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match=r"model.net._target_=tests.nets.Nope could not be built"):
         training.train(make_cfg(fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.Nope"]),

@@ -176,7 +176,7 @@ def test_a_broken_config_file_of_your_own_is_one_line(tmp_path, monkeypatch, cap
 ])
 def test_search_overrides_that_hydra_takes_but_cannot_mean_are_one_line(tmp_path, monkeypatch, capsys, argv,
                                                                         expected):
-    from mnist_arch import search
+    from mnist_arch.search import command as search
     from tests.conftest import hydra_command
 
     monkeypatch.chdir(tmp_path)
@@ -186,8 +186,32 @@ def test_search_overrides_that_hydra_takes_but_cannot_mean_are_one_line(tmp_path
 
 def test_a_net_given_as_a_scalar_is_one_line(monkeypatch):
     """OmegaConf types a scalar behind an interpolation, not a mapping (found by test_readers_property)."""
-    from mnist_arch.config import load
+    from mnist_arch.config.schema import load
 
     monkeypatch.setenv("NOT_A_NET", "0")
     with pytest.raises(ConfigError, match=r"^model.net must be a mapping \(name: value, ...\), not '0'$"):
         load(["model.net=${oc.env:NOT_A_NET}"])
+
+
+def test_every_console_command_answers_help(monkeypatch, capsys):
+    """Each entry of pyproject's [project.scripts] (the `python -m mnist_arch.<command>` of the same name) prints
+    its usage and exits 0 on --help: argparse's and Hydra's alike."""
+    import importlib
+    import inspect
+
+    from tests.conftest import hydra_command
+
+    REPO = Path(__file__).resolve().parents[1]
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, target in scripts.items():
+        module, _, function = target.partition(":")
+        main = getattr(importlib.import_module(module), function)
+        if "argv" in inspect.signature(inspect.unwrap(main)).parameters:
+            with pytest.raises(SystemExit) as done:
+                main(["--help"])
+            code = done.value.code
+        else:  # a Hydra app reads sys.argv
+            code = hydra_command(main, ["--help"], monkeypatch)
+        out = capsys.readouterr().out
+        assert code in (0, None) and ("usage:" in out or "powered by Hydra" in out), (name, code, out[:200])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_arch.config import ConfigError, validate
+from mnist_arch.config.schema import ConfigError, validate
 from mnist_arch.models import list_models
 
 

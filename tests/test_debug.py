@@ -1,9 +1,9 @@
 """The debug presets (conf/debug/): each composes and does what its name says, on synthetic IDX files."""
 import pytest
 
-from mnist_arch import training
-from mnist_arch.config import validate
-from mnist_arch.module import Classifier
+from mnist_arch.config.schema import validate
+from mnist_arch.train import job as training
+from mnist_arch.train.module import Classifier
 from tests.conftest import fast_overrides
 
 TINY = ["model=custom", "model.net._target_=tests.nets.TinyConv"]

@@ -5,9 +5,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_arch import layer_table, layers, summary
+from mnist_arch import layers
+from mnist_arch import summary
+from mnist_arch.models import layer_table
 from tests.conftest import default_budget
-from mnist_arch.models import build_model, list_models
+from mnist_arch.models import build_net, list_models
 
 
 class HandNet(nn.Module):
@@ -58,7 +60,7 @@ def test_flatten_and_linear_end_the_feature_maps():
 
 @pytest.mark.parametrize("name", list_models())
 def test_analytic_rf_equals_empirical_rf_for_every_layer(name):
-    net = build_model(name)
+    net = build_net({"name": name})
     rows = layer_table.layer_table(net)
     calls = [r.name for r in rows]
     # A module called more than once (s6's one dropout) is probed at its first call, so skip its others.
@@ -73,7 +75,7 @@ def test_analytic_rf_equals_empirical_rf_for_every_layer(name):
 
 @pytest.mark.parametrize("name, rf, params", [("s4", 28, 17_120), ("s6", 43, 19_866)])
 def test_reference_totals(name, rf, params):
-    net = build_model(name)
+    net = build_net({"name": name})
     table, totals, _ = layer_table.describe(net, default_budget())
     assert totals["receptive_field"] == totals["receptive_field_measured"] == rf
     assert sum(r.params for r in layer_table.layer_table(net)) == params
@@ -81,7 +83,7 @@ def test_reference_totals(name, rf, params):
 
 
 def test_table_is_restored_to_training_mode_and_leaves_no_hooks():
-    net = build_model("s4").train()
+    net = build_net({"name": "s4"}).train()
     layer_table.layer_table(net)
     assert net.training and all(not m._forward_hooks for m in net.modules())
     out = net(torch.randn(4, 1, 28, 28))  # still trains normally
@@ -132,7 +134,7 @@ def test_cli_reports_a_typo_in_one_message(capsys):
 def test_table_macs_agree_with_torchs_flop_counter(make_cfg, name):
     from dataclasses import asdict
 
-    from mnist_arch.config import validate
+    from mnist_arch.config.schema import validate
     from mnist_arch.models import build_net
 
     net = build_net(asdict(validate(make_cfg([f"model={name}"])).model))

@@ -2,7 +2,6 @@
 before the expansion, so a refused file costs next to nothing. Memory is measured with tracemalloc, which
 sees numpy's and Python's allocations; the whole-process figures are in docs/trust.md."""
 import gzip
-import io
 import struct
 import tracemalloc
 import zipfile
@@ -11,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from mnist_arch.config.recipe import build_scheduler
 from mnist_arch.data.digits import read
 from mnist_arch.data.idx import read_idx
 from mnist_arch.errors import BadFile, ConfigError
 from mnist_arch.files import MAX_ARRAY_BYTES, MAX_NET_PARAMS, MiB, folder_name, write_atomic
 from mnist_arch.models import build_net, net_from_checkpoint
-from mnist_arch.recipe import build_scheduler
 
 TINY = {"name": "convnet", "arch": None, "net": {"stages": [[4], [8]]}}
 

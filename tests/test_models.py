@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mnist_arch.errors import ConfigError
-from mnist_arch.models import build_model, list_models
+from mnist_arch.models import build_net, list_models
 
 REFERENCE_PARAMS = {"s4": 17_120, "s6": 19_866}  # the write-ups' torchsummary totals
 FRONTIER = {"frontier_4k": (3_670, 4_000), "frontier_8k": (7_516, 8_000), "frontier_20k": (18_482, 20_000)}
@@ -15,12 +15,12 @@ def test_registry_lists_the_references():
 
 def test_unknown_name_lists_what_exists():
     with pytest.raises(ConfigError, match="unknown model 'nope'; available: convnet, s4, s6"):
-        build_model("nope")
+        build_net({"name": "nope"})
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS))
 def test_reference_parameter_count(name):
-    net = build_model(name)
+    net = build_net({"name": name})
     assert sum(p.numel() for p in net.parameters() if p.requires_grad) == REFERENCE_PARAMS[name]
 
 
@@ -29,7 +29,7 @@ def test_forward_gives_finite_logits_with_no_softmax_inside(name):
     """One log_softmax per step, in the loss: a net that normalised its own output would give rows whose
     exp sums to 1 for any input."""
     torch.manual_seed(0)
-    net = build_model(name).eval()
+    net = build_net({"name": name}).eval()
     out = net(torch.randn(5, 1, 28, 28) * 3)
     assert out.shape == (5, 10)
     assert torch.isfinite(out).all()
@@ -39,7 +39,7 @@ def test_forward_gives_finite_logits_with_no_softmax_inside(name):
 @pytest.mark.parametrize("name", list_models())
 def test_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
-    net = build_model(name).train()
+    net = build_net({"name": name}).train()
     loss = torch.nn.functional.cross_entropy(net(torch.randn(8, 1, 28, 28)), torch.arange(8) % 10)
     loss.backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -47,16 +47,16 @@ def test_every_parameter_gets_a_gradient(name):
 
 
 def test_s4_layer_order_is_conv_relu_bn_dropout():
-    block = build_model("s4").conv1
+    block = build_net({"name": "s4"}).conv1
     assert [type(m).__name__ for m in block] == ["Conv2d", "ReLU", "BatchNorm2d", "Dropout"]
-    net = build_model("s4")
+    net = build_net({"name": "s4"})
     assert [net.conv3[3].p, net.conv7[3].p, net.conv8[3].p] == [0.0, 0.0, 0.0]
     assert [net.conv1[3].p, net.conv4[3].p] == [0.15, 0.15]
 
 
 def test_s6_uses_dropout2d_and_ends_in_relu():
     torch.manual_seed(0)
-    net = build_model("s6").eval()
+    net = build_net({"name": "s6"}).eval()
     assert isinstance(net.drop, torch.nn.Dropout2d) and net.drop.p == 0.25
     seen = {}
     net.conv7.register_forward_hook(lambda module, inputs, output: seen.update(conv7=output))
@@ -72,7 +72,7 @@ PUBLIC = {"public_3762": 3_762, "public_7918": 7_918, "public_9994": 9_994}  # t
 def _preset_net(make_cfg, preset):
     from dataclasses import asdict
 
-    from mnist_arch.config import validate
+    from mnist_arch.config.schema import validate
     from mnist_arch.models import build_net
 
     return build_net(asdict(validate(make_cfg([f"model={preset}"])).model))
@@ -107,7 +107,7 @@ def test_frontier_presets_fit_their_budgets_without_fc(make_cfg, preset):
 def test_convnet_refuses_shapes_that_cannot_work_naming_the_stage(make_cfg, overrides, message):
     from dataclasses import asdict
 
-    from mnist_arch.config import ConfigError, validate
+    from mnist_arch.config.schema import ConfigError, validate
     from mnist_arch.models import build_net
 
     with pytest.raises(ConfigError, match=message):

@@ -16,7 +16,7 @@ from mnist_arch.data.digits import prepare, read
 from mnist_arch.data.idx import TYPES, parse_idx
 from mnist_arch.errors import BadFile, ConfigError
 from mnist_arch.models import build_net, net_from_checkpoint, read_checkpoint
-from mnist_arch.record import RunRecord
+from mnist_arch.results.record import RunRecord
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -155,7 +155,7 @@ VALUES = st.one_of(st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True
 @given(st.lists(st.tuples(st.sampled_from(["", "+", "++", "~"]), st.sampled_from(KEYS), VALUES), max_size=3))
 def test_overrides_give_a_config_or_one_line(overrides):
     """The override parser behind every Hydra command (config.load: compose + validate)."""
-    from mnist_arch.config import Config, load
+    from mnist_arch.config.schema import Config, load
 
     conf = read_or_refuse(load, [f"{prefix}{key}={value}" if prefix != "~" else f"~{key}"
                                  for prefix, key, value in overrides], refusal=ConfigError)
@@ -173,7 +173,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**9, 10**9) | st.
 @given(st.one_of(JSON, st.dictionaries(st.sampled_from(RECORD_FIELDS), JSON, max_size=6)), st.booleans())
 def test_any_summary_json_reads_and_the_leaderboard_takes_it(folder, data, cut):
     """A summary.json from elsewhere: read (or marked unreadable, one line), and the report never crashes on it."""
-    from mnist_arch import leaderboard
+    from mnist_arch.results import leaderboard
 
     text = json.dumps(data)
     (folder / "summary.json").write_text(text[:len(text) // 2] if cut else text)

@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from mnist_arch.config import DataConf, validate
+from mnist_arch.config.recipe import PiecewiseLinearLR, build_optimizer, build_scheduler
+from mnist_arch.config.schema import DataConf, validate
+from mnist_arch.config.schema import Budget
 from mnist_arch.data import MNISTDataModule
 from mnist_arch.models import build_net, net_from_checkpoint
-from mnist_arch.recipe import PiecewiseLinearLR, build_optimizer, build_scheduler
-from mnist_arch.config import Budget
 from tests.conftest import datamodule, fast_overrides
 
 
@@ -120,8 +120,8 @@ def test_schema_yaml_and_classes_agree():
     assert [p.name for p in arguments] == [*data, "seed"]  # the DataModule takes the group's keys, and the seed,
     assert all(p.default is p.empty for p in arguments)  # with no defaults of its own: the YAML holds them
     assert list(yaml_of("budget", "default")) == [f.name for f in dataclasses.fields(Budget)]
-    from mnist_arch.config import CallbacksConf, LoggerConf, OptimizerConf, SchedulerConf
-    from mnist_arch.callbacks import SWITCHES
+    from mnist_arch.config.schema import CallbacksConf, LoggerConf, OptimizerConf, SchedulerConf
+    from mnist_arch.train.callbacks import SWITCHES
 
     assert set(yaml_of("callbacks", "default")) == {f.name for f in dataclasses.fields(CallbacksConf)}
     assert set(SWITCHES) == set(yaml_of("callbacks", "default")) - {"progress", "progress_refresh"}
@@ -146,7 +146,7 @@ def _lists(value):
 
 def test_a_checkpoint_rebuilds_its_net_alone(make_cfg, mnist_root, tmp_path):
     """weights_only=True, no config, no Classifier: the rebuilt net scores the test split as the run did."""
-    from mnist_arch import training
+    from mnist_arch.train import job as training
 
     overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.TinyConv",
                                               "+model.net.width=5"]
@@ -166,8 +166,8 @@ def test_a_checkpoint_rebuilds_its_net_alone(make_cfg, mnist_root, tmp_path):
 
 
 def test_a_checkpoint_of_another_architecture_is_one_clear_error(tmp_path, make_cfg, mnist_root):
-    from mnist_arch import training
     from mnist_arch.errors import ConfigError
+    from mnist_arch.train import job as training
 
     training.train(make_cfg(fast_overrides(mnist_root) + ["trainer.max_epochs=1", "callbacks.plots=false"]),
               tmp_path / "run")

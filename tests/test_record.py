@@ -3,8 +3,8 @@ import json
 import subprocess
 
 
-from mnist_arch import provenance
-from mnist_arch.record import RECORD_VERSION, RunRecord
+from mnist_arch.results import provenance
+from mnist_arch.results.record import RECORD_VERSION, RunRecord
 
 BUDGET = {"max_params": 20_000, "max_epochs": 20, "target_acc": 0.994, "allow_fc": False}
 

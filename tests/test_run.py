@@ -7,8 +7,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_arch import run, training
-from mnist_arch.record import RunRecord
+from mnist_arch import run
+from mnist_arch.results.record import RunRecord
+from mnist_arch.train import job as training
 from tests.conftest import ctrl_c_at, datamodule, fast_overrides, hydra_command
 
 SUMMARY_KEYS = {"model", "params", "epochs_run", "best_val_acc", "best_epoch", "val_acc", "test_acc", "seed",
@@ -122,8 +123,8 @@ def test_each_scheduler_drives_the_learning_rate(make_cfg, mnist_root, tmp_path,
 def test_any_trainer_argument_reaches_the_trainer(make_cfg, mnist_root, tmp_path, monkeypatch):
     """+trainer.<name> for a pl.Trainer argument the schema does not type: max_steps=5 stops the run after 5
     optimizer steps (2 epochs of 4 batches would be 8), and config.yaml keeps the key."""
-    from mnist_arch.config import TrainerConf
-    from mnist_arch.module import Classifier
+    from mnist_arch.config.schema import TrainerConf
+    from mnist_arch.train.module import Classifier
 
     assert "max_steps" not in {f.name for f in dataclasses.fields(TrainerConf)}  # untyped: passed through
     seen, real_step = [], Classifier.training_step
@@ -161,7 +162,7 @@ def test_cli_entry_point_prints_the_headline_last(mnist_root, tmp_path, monkeypa
 
 
 def test_ctrl_c_keeps_completed_epochs_and_says_interrupted(make_cfg, mnist_root, tmp_path, monkeypatch):
-    from mnist_arch.module import Classifier
+    from mnist_arch.train.module import Classifier
 
     real_step = Classifier.training_step
 
@@ -181,7 +182,7 @@ def test_ctrl_c_keeps_completed_epochs_and_says_interrupted(make_cfg, mnist_root
 
 
 def test_a_crash_is_recorded_as_failed_and_raised(make_cfg, mnist_root, tmp_path, monkeypatch):
-    from mnist_arch.module import Classifier
+    from mnist_arch.train.module import Classifier
 
     def broken(self, batch, batch_idx):
         raise RuntimeError("boom")
@@ -244,7 +245,7 @@ def test_ema_weights_are_validated_saved_and_tested(make_cfg, mnist_root, tmp_pa
     import torch
     import torch.nn.functional as F
 
-    from mnist_arch.module import Classifier
+    from mnist_arch.train.module import Classifier
     from tests.nets import TinyConv
 
     raw, real_step = [], Classifier.training_step
@@ -280,7 +281,7 @@ def test_ema_weights_are_validated_saved_and_tested(make_cfg, mnist_root, tmp_pa
 
 
 def test_progressive_resizing_trains_small_then_full_size(make_cfg, mnist_root, tmp_path, monkeypatch):
-    from mnist_arch.module import Classifier
+    from mnist_arch.train.module import Classifier
 
     seen, real_train, real_val = set(), Classifier.training_step, Classifier.validation_step
 
@@ -309,7 +310,7 @@ def test_progressive_resizing_trains_small_then_full_size(make_cfg, mnist_root, 
 ])
 def test_progressive_resizing_refuses_a_net_that_cannot_take_the_size(make_cfg, mnist_root, tmp_path, overrides,
                                                                       message):
-    from mnist_arch.config import ConfigError
+    from mnist_arch.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         training.train(make_cfg(fast_overrides(mnist_root) + overrides), tmp_path / "run")

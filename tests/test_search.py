@@ -13,9 +13,12 @@ from pathlib import Path
 import optuna
 import pytest
 
-from mnist_arch import report, search, space, training
-from mnist_arch import study as studies
-from mnist_arch.config import SearchConf
+from mnist_arch import report
+from mnist_arch.config.schema import SearchConf
+from mnist_arch.search import command as search, objective
+from mnist_arch.search import space
+from mnist_arch.search import study as studies
+from mnist_arch.train import job as training
 from tests.conftest import fast_overrides, hydra_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,8 +97,8 @@ class ScriptedTrial:
 
 
 def test_a_pruned_run_stops_after_the_judged_epoch_whole(make_cfg, mnist_root, tmp_path):
-    from mnist_arch.callbacks import Pruning
     from mnist_arch.errors import Pruned
+    from mnist_arch.train.callbacks import Pruning
 
     trial = ScriptedTrial(prune_after=1)
     overrides = fast_overrides(mnist_root) + ["trainer.max_epochs=4", "data.val=holdout", "data.holdout_size=64"]
@@ -312,15 +315,15 @@ def test_with_two_objectives_confirm_takes_the_cheapest_front_points_at_the_targ
     for acc, seconds in [(0.990, 20), (0.993, 30), (0.9941, 45), (0.9950, 70), (0.9960, 120), (0.9945, 90)]:
         study.add_trial(optuna.create_trial(values=[acc, seconds]))
     conf = replace(_job(["val_acc", "train_seconds"]), confirm=2)
-    assert [t.values for t in search.to_confirm(study, conf, target=0.994)] == [[0.9941, 45], [0.9950, 70]]
+    assert [t.values for t in objective.to_confirm(study, conf, target=0.994)] == [[0.9941, 45], [0.9950, 70]]
     # none reaches it: the two most accurate points, cheapest first (not the cheapest, least accurate ones)
-    assert [t.values for t in search.to_confirm(study, conf, target=0.999)] == [[0.9950, 70], [0.9960, 120]]
+    assert [t.values for t in objective.to_confirm(study, conf, target=0.999)] == [[0.9950, 70], [0.9960, 120]]
 
 
 def test_what_pruning_saved_prices_each_trial_at_its_own_length(tmp_path):
     """A completed trial cost what it ran; a pruned one would have run on to the study's trainer.max_epochs,
     or its own where the space samples it, at its own mean epoch time."""
-    from mnist_arch.record import RunRecord
+    from mnist_arch.results.record import RunRecord
 
     def trial(status, seconds, overrides):  # epochs run: one val acc per epoch timed
         return RunRecord(status=status, val_acc=[0.9] * len(seconds), epoch_time_s=seconds, overrides=overrides)

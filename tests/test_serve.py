@@ -16,7 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from mnist_arch import predict, serve, training
+from mnist_arch import predict
+from mnist_arch import serve as serve_command
+from mnist_arch.inference import serve
+from mnist_arch.train import job as training
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +99,7 @@ def test_it_listens_on_the_loopback_and_says_so(two_runs, tmp_path):
 
 def test_an_unusable_run_dir_is_one_line_before_the_server_starts(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
-        serve.main([str(tmp_path / "nowhere")])
+        serve_command.main([str(tmp_path / "nowhere")])
     assert done.value.code == 2 and capsys.readouterr().err == f"error: {tmp_path / 'nowhere'}: no such run dir or " \
                                                                "checkpoint file\n"
 
@@ -227,7 +230,7 @@ def test_past_the_queue_a_prediction_gets_503(two_runs, tmp_path, monkeypatch):
 ])
 def test_a_bad_port_or_host_is_one_line(two_runs, capsys, argv, message):
     with pytest.raises(SystemExit) as done:
-        serve.main([str(two_runs[0]), *argv])
+        serve_command.main([str(two_runs[0]), *argv])
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
 
@@ -240,7 +243,7 @@ def test_a_port_in_use_is_one_line(two_runs, capsys):
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(SystemExit) as done:
-            serve.main([str(two_runs[0]), "--port", str(port)])
+            serve_command.main([str(two_runs[0]), "--port", str(port)])
     assert done.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: --port {port}: cannot listen on 127.0.0.1:{port} (Address "
                                               "already in use)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_arch.record import RunRecord
+from mnist_arch.results.record import RunRecord
 from tests.conftest import fast_overrides
 
 pytestmark = pytest.mark.slurm

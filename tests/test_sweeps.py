@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from mnist_arch import leaderboard, report, run, training
+from mnist_arch import report
+from mnist_arch import run
 from mnist_arch.errors import ConfigError
-from mnist_arch.record import RunRecord
-from mnist_arch.module import Classifier
+from mnist_arch.results import leaderboard
+from mnist_arch.results.record import RunRecord
+from mnist_arch.train import job as training
+from mnist_arch.train.module import Classifier
 from tests.conftest import ctrl_c_at, fast_overrides, hydra_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,7 +174,7 @@ def test_ddp_cpu_two_processes_end_to_end(mnist_root, tmp_path):
     # The test acc is reduced over both ranks' shards: it equals one process scoring every test image with
     # the final weights
     from mnist_arch import evaluate
-    from mnist_arch.trained import load
+    from mnist_arch.inference.trained import load
 
     assert summary.test_acc == pytest.approx(evaluate.score(load(run_dir), evaluate.data_settings(
         None, [f"data.root={mnist_root}", "data.download=false", "data.verify=false"]))["accuracy"], abs=1e-6)

@@ -7,9 +7,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mnist_arch import evaluate, export, predict, training
+from mnist_arch import evaluate
+from mnist_arch import export
+from mnist_arch import predict
 from mnist_arch.data.digits import prepare
-from mnist_arch.record import RunRecord
+from mnist_arch.results.record import RunRecord
+from mnist_arch.train import job as training
 from tests.conftest import N_TEST, fast_overrides, synthetic_split
 
 
@@ -66,7 +69,7 @@ def test_evaluate_refuses_in_one_line(trained_run, tmp_path, capsys, args, messa
 
 def test_mnist_images_saved_as_png_predict_as_the_run_does(trained_run, tmp_path, capsys):
     """The synthetic 10k-test stand-in, saved as 8-bit PNGs: predict must give the net's own predictions."""
-    from mnist_arch import trained as trained_nets
+    from mnist_arch.inference import trained as trained_nets
 
     tmp, _ = trained_run
     images, _ = synthetic_split(N_TEST, 1)  # the test split conftest writes

@@ -9,7 +9,10 @@ import subprocess  # noqa: F401  (named by the crafted specs; never called by th
 import pytest
 import torch
 
-from mnist_arch import evaluate, export, predict, run
+from mnist_arch import evaluate
+from mnist_arch import export
+from mnist_arch import predict
+from mnist_arch import run
 from mnist_arch.errors import BadFile
 from mnist_arch.models import TRUST_ENV, build_net, net_from_checkpoint
 from tests.conftest import fast_overrides, hydra_command
@@ -184,7 +187,7 @@ def test_a_run_refuses_a_function_as_its_net(mnist_root, tmp_path, capsys, monke
 
 
 def test_an_optimizer_or_scheduler_target_must_be_one(make_cfg):
-    from mnist_arch.config import validate
+    from mnist_arch.config.schema import validate
     from mnist_arch.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^optimizer._target_=os.system is a function, not a subclass of Optimizer$"):
@@ -275,7 +278,7 @@ def test_a_run_dirs_config_is_data(tmp_path, capsys, config, message):
 
 def test_a_foreign_run_dir_cannot_choose_where_data_is_fetched(tmp_path, monkeypatch):
     """Its data.root and data.download are not taken: evaluate resolves this machine's defaults."""
-    from mnist_arch.evaluate import data_settings
+    from mnist_arch.inference.evaluate import data_settings
 
     monkeypatch.setenv("MNIST_ARCH_DATA", str(tmp_path / "mine"))
     (tmp_path / "run").mkdir()
@@ -288,7 +291,7 @@ def test_a_foreign_run_dir_cannot_choose_where_data_is_fetched(tmp_path, monkeyp
 
 def test_the_report_reads_every_good_summary_and_names_each_bad_one(tmp_path, capsys):
     from mnist_arch import report
-    from mnist_arch.record import RunRecord
+    from mnist_arch.results.record import RunRecord
 
     for i in range(2):
         RunRecord(status="completed", model="s4", params=17_120, seed=i, val_acc=[0.99], overrides=[f"seed={i}"],

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from mnist_arch.config import holdout_problem
+from mnist_arch.config.schema import holdout_problem
 from mnist_arch.data.device_loader import MEAN, STD, Augment, DeviceLoader
 from mnist_arch.data.fetch import DataError, default_root, ensure_mnist
 from mnist_arch.errors import ConfigError

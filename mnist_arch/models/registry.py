@@ -3,7 +3,6 @@ from typing import Callable, Dict, List
 
 from torch import nn
 
-from mnist_arch.errors import ConfigError
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
@@ -27,9 +26,3 @@ def list_models() -> List[str]:
 def unknown_model(name: object, *also: str) -> str:
     """The one message for a model name that nothing builds; `also`: names accepted besides the registry's."""
     return f"unknown model {name!r}; available: {', '.join([*list_models(), *also])}"
-
-
-def build_model(name: str, **kwargs) -> nn.Module:
-    if name not in MODELS:
-        raise ConfigError(unknown_model(name))
-    return MODELS[name](**kwargs)

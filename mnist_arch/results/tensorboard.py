@@ -6,7 +6,7 @@ import warnings
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from mnist_arch.record import RunRecord
+from mnist_arch.results.record import RunRecord
 
 log = logging.getLogger("mnist_arch")
 

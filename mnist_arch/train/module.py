@@ -13,8 +13,8 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from mnist_arch.config.recipe import build_optimizer, build_scheduler
 from mnist_arch.errors import NonFiniteLoss
-from mnist_arch.recipe import build_optimizer, build_scheduler
 
 log = logging.getLogger("mnist_arch")
 
@@ -27,7 +27,7 @@ class Classifier(pl.LightningModule):
     log_softmax runs once per step, inside the loss.
 
     `optimizer` and `scheduler` are the plain dicts of the `optimizer` and `scheduler` config groups
-    (mnist_arch/recipe.py builds them); `net_spec` is the `model` group's (name and constructor
+    (mnist_arch/config/recipe.py builds them); `net_spec` is the `model` group's (name and constructor
     arguments), saved in every checkpoint so the net can be rebuilt from the file alone
     (`mnist_arch.models.net_from_checkpoint`). The per-epoch history (val acc/loss, train loss, lr at
     epoch start, epoch wall time) is kept here and saved in checkpoints, so `summary.json` can be written

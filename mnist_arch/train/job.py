@@ -14,10 +14,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_arch import provenance
-from mnist_arch.config import Config, ConfigError, validate
+from mnist_arch.config.schema import Config, ConfigError, validate
 from mnist_arch.errors import BadFile, RunError
-from mnist_arch.record import RunRecord
+from mnist_arch.results import provenance
+from mnist_arch.results.record import RunRecord
 
 log = logging.getLogger("mnist_arch")
 
@@ -44,9 +44,9 @@ def setup(cfg: DictConfig, scheduler: Optional[Dict[str, Any]] = None) -> Setup:
     import pytorch_lightning as pl
 
     from mnist_arch.data import MNISTDataModule
-    from mnist_arch.layer_table import describe
     from mnist_arch.models import build_net
-    from mnist_arch.module import Classifier
+    from mnist_arch.models.layer_table import describe
+    from mnist_arch.train.module import Classifier
 
     _set_threads(conf)
     pl.seed_everything(conf.seed, workers=True)
@@ -70,7 +70,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from mnist_arch.callbacks import build_callbacks, find
+    from mnist_arch.train.callbacks import build_callbacks, find
 
     resume = _resume_path(conf.ckpt_path, run_dir, run.net, run.spec["name"])
     callbacks = [*build_callbacks(conf, run_dir), *callbacks]
@@ -168,7 +168,7 @@ def _set_threads(conf: Config) -> None:
 def _logger(conf: Config, run_dir: Path, net, layers: str):
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-    from mnist_arch import tensorboard_tabs
+    from mnist_arch.results import tensorboard as tensorboard_tabs
 
     if conf.logger.name == "csv":
         return CSVLogger(save_dir=run_dir, name="csv", version="")
@@ -198,8 +198,8 @@ def _best_to_test(conf: Config, best_checkpoint) -> Optional[str]:
 
 def _finish(record: RunRecord, model, callbacks: Sequence, trainer, started: float) -> None:
     """What the run did, whatever ended it: the per-epoch history, the plots, the time, the device."""
-    from mnist_arch.callbacks import find
-    from mnist_arch.plots import RunPlots
+    from mnist_arch.results.plots import RunPlots
+    from mnist_arch.train.callbacks import find
 
     record.add_history(model.history)
     plots = find(callbacks, RunPlots)
@@ -213,7 +213,7 @@ def _outcome(e: BaseException) -> Tuple[str, Optional[str], Optional[str]]:
     """(status, error, signal) of a fit or test that raised. Lightning answers Ctrl-C with a graceful
     stop and sys.exit(1) raised while handling the KeyboardInterrupt, and SIGTERM with SIGTERMException
     after the current batch; the epochs completed so far (and their checkpoints) are kept."""
-    from mnist_arch.callbacks import interrupting_signal
+    from mnist_arch.train.callbacks import interrupting_signal
 
     signal_name = interrupting_signal(e)
     if signal_name:
@@ -226,7 +226,7 @@ def _outcome(e: BaseException) -> Tuple[str, Optional[str], Optional[str]]:
 def _tensorboard_hparams(logger, conf: Config, record: RunRecord) -> None:
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from mnist_arch import tensorboard_tabs
+    from mnist_arch.results import tensorboard as tensorboard_tabs
 
     if isinstance(logger, TensorBoardLogger) and record.epochs_run:
         tensorboard_tabs.add_hparams(logger, conf, record)

@@ -15,7 +15,7 @@ from torch import nn
 from mnist_arch.data.device_loader import MEAN, STD
 from mnist_arch.errors import BadFile
 from mnist_arch.models import TRUST_ENV, net_from_checkpoint
-from mnist_arch.record import FILE_NAME, RunRecord
+from mnist_arch.results.record import FILE_NAME, RunRecord
 
 
 @dataclass

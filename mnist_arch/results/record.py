@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union, get_args, get_origin, get_type_hints
 
-from mnist_arch.config import Budget
+from mnist_arch.config.schema import Budget
 from mnist_arch.errors import RunError
 from mnist_arch.files import MAX_RECORD_BYTES, check_file, write_atomic
 from mnist_arch.rules import Verdict, judge

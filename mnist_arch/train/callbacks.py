@@ -14,9 +14,9 @@ from pytorch_lightning.callbacks import EMAWeightAveraging, LearningRateMonitor,
 from pytorch_lightning.callbacks.progress.progress_bar import ProgressBar as LightningProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mnist_arch.config import Budget
+from mnist_arch.config.schema import Budget
 from mnist_arch.errors import BudgetError, Pruned
-from mnist_arch.plots import RunPlots
+from mnist_arch.results.plots import RunPlots
 from mnist_arch.rules import judge_net, reached
 
 
@@ -29,7 +29,7 @@ class RulesCheck(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         macs = None
         if self.budget.max_macs is not None:  # counted only when limited: a pass of one image
-            from mnist_arch.layer_table import layer_table, totals_of
+            from mnist_arch.models.layer_table import layer_table, totals_of
 
             macs = totals_of(layer_table(pl_module.net))["macs_per_image"]
         broken = judge_net(pl_module.net, self.budget, macs=macs).failure()
@@ -51,7 +51,7 @@ class StopAtTarget(pl.Callback):
 
 
 class Pruning(pl.Callback):
-    """A search's trial (mnist_arch/search.py): each epoch, tell the study the worker is alive and, with one
+    """A search's trial (mnist_arch/search/command.py): each epoch, tell the study the worker is alive and, with one
     objective, report the holdout val acc to its pruner (which may stop it only when `prune`). When the pruner
     says stop, the run stops as the next epoch starts, so the judged epoch is whole in the record and in
     last.ckpt."""

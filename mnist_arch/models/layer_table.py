@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from mnist_arch.config import Budget
+from mnist_arch.config.schema import Budget
 from mnist_arch.rules import Verdict, count_params, judge_net, mark
 
 INPUT_SHAPE = (1, 28, 28)

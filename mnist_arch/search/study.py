@@ -1,5 +1,5 @@
 """An Optuna study shared by workers: its storage, sampler and pruner, the loop each worker runs, what is
-done with trials cut short, and what the study found. The search command (mnist_arch/search.py) gives it
+done with trials cut short, and what the study found. The search command (mnist_arch/search/command.py) gives it
 the objective; this module knows nothing of nets.
 
 Workers ask the study for a trial under a file lock in the study folder, so however many run (processes
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from mnist_arch.config import SearchConf
+from mnist_arch.config.schema import SearchConf
 from mnist_arch.errors import ConfigError
-from mnist_arch.record import RunRecord
+from mnist_arch.results.record import RunRecord
 
 STALE_AFTER_S = 3600  # a RUNNING trial whose worker is gone, or silent for this long, is failed and retried
 QUIET = ("mnist_arch", "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "optuna")

@@ -1,0 +1,97 @@
+"""Search the design space: a budget-aware, multi-objective, pruned Optuna study of nets and recipes.
+
+    python -m mnist_arch.search search=8k                                   # conf/search/8k.yaml
+    python -m mnist_arch.search search=8k search.n_trials=80 search.workers=2
+    python -m mnist_arch.search search=speedrun search.confirm=3            # then the front's first 3 on the 60k
+
+A study lives in outputs/search/<study_name>/: study.db (Optuna's storage, SQLite unless search.storage
+names another), trials/<number>/ (a run dir per trial, summary.json included, so `report` reads a study as
+it reads a sweep), study.json (the counts, the front, what pruning saved), front.md and front.png. The same
+command again resumes the study: what finished is kept, the missing trials run, a trial cut short (Ctrl-C, a
+killed worker) is run again (mnist_arch/search/study.py).
+
+Every trial validates on the holdout split (data.val=test is refused: the 10k test set is for `confirm`
+only). `objective` reads like optuna-examples' pytorch_lightning_simple.py: sample overrides from the
+space, judge the net against the budget (one that breaks a rule is recorded infeasible in milliseconds and
+never trained, its constraint values teaching the sampler the boundary), train it reporting val acc to
+the pruner each epoch, return the objectives.
+"""
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_arch.cli import command
+from mnist_arch.config.schema import Config, ConfigError, SearchConf, load, register_schema
+from mnist_arch.search import space as search_space
+from mnist_arch.search.objective import base_overrides, confirm, objective
+from mnist_arch.search.study import Job, counts, fail_stale, front_table, open_study, optuna_module, pruner_name, run_workers, summarize
+
+register_schema()
+
+
+@command  # Hydra's own errors, before the job
+@hydra.main(version_base="1.3", config_path="pkg://mnist_arch.conf", config_name="study")
+@command  # the job's errors, inside Hydra's job runner
+def main(cfg: DictConfig) -> None:
+    if OmegaConf.select(cfg, "search") is None:
+        raise ConfigError("pick a search space: search=<name> (conf/search/: 4k, 8k, 20k, recipe, speedrun)")
+    optuna_module()
+    conf: Config = load(HydraConfig.get().overrides.task)  # the search group, checked
+    search = conf.search
+    study_dir = Path(HydraConfig.get().runtime.output_dir)
+    overrides = base_overrides(search, HydraConfig.get().overrides.task)
+    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    fixed = {k: v for k, v in search_space.specs(search.space).items() if k not in given}  # given: fixed
+    search = replace(search, space=fixed)
+    base = load(overrides)  # the trials' recipe, checked before any trial (a typo fails here, not 40 times)
+    threads = base.threads or (max(1, len(os.sched_getaffinity(0)) // search.workers) if search.workers > 1 else None)
+    job = Job(search, study_dir, search.storage or f"sqlite:///{study_dir / 'study.db'}", overrides,
+              base.trainer.max_epochs)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(job)
+    if not study.trials:  # a new study starts from the known designs, if the space names any
+        for point in search.start:
+            study.enqueue_trial(point)
+    c = counts(study)
+    print(f"study {search.study_name} in {study_dir}: {c['complete'] + c['pruned']} of {search.n_trials} trials "
+          f"trained; {search.workers} worker(s); pruner {pruner_name(search)}; objectives {', '.join(search.objectives)}",
+          flush=True)
+    try:
+        run_workers(job, objective, threads)
+    except KeyboardInterrupt:
+        print(f"interrupted; the study is kept: run the same command again to go on ({study_dir})", file=sys.stderr)
+        sys.exit(130)
+    fail_stale(study)  # a worker killed meanwhile leaves its trial RUNNING: fail it (and queue it again) now
+    summary = summarize(study, job)
+    (study_dir / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = front_table(summary)
+    (study_dir / "front.md").write_text(table + "\n")
+    print("\n" + table)
+    _plot(study_dir, search)
+    if search.confirm:
+        result = confirm(study, job, threads, base.budget.target_acc)
+        (study_dir / "confirm.md").write_text(result + "\n")
+        print(f"\nconfirmed on the 60k, 10k test, final epoch ({study_dir / 'confirm.md'}):\n{result}")
+
+
+def _plot(study_dir: Path, search: SearchConf) -> None:
+    """front.png: every trained trial's val acc against the second objective (params by default)."""
+    from mnist_arch.results import leaderboard
+
+    records = leaderboard.load(study_dir / "trials")
+    if not any(r.status == "completed" for r in records):
+        return
+    x = search.objectives[1] if len(search.objectives) > 1 else "params"
+    differing, rows, _ = leaderboard.leaderboard(records)
+    leaderboard.pareto(rows, differing, "final", x=x, label=lambda row: f"#{Path(row['run_dirs'][0]).name}"
+                  ).savefig(study_dir / "front.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()
