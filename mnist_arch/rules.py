@@ -18,6 +18,7 @@ from torch import nn
 
 from mnist_arch.config.schema import Budget
 from mnist_arch.errors import BudgetError
+from mnist_arch.models.probe import device_of, evaluating
 
 # Every layer type that is a fully connected layer in disguise; 1x1 convolutions are allowed.
 FC_TYPES = (nn.Linear, nn.LazyLinear, nn.Bilinear)
@@ -40,13 +41,8 @@ def fc_layers(net: nn.Module) -> List[str]:
 
 def output_shape(net: nn.Module, side: int = 28) -> Tuple[int, ...]:
     """What the net gives for a batch of PROBE_BATCH zero side x side images (eval mode, no grad)."""
-    device = next(net.parameters(), torch.zeros(0)).device
-    was_training = net.training
-    try:
-        with torch.no_grad():
-            return tuple(net.eval()(torch.zeros(PROBE_BATCH, 1, side, side, device=device)).shape)
-    finally:
-        net.train(was_training)
+    with evaluating(net):
+        return tuple(net(torch.zeros(PROBE_BATCH, 1, side, side, device=device_of(net))).shape)
 
 
 def bad_output(got: str, side: int = 28) -> str:
@@ -150,12 +146,17 @@ class Verdict:
         if epoch is not None:
             acc = f"{val_acc[epoch - 1]:.2%} at epoch {epoch} ✓"
         elif val_acc:
-            best = max(range(len(val_acc)), key=lambda i: (val_acc[i], -i))
-            acc = f"best {val_acc[best]:.2%} at epoch {best + 1} ✗"
+            best = best_epoch(val_acc)
+            acc = f"best {val_acc[best - 1]:.2%} at epoch {best} ✗"
         else:
             acc = "no validation epoch ran ✗"
         return (f"{self.params:,} params {mark(self.params_ok)} ≤{b.max_params:,} · {fc} · {acc} "
                 f"(target {b.target_acc:.2%}, ≤{b.max_epochs} epochs, {len(val_acc)} run")
+
+
+def best_epoch(val_acc: Sequence[float]) -> Optional[int]:
+    """The epoch (1-based) of the highest val acc, the earliest of ties; None before any epoch."""
+    return max(range(len(val_acc)), key=lambda i: (val_acc[i], -i)) + 1 if val_acc else None
 
 
 def judge(budget: Budget, params: int, fc: Sequence[str], output_shape: Optional[Sequence[int]] = None,

@@ -8,7 +8,7 @@ Optional field left None means "not given" (the class's own default applies).
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
@@ -471,6 +471,16 @@ def load(overrides=()) -> Config:
         if line is None:
             raise
         raise ConfigError(line) from None
+
+
+def override_pairs(overrides: Sequence[str]) -> Dict[str, Optional[str]]:
+    """{key: value as typed} of Hydra overrides, a `+`/`++`/`~` prefix dropped; a deletion (`~key`) is None.
+    The one place an override is split, for what a record or a command line is read back for."""
+    pairs: Dict[str, Optional[str]] = {}
+    for override in overrides:
+        key, equals, value = override.lstrip("+~").partition("=")
+        pairs[key] = value if equals else None
+    return pairs
 
 
 def compose(overrides=(), with_hydra: bool = False) -> DictConfig:

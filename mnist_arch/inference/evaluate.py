@@ -6,7 +6,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from mnist_arch.errors import BadFile, ConfigError
 from mnist_arch.files import MAX_CONFIG_BYTES, check_file
@@ -19,7 +19,7 @@ def data_settings(run_dir: Optional[Path], overrides: List[str]):
     """This machine's data group with the overrides, and the run's split where the overrides leave it."""
     from omegaconf import OmegaConf
 
-    from mnist_arch.config.schema import VAL_SPLITS, load
+    from mnist_arch.config.schema import VAL_SPLITS, load, override_pairs
     from mnist_arch.data.fetch import MD5, raw_folder
 
     bad = [o for o in overrides if not o.startswith("data.")]
@@ -32,7 +32,7 @@ def data_settings(run_dir: Optional[Path], overrides: List[str]):
     check_file(saved, "config file", MAX_CONFIG_BYTES)
     try:  # raw values: an interpolation in a file from elsewhere is not resolved
         run_data = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)["data"]
-        given = {o.split("=", 1)[0][len("data."):] for o in overrides}
+        given = {key[len("data."):] for key in override_pairs(overrides)}
         split = {key: run_data[key] for key in FROM_THE_RUN if key not in given and key in run_data}
         root = run_data.get("root")
         if "root" not in given and isinstance(root, str) and all((raw_folder(root) / name).is_file() for name in MD5):
@@ -57,7 +57,7 @@ def score(trained, data) -> Dict[str, Any]:
     datamodule.setup("test")
     images, labels = datamodule.splits["test" if data.val == "test" else "val"]
     predicted = trained.probabilities(images.unsqueeze(1).float() / 255, data.eval_batch_size).argmax(dim=1)
-    confusion = torch.bincount(labels * 10 + predicted, minlength=100).reshape(10, 10)  # [true, predicted]
+    confusion = multiclass_confusion_matrix(predicted, labels, num_classes=10)  # [true, predicted], as in training
     per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
     return {"version": EVALUATE_VERSION, "checkpoint": str(trained.path), "model": trained.name,
             "net_spec": trained.checkpoint["net_spec"], "split": "10k test" if data.val == "test" else "holdout",

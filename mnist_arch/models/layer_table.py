@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mnist_arch.config.schema import Budget
+from mnist_arch.models.probe import device_of, evaluating
 from mnist_arch.rules import Verdict, count_params, judge_net, mark
 
 INPUT_SHAPE = (1, 28, 28)
@@ -46,7 +47,7 @@ def layer_table(net: nn.Module, input_shape: Sequence[int] = INPUT_SHAPE) -> Lis
     # Each module output's (RF, jump), keyed by tensor id; the outputs are kept alive in `keep`, so no
     # id is reused during the pass. An input made by a functional op between modules (F.relu(x), x + y)
     # is unknown: it inherits the previous layer's output's values, which is right for a chain.
-    first = torch.zeros(1, *input_shape, device=net_device(net))
+    first = torch.zeros(1, *input_shape, device=device_of(net))
     known, keep, last = {id(first): (1, 1)}, [first], [(1, 1)]
 
     def record(name: str):
@@ -71,12 +72,10 @@ def layer_table(net: nn.Module, input_shape: Sequence[int] = INPUT_SHAPE) -> Lis
 
     leaves = [(name, m) for name, m in net.named_modules() if not list(m.children())]
     handles = [m.register_forward_hook(record(name or type(m).__name__)) for name, m in leaves]
-    was_training = net.training
     try:
-        with torch.no_grad():
-            net.eval()(first)  # eval: BN on a batch of one, dropout off
+        with evaluating(net):  # eval: BN on a batch of one, dropout off
+            net(first)
     finally:
-        net.train(was_training)
         for handle in handles:
             handle.remove()
     return rows
@@ -108,10 +107,6 @@ def _macs(module: nn.Module, x: Optional[torch.Tensor], out: torch.Tensor) -> in
     if isinstance(module, nn.Bilinear):
         return per_image * module.in1_features * module.in2_features
     return 0
-
-
-def net_device(net: nn.Module) -> torch.device:
-    return next(net.parameters(), torch.zeros(0)).device
 
 
 class _Reached(Exception):
@@ -174,15 +169,12 @@ def torch_macs(net: nn.Module, input_shape: Sequence[int] = INPUT_SHAPE) -> Opti
     cross-check of the table's own count; None when the net cannot be run under it."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = net.training
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net.eval()(torch.zeros(1, *input_shape, device=net_device(net)))
+        with evaluating(net), FlopCounterMode(display=False) as counter:
+            net(torch.zeros(1, *input_shape, device=device_of(net)))
         return counter.get_total_flops() // 2
     except Exception:  # noqa: BLE001 - a cross-check only
         return None
-    finally:
-        net.train(was_training)
 
 
 def format_table(rows: List[Layer], verdict: Verdict, measured_rf: Optional[int] = None,

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from hydra.experimental.callback import Callback
 
+from mnist_arch.config.schema import override_pairs
 from mnist_arch.files import replacing, write_atomic
 from mnist_arch.results.record import FILE_NAME, RunRecord
 
@@ -32,8 +33,7 @@ def load(root: Path) -> List[RunRecord]:
 
 
 def _settings(record: RunRecord) -> Dict[str, str]:
-    pairs = (o.split("=", 1) for o in record.overrides if "=" in o)
-    return {key.lstrip("+~"): value for key, value in pairs}
+    return {key: value for key, value in override_pairs(record.overrides).items() if value is not None}
 
 
 def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any]], List[Dict[str, Any]]]:

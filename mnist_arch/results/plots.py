@@ -27,8 +27,6 @@ class RunPlots(pl.Callback):
     def __init__(self, out_dir: Path, target_acc: float, val_split: str):
         self.out_dir, self.target_acc, self.val_split = Path(out_dir), target_acc, val_split
         self.samples: Optional[tuple] = None
-        self.preds: List[torch.Tensor] = []
-        self.targets: List[torch.Tensor] = []
         self.wrong: List[tuple] = []  # (image, predicted, true), at most N_IMAGES
         self.seconds = 0.0  # time spent here: collecting and drawing
         self.written: Dict[str, Path] = {}
@@ -40,7 +38,7 @@ class RunPlots(pl.Callback):
             self.samples = (x[:N_IMAGES].detach().cpu(), y[:N_IMAGES].cpu())
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self.preds, self.targets, self.wrong = [], [], []
+        self.wrong = []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
@@ -48,29 +46,22 @@ class RunPlots(pl.Callback):
             return
         started = time.perf_counter()
         x, y = batch
-        preds = outputs.cpu()
-        self.preds.append(preds)
-        self.targets.append(y.cpu())
         if len(self.wrong) < N_IMAGES:
-            missed = (preds != self.targets[-1]).nonzero().flatten()[: N_IMAGES - len(self.wrong)]
-            self.wrong += [(x[i].cpu(), int(preds[i]), int(y[i])) for i in missed.tolist()]
+            missed = (outputs != y).nonzero().flatten()[: N_IMAGES - len(self.wrong)]
+            self.wrong += [(x[i].cpu(), int(outputs[i]), int(y[i])) for i in missed.tolist()]
         self.seconds += time.perf_counter() - started
 
     def on_train_end(self, trainer, pl_module) -> None:
         started = time.perf_counter()
-        preds = torch.cat(self.preds) if self.preds else None
-        targets = torch.cat(self.targets) if self.targets else None
-        if trainer.world_size > 1 and preds is not None:  # every rank validated a shard: count them all
-            preds = pl_module.all_gather(preds.to(pl_module.device)).flatten().cpu()
-            targets = pl_module.all_gather(targets.to(pl_module.device)).flatten().cpu()
         if not trainer.is_global_zero:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         epochs = len(pl_module.history["val_acc"])
         figures = {"samples": self._samples(), "curves": _curves(pl_module.history, self.target_acc),
                    "kernels": _kernels(pl_module.net)}
-        if preds is not None:
-            self.confusion = torch.bincount(targets * 10 + preds, minlength=100).reshape(10, 10)  # [true, pred]
+        # the module's confusion matrix of the last validation epoch, summed over every rank's shard
+        self.confusion = pl_module.val_confusion_last
+        if self.confusion is not None:
             where = f"val split: {self.val_split}, epoch {epochs}"
             figures["misclassified"] = self._misclassified(where)
             figures["confusion"] = _confusion(self.confusion, where)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Union, get_args, get_origin, get_t
 from mnist_arch.config.schema import Budget
 from mnist_arch.errors import RunError
 from mnist_arch.files import MAX_RECORD_BYTES, check_file, write_atomic
-from mnist_arch.rules import Verdict, judge
+from mnist_arch.rules import Verdict, best_epoch, judge
 
 RECORD_VERSION = 2
 FILE_NAME = "summary.json"
@@ -77,9 +77,7 @@ class RunRecord:
     @property
     def best_epoch(self) -> Optional[int]:
         """1-based; ties go to the earliest epoch."""
-        if not self.val_acc:
-            return None
-        return max(range(len(self.val_acc)), key=lambda i: (self.val_acc[i], -i)) + 1
+        return best_epoch(self.val_acc)
 
     @property
     def best_val_acc(self) -> Optional[float]:

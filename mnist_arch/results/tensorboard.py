@@ -6,6 +6,7 @@ import warnings
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from mnist_arch.models.probe import device_of
 from mnist_arch.results.record import RunRecord
 
 log = logging.getLogger("mnist_arch")
@@ -17,11 +18,10 @@ def add_model(logger: TensorBoardLogger, net: torch.nn.Module, layers: str, grap
     logger.experiment.add_text("model/layers", "\n".join("    " + line for line in layers.splitlines()))
     if not graph:
         return
-    device = next(net.parameters(), torch.zeros(0)).device
     try:
         with warnings.catch_warnings():  # add_graph uses torch.jit.trace, deprecated in torch 2.14 (no action for us)
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.trace.*")
-            logger.experiment.add_graph(net, torch.zeros(1, 1, 28, 28, device=device))
+            logger.experiment.add_graph(net, torch.zeros(1, 1, 28, 28, device=device_of(net)))
     except Exception as e:  # noqa: BLE001 - tracing is best effort; the run must not die for a picture
         log.warning("TensorBoard graph not written: the net could not be traced (%s: %s)", type(e).__name__, e)
 

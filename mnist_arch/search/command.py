@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_arch.cli import command
-from mnist_arch.config.schema import Config, ConfigError, SearchConf, load, register_schema
+from mnist_arch.config.schema import Config, ConfigError, SearchConf, load, override_pairs, register_schema
 from mnist_arch.search import space as search_space
 from mnist_arch.search.objective import base_overrides, confirm, objective
 from mnist_arch.search.study import Job, counts, fail_stale, front_table, open_study, optuna_module, pruner_name, run_workers, summarize
@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> None:
     search = conf.search
     study_dir = Path(HydraConfig.get().runtime.output_dir)
     overrides = base_overrides(search, HydraConfig.get().overrides.task)
-    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    given = override_pairs(overrides)
     fixed = {k: v for k, v in search_space.specs(search.space).items() if k not in given}  # given: fixed
     search = replace(search, space=fixed)
     base = load(overrides)  # the trials' recipe, checked before any trial (a typo fails here, not 40 times)

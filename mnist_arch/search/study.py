@@ -1,11 +1,17 @@
 """An Optuna study shared by workers: its storage, sampler and pruner, the loop each worker runs, what is
-done with trials cut short, and what the study found. The search command (mnist_arch/search/command.py) gives it
-the objective; this module knows nothing of nets.
+done with trials cut short, and what the study found. The search command (mnist_arch/search/command.py)
+gives it the objective; this module knows nothing of nets.
 
 Workers ask the study for a trial under a file lock in the study folder, so however many run (processes
 here, Slurm jobs on a shared disk) the study ends with exactly search.n_trials trained trials, each run
 once. A worker marks its trial with its host and process id, and the time, each epoch; a RUNNING trial
-whose process is gone or that has been silent for STALE_AFTER_S is failed and queued again once.
+whose process is gone or that has been silent for STALE_AFTER_S is failed and queued again once, through
+Optuna's public API (Study.tell with a trial number, Study.enqueue_trial), the same for every storage.
+
+Why not Optuna's heartbeats (RDBStorage's heartbeat_interval and grace_period, RetryFailedTrialCallback):
+they run inside Study.optimize only (with ask and tell they do nothing, as Optuna's docs say), and optimize
+cannot keep the guarantee above: MaxTrialsCallback stops a worker after its trial ends, so N workers
+overshoot the count by up to N - 1. The journal storage has no heartbeats at all.
 """
 import logging
 import os
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from mnist_arch.config.schema import SearchConf
+from mnist_arch.config.schema import SearchConf, override_pairs
 from mnist_arch.errors import ConfigError
 from mnist_arch.results.record import RunRecord
 
@@ -134,7 +140,8 @@ def fail_stale(study) -> List[int]:
         gone = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
         silent = time.time() - t.user_attrs.get("alive_at", t.datetime_start.timestamp()) > STALE_AFTER_S
         if gone or silent:
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            # Study.tell takes a trial number from any process; another worker may have failed it first
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             _retry(study, t)
             failed.append(t.number)
     return failed
@@ -250,13 +257,13 @@ def front(study, search: SearchConf, best: int = 5) -> List:
     """The trials to show: the Pareto front of the feasible complete trials (two objectives), or the `best`
     few by val acc (one)."""
     optuna = optuna_module()
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if not t.user_attrs.get("infeasible")]
     if len(search.objectives) == 1:
+        done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if not t.user_attrs.get("infeasible")]
         return sorted(done, key=lambda t: -t.values[0])[:best]
-    front_ = [t for t in done if not any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1]
-                                         and o.values != t.values for o in done)]
-    return sorted(front_, key=lambda t: t.values[1])
+    # Optuna's own front, which leaves out the trials whose constraints (Trial.set_constraint) say infeasible;
+    # the attribute check covers trials recorded infeasible without constraints
+    return sorted((t for t in study.best_trials if not t.user_attrs.get("infeasible")), key=lambda t: t.values[1])
 
 
 def planned_epochs(record: RunRecord, job: Job) -> int:
@@ -264,8 +271,8 @@ def planned_epochs(record: RunRecord, job: Job) -> int:
     trainer.max_epochs, or its own where the space samples it."""
     if record.status != "pruned":
         return record.epochs_run
-    given = [o.split("=", 1)[1] for o in record.overrides if o.startswith("trainer.max_epochs=")]
-    return int(given[-1]) if given else job.max_epochs
+    given = override_pairs(record.overrides).get("trainer.max_epochs")
+    return int(given) if given else job.max_epochs
 
 
 def run_overrides(trial) -> List[str]:

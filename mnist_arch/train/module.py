@@ -50,6 +50,7 @@ class Classifier(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
         self.val_confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)  # [true, predicted]
+        self.val_confusion_last: Optional[torch.Tensor] = None
         self.val_acc_best = MaxMetric()
         # Per epoch: scalars, each class's val acc, and the classes no validation image was predicted as.
         self.history: Dict[str, list] = {"val_acc": [], "val_loss": [], "train_loss": [], "train_acc": [],
@@ -119,6 +120,7 @@ class Classifier(pl.LightningModule):
         self.val_confusion.reset()
         if self.trainer.sanity_checking:  # the pre-fit sanity batches are not an epoch
             return
+        self.val_confusion_last = confusion.cpu()  # [true, predicted], every rank's shard (the plots draw it)
         per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
         unpredicted = [k for k in range(10) if confusion[:, k].sum() == 0]
         self.history["val_acc_per_class"].append(per_class)
