@@ -1,4 +1,4 @@
-"""`python -m mnist_arch.layers`: the layer table of a net (mnist_arch/models/layer_table.py), and the budget checks.
+"""`python -m mnist_arch.layers`: the layer table of a net (mnist_arch/results/layer_table.py), and the budget checks.
 
     python -m mnist_arch.layers model=s6
     python -m mnist_arch.layers experiment=s4_reference budget.max_params=15000
@@ -19,7 +19,7 @@ from mnist_arch.cli import Parser, command
 def main(argv: Optional[List[str]] = None) -> None:
     from mnist_arch.config.schema import load
     from mnist_arch.models import build_net
-    from mnist_arch.models.layer_table import describe
+    from mnist_arch.results.layer_table import describe
 
     parser = Parser(prog="python -m mnist_arch.layers", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="the run's overrides, e.g. model=s6 model.net.dropout=0.1")

@@ -7,7 +7,7 @@ from torch import nn
 
 from mnist_arch import layers
 from mnist_arch import summary
-from mnist_arch.models import layer_table
+from mnist_arch.results import layer_table
 from tests.conftest import default_budget
 from mnist_arch.models import build_net, list_models
 

@@ -14,9 +14,9 @@ import optuna
 import pytest
 
 from mnist_arch import report
+from mnist_arch.config import space
 from mnist_arch.config.schema import SearchConf
 from mnist_arch.search import command as search, objective
-from mnist_arch.search import space
 from mnist_arch.search import study as studies
 from mnist_arch.train import job as training
 from tests.conftest import fast_overrides, hydra_command

@@ -58,7 +58,8 @@ def _post(url: str, body: bytes, host: str = None):
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        with e:  # its connection closed here, not by the garbage collector
+            return e.code, json.loads(e.read())
 
 
 def _seven(path: Path) -> Path:
@@ -87,13 +88,13 @@ def test_the_server_answers_as_predict_does_and_keeps_serving_past_a_bad_file(se
 
 
 def test_it_listens_on_the_loopback_and_says_so(two_runs, tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "mnist_arch.serve", str(two_runs[0])], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
-        first = process.stdout.readline()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with subprocess.Popen([sys.executable, "-m", "mnist_arch.serve", str(two_runs[0])], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=tmp_path) as process:  # its pipes closed after
+        try:
+            first = process.stdout.readline()
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
     assert first.startswith("serving 1 net(s) at http://127.0.0.1:") and "(this machine only)" in first
 
 
@@ -140,7 +141,8 @@ def _post_with(url: str, body: bytes, headers: dict):
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status
     except urllib.error.HTTPError as e:
-        return e.code
+        with e:
+            return e.code
 
 
 def test_a_post_from_another_origin_is_refused_and_one_without_origin_is_not(server, tmp_path):
@@ -180,11 +182,11 @@ def test_slow_clients_are_dropped_and_a_broken_pipe_is_no_traceback(two_runs, tm
     threading.Thread(target=running.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{running.address[1]}"
     try:
-        stalled = socket.create_connection(("127.0.0.1", running.address[1]))
-        stalled.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1")  # and never finishes its headers
-        stalled.settimeout(10)
-        started = time.monotonic()
-        assert stalled.recv(100) == b"" and time.monotonic() - started < 5  # closed by the server
+        with socket.create_connection(("127.0.0.1", running.address[1])) as stalled:
+            stalled.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1")  # and never finishes its headers
+            stalled.settimeout(10)
+            started = time.monotonic()
+            assert stalled.recv(100) == b"" and time.monotonic() - started < 5  # closed by the server
         picture = _seven(tmp_path / "seven.png").read_bytes()
         for _ in range(5):  # a client that sends a whole request and hangs up before the answer
             with socket.create_connection(("127.0.0.1", running.address[1])) as gone:

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from mnist_arch.config.locate import arguments, locate
+from mnist_arch.locate import arguments, locate
 
 NOT_ARGUMENTS = {
     "_target_",  # the class

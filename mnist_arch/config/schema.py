@@ -13,10 +13,11 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from mnist_arch.config.locate import check_arguments, locate
+from mnist_arch.config import space
 from mnist_arch.config.recipe import OPTIMIZER_BASE, SCHEDULER_BASE, class_arguments, piecewise_problem
 from mnist_arch.errors import ConfigError, RunError, did_you_mean
 from mnist_arch.files import folder_name
+from mnist_arch.locate import check_arguments, locate
 from mnist_arch.models import CUSTOM, list_models, unknown_model
 
 LOGGERS = ("tensorboard", "csv")
@@ -300,7 +301,7 @@ class SearchConf:
 
     study_name: str = MISSING  # the study, and its folder outputs/search/<study_name>
     experiment: Optional[str] = MISSING  # the recipe every trial starts from (an experiment= option)
-    space: Dict[str, Any] = MISSING  # what is sampled (mnist_arch/search/space.py)
+    space: Dict[str, Any] = MISSING  # what is sampled (mnist_arch/config/space.py)
     objectives: List[str] = MISSING  # [val_acc], or [val_acc, params | macs | train_seconds]
     n_trials: int = MISSING  # trained trials (complete or pruned) the study should hold; infeasible ones do not count
     workers: int = MISSING  # processes on this machine, the CPU threads split between them
@@ -315,8 +316,6 @@ class SearchConf:
     start: List[Dict[str, Any]] = MISSING  # trials a new study runs first (Optuna's enqueue_trial): known designs
 
     def __post_init__(self):
-        from mnist_arch.search import space
-
         _check(bool(self.objectives) and self.objectives[0] == "val_acc" and len(self.objectives) <= 2
                and all(o in OBJECTIVES for o in self.objectives),
                f"search.objectives={list(self.objectives)}: [val_acc], or val_acc and one of "

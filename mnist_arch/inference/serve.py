@@ -12,6 +12,8 @@ it was measured to hold are in docs/trust.md.
 import errno
 import ipaddress
 import json
+import os
+import socket
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ WAITRESS = dict(
 class Net:
     label: str  # what the page calls it: the model and where it came from
     trained: Any  # mnist_arch.inference.trained.Trained
-    convs: List[Any]  # the layer table's rows of its conv layers (mnist_arch.models.layer_table.Layer)
+    convs: List[Any]  # the layer table's rows of its conv layers (mnist_arch.results.layer_table.Layer)
     lock: threading.Lock
 
 
@@ -57,7 +59,7 @@ def load_nets(paths: List[str], trust: List[str]) -> List[Net]:
     from torch import nn
 
     from mnist_arch.inference import trained as trained_nets
-    from mnist_arch.models.layer_table import layer_table
+    from mnist_arch.results.layer_table import layer_table
 
     nets = []
     for path in paths:
@@ -193,13 +195,16 @@ class PageServer:
 
         _allow_open_files(CONNECTION_LIMIT + 64)
         self.app = App(nets)
-        try:
-            self.server = waitress.create_server(self.app, host=host, port=port, **WAITRESS)
-        except (OSError, ValueError) as e:  # an address not ours, a port in use or not allowed; a name that does not
-            # resolve is waitress's ValueError
-            what = f"--port {port}" if getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES) else f"--host {host}"
-            reason = getattr(e, "strerror", None) or ("not an address of this machine" if isinstance(e, ValueError) else e)
+        try:  # the listening socket is ours: an address that cannot be had is refused before any thread starts
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, _, _, _, address = min(found, key=lambda info: info[0] != socket.AF_INET)  # IPv4 where both
+            listening = socket.create_server(address, family=family, backlog=WAITRESS["backlog"])
+        except OSError as e:  # a name that does not resolve, an address not ours, a port in use or not allowed
+            what = f"--port {port}" if e.errno in (errno.EADDRINUSE, errno.EACCES) else f"--host {host}"
+            reason = os.strerror(e.errno) if (e.errno or 0) > 0 else (e.strerror or e)  # without create_server's note
             raise ConfigError(f"{what}: cannot listen on {host}:{port} ({reason})") from None
+        self.connections: Dict[int, Any] = {}  # waitress's socket map: the listener and every open connection
+        self.server = waitress.create_server(self.app, map=self.connections, sockets=[listening], **WAITRESS)
         self.address = (self.server.effective_host, self.server.effective_port)
         if _loopback(host):
             self.app.hosts = {f"{name}:{self.address[1]}" for name in ("127.0.0.1", "localhost", "[::1]")}
@@ -211,7 +216,7 @@ class PageServer:
         from waitress import wasyncore
 
         self.server.task_dispatcher.shutdown()
-        wasyncore.close_all(self.server._map)
+        wasyncore.close_all(self.connections)
 
 
 def _allow_open_files(needed: int) -> None:

@@ -24,9 +24,9 @@ from typing import Any, Collection, Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from mnist_arch.config.locate import check_arguments, check_values, locate
 from mnist_arch.errors import BadFile, ConfigError
 from mnist_arch.files import MAX_CHECKPOINT_BYTES, MAX_NET_PARAMS, SAFE_NAME, MiB, check_file
+from mnist_arch.locate import check_arguments, check_values, locate
 from mnist_arch.models.registry import MODELS, unknown_model
 
 CUSTOM = "custom"  # model=custom: the net's class comes from model.net._target_

@@ -27,8 +27,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_arch.cli import command
+from mnist_arch.config import space as search_space
 from mnist_arch.config.schema import Config, ConfigError, SearchConf, load, override_pairs, register_schema
-from mnist_arch.search import space as search_space
 from mnist_arch.search.objective import base_overrides, confirm, objective
 from mnist_arch.search.study import Job, counts, fail_stale, front_table, open_study, optuna_module, pruner_name, run_workers, summarize
 

@@ -12,10 +12,10 @@ from typing import List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from mnist_arch.config import space as search_space
 from mnist_arch.config.schema import ConfigError, SearchConf, compose, load, register_schema
 from mnist_arch.errors import Pruned, RunError
 from mnist_arch.results.record import RunRecord
-from mnist_arch.search import space as search_space
 from mnist_arch.search.study import (PRUNER_STARTUP, QUIET_OVERRIDES, Job, counts, front, optuna_module, run_overrides, set_attrs)
 
 register_schema()
@@ -24,7 +24,7 @@ register_schema()
 def objective(trial, job: Job) -> Sequence[float]:
     """Sample, judge, train, score: the values of the study's objectives for one trial."""
     from mnist_arch.models import build_net
-    from mnist_arch.models.layer_table import layer_table, totals_of
+    from mnist_arch.results.layer_table import layer_table, totals_of
     from mnist_arch.rules import judge_net
     from mnist_arch.train.callbacks import Pruning
     from mnist_arch.train.job import train

@@ -29,7 +29,7 @@ class RulesCheck(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         macs = None
         if self.budget.max_macs is not None:  # counted only when limited: a pass of one image
-            from mnist_arch.models.layer_table import layer_table, totals_of
+            from mnist_arch.results.layer_table import layer_table, totals_of
 
             macs = totals_of(layer_table(pl_module.net))["macs_per_image"]
         broken = judge_net(pl_module.net, self.budget, macs=macs).failure()

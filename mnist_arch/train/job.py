@@ -45,7 +45,7 @@ def setup(cfg: DictConfig, scheduler: Optional[Dict[str, Any]] = None) -> Setup:
 
     from mnist_arch.data import MNISTDataModule
     from mnist_arch.models import build_net
-    from mnist_arch.models.layer_table import describe
+    from mnist_arch.results.layer_table import describe
     from mnist_arch.train.module import Classifier
 
     _set_threads(conf)
