@@ -193,8 +193,10 @@ def test_resume_from_last_matches_the_uninterrupted_run(make_cfg, mnist_root, tm
     monkeypatch.setattr(Classifier, "training_step", real_step)
     resumed = training.train(make_cfg(overrides + ["ckpt_path=last"]), tmp_path / "resumed")
     assert resumed.status == "completed" and resumed.resumed_from.endswith("last.ckpt")
-    for key in ("val_acc", "val_loss", "train_loss", "train_acc", "lr"):
+    # the module's history and the per-class callback's state both come back from the checkpoint
+    for key in ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "val_acc_per_class", "unpredicted"):
         assert getattr(resumed, key) == getattr(straight, key), key
+    assert len(resumed.unpredicted) == 3
     assert resumed.test_acc == straight.test_acc
 
 

@@ -20,6 +20,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from mnist_arch.results.per_class import PerClass
+
 N_IMAGES = 36  # a 6 x 6 grid
 
 
@@ -59,8 +61,9 @@ class RunPlots(pl.Callback):
         epochs = len(pl_module.history["val_acc"])
         figures = {"samples": self._samples(), "curves": _curves(pl_module.history, self.target_acc),
                    "kernels": _kernels(pl_module.net)}
-        # the module's confusion matrix of the last validation epoch, summed over every rank's shard
-        self.confusion = pl_module.val_confusion_last
+        # the last validation epoch's confusion matrix, summed over every rank's shard
+        classes = next((cb for cb in trainer.callbacks if isinstance(cb, PerClass)), None)
+        self.confusion = classes.confusion if classes else None
         if self.confusion is not None:
             where = f"val split: {self.val_split}, epoch {epochs}"
             figures["misclassified"] = self._misclassified(where)

@@ -4,18 +4,23 @@ interruption, and the table that turns the `callbacks` config group into the lis
 Each switch of the group (`callbacks.rules`, `callbacks.checkpoint`, ...) names one entry of SWITCHES;
 a new callback is one entry there and one line in conf/callbacks/default.yaml.
 """
+import random
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.progress_bar import ProgressBar as LightningProgressBar
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_arch.config.schema import Budget
 from mnist_arch.errors import BudgetError, Pruned
+from mnist_arch.results.per_class import PerClass
 from mnist_arch.results.plots import RunPlots
 from mnist_arch.rules import judge_net, reached
 
@@ -172,10 +177,35 @@ SWITCHES: Dict[str, Callable[..., List[pl.Callback]]] = {
 }
 
 
+class RandomState(pl.Callback):
+    """The random streams in every checkpoint (dropout masks; the data order has its own per-epoch seed), so a
+    run resumed from an epoch-end checkpoint goes on exactly as the uninterrupted one would. Tensors and plain
+    tuples only, so the checkpoint still loads with torch.load(weights_only=True)."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: Dict[str, Any]) -> None:
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng"] = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: Dict[str, Any]) -> None:
+        rng = checkpoint.get("rng")
+        if not rng or trainer.state.fn != TrainerFn.FITTING:  # testing the best checkpoint changes no stream
+            return
+        random.setstate(rng["python"])
+        name, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
 def build_callbacks(conf, run_dir: Path) -> List[pl.Callback]:
-    """Every callback whose switch is on, plus the progress display when the trainer shows one."""
-    callbacks = [cb for switch, make in SWITCHES.items() if getattr(conf.callbacks, switch)
-                 for cb in make(conf, run_dir)]
+    """What every run keeps (the random streams in its checkpoints, the per-class record), every callback
+    whose switch is on, and the progress display when the trainer shows one."""
+    callbacks = [RandomState(), PerClass()]
+    callbacks += [cb for switch, make in SWITCHES.items() if getattr(conf.callbacks, switch)
+                  for cb in make(conf, run_dir)]
     if conf.trainer.enable_progress_bar:
         callbacks.append(progress_bar(conf))
     return callbacks

@@ -198,10 +198,12 @@ def _best_to_test(conf: Config, best_checkpoint) -> Optional[str]:
 
 def _finish(record: RunRecord, model, callbacks: Sequence, trainer, started: float) -> None:
     """What the run did, whatever ended it: the per-epoch history, the plots, the time, the device."""
+    from mnist_arch.results.per_class import PerClass
     from mnist_arch.results.plots import RunPlots
     from mnist_arch.train.callbacks import find
 
-    record.add_history(model.history)
+    classes = find(callbacks, PerClass)
+    record.add_history({**model.history, **(classes.state_dict() if classes else {})})
     plots = find(callbacks, RunPlots)
     if plots:
         record.plots_time_s, record.plots = round(plots.seconds, 3), sorted(plots.written)

@@ -1,10 +1,7 @@
 """One LightningModule for every architecture: the net is injected, the recipe comes from the config."""
-import logging
-import random
 import time
 from typing import Any, Dict, Optional, Tuple
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -15,8 +12,6 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from mnist_arch.config.recipe import build_optimizer, build_scheduler
 from mnist_arch.errors import NonFiniteLoss
-
-log = logging.getLogger("mnist_arch")
 
 
 class Classifier(pl.LightningModule):
@@ -31,7 +26,9 @@ class Classifier(pl.LightningModule):
     arguments), saved in every checkpoint so the net can be rebuilt from the file alone
     (`mnist_arch.models.net_from_checkpoint`). The per-epoch history (val acc/loss, train loss, lr at
     epoch start, epoch wall time) is kept here and saved in checkpoints, so `summary.json` can be written
-    from it and a resumed run keeps its past epochs.
+    from it and a resumed run keeps its past epochs. What is not training lives in callbacks: each class's
+    accuracy (mnist_arch/results/per_class.py), the random streams in checkpoints (RandomState in
+    mnist_arch/train/callbacks.py), the plots.
     """
 
     def __init__(self, net: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any],
@@ -49,12 +46,11 @@ class Classifier(pl.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
-        self.val_confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)  # [true, predicted]
-        self.val_confusion_last: Optional[torch.Tensor] = None
+        # [true, predicted]: read each epoch by the per-class callback (mnist_arch/results/per_class.py)
+        self.val_confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)
         self.val_acc_best = MaxMetric()
-        # Per epoch: scalars, each class's val acc, and the classes no validation image was predicted as.
         self.history: Dict[str, list] = {"val_acc": [], "val_loss": [], "train_loss": [], "train_acc": [],
-                                         "lr": [], "epoch_time_s": [], "val_acc_per_class": [], "unpredicted": []}
+                                         "lr": [], "epoch_time_s": []}  # per epoch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.contiguous(memory_format=self.memory_format))
@@ -114,20 +110,12 @@ class Classifier(pl.LightningModule):
         return predicted  # for callbacks (plots: confusion, mistakes)
 
     def on_validation_epoch_end(self) -> None:
-        loss, acc, confusion = self.val_loss.compute(), self.val_acc.compute(), self.val_confusion.compute()
+        loss, acc = self.val_loss.compute(), self.val_acc.compute()
         self.val_loss.reset()
         self.val_acc.reset()
         self.val_confusion.reset()
         if self.trainer.sanity_checking:  # the pre-fit sanity batches are not an epoch
             return
-        self.val_confusion_last = confusion.cpu()  # [true, predicted], every rank's shard (the plots draw it)
-        per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
-        unpredicted = [k for k in range(10) if confusion[:, k].sum() == 0]
-        self.history["val_acc_per_class"].append(per_class)
-        self.history["unpredicted"].append(unpredicted)
-        if unpredicted:
-            log.warning("epoch %d: no validation image was predicted as class %s (a ReLU on the logits can "
-                        "stop a class's gradient)", self.current_epoch + 1, ", ".join(map(str, unpredicted)))
         self.val_acc_best.update(acc)
         self.log_dict({"val/loss": loss, "val/acc": acc, "val/acc_best": self.val_acc_best.compute()},
                       prog_bar=True)
@@ -145,27 +133,13 @@ class Classifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["net_spec"] = self.hparams.net_spec
         checkpoint["history"] = self.history
-        # The random streams too (dropout masks; the data order has its own per-epoch seed), so a run
-        # resumed from an epoch-end checkpoint goes on exactly as the uninterrupted one would.
-        # Tensors and plain tuples only, so the checkpoint still loads with torch.load(weights_only=True).
-        name, keys, pos, has_gauss, gauss = np.random.get_state()
-        checkpoint["rng"] = {"python": random.getstate(), "torch": torch.get_rng_state(),
-                             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # Only when resuming a fit: testing the best checkpoint must not roll the run's history back.
         if self._trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
             return
-        self.history = checkpoint.get("history", self.history)
-        rng = checkpoint.get("rng")
-        if rng:
-            random.setstate(rng["python"])
-            name, keys, pos, has_gauss, gauss = rng["numpy"]
-            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+        kept = checkpoint.get("history", {})
+        self.history = {key: list(kept.get(key, [])) for key in self.history}
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.hparams.optimizer, self.net)
