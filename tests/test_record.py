@@ -78,3 +78,27 @@ def test_the_docs_document_every_record_field():
     readme = (Path(__file__).resolve().parents[1] / "docs" / "record.md").read_text()
     keys = RunRecord().to_dict()
     assert [key for key in keys if f"`{key}`" not in readme] == []
+
+
+def test_the_per_class_record_resumes_from_new_and_older_checkpoints_and_only_when_fitting():
+    """PerClass keeps its epochs in checkpoint["callbacks"]; a checkpoint written before it existed kept them in
+    the module's history; testing a checkpoint rolls nothing back."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.trainer.states import TrainerFn
+
+    from mnist_arch.results.per_class import PerClass
+
+    def trainer(fn):
+        return SimpleNamespace(state=SimpleNamespace(fn=fn))
+
+    epochs = {"val_acc_per_class": [[1.0] * 10, [0.9] * 10], "unpredicted": [[3], []]}
+    saved = PerClass()
+    saved.val_acc_per_class, saved.unpredicted = epochs["val_acc_per_class"], epochs["unpredicted"]
+    for checkpoint in ({"callbacks": {saved.state_key: saved.state_dict()}}, {"history": {**epochs, "val_acc": [0.5]}}):
+        resumed = PerClass()
+        resumed.on_load_checkpoint(trainer(TrainerFn.FITTING), None, checkpoint)
+        assert resumed.state_dict() == epochs
+        tested = PerClass()
+        tested.on_load_checkpoint(trainer(TrainerFn.TESTING), None, checkpoint)
+        assert tested.state_dict() == {"val_acc_per_class": [], "unpredicted": []}
