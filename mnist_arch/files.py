@@ -35,7 +35,7 @@ MAX_ARRAY_BYTES = 96 * MiB
 MAX_RECORD_BYTES = 16 * MiB  # a summary.json
 MAX_CONFIG_BYTES = 1 * MiB  # a run dir's config.yaml
 # A name that becomes one file or folder name (a model's, a study's): no separator, no leading dot, no "..".
-SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+SAFE_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 
 def check_file(path: Union[str, Path], what: str, max_bytes: int) -> int:
@@ -62,7 +62,7 @@ def check_file(path: Union[str, Path], what: str, max_bytes: int) -> int:
 
 def folder_name(name: str, key: str) -> str:
     """`name` when it is a SAFE_NAME; ConfigError naming `key` otherwise (it would leave its folder)."""
-    if not SAFE_NAME.fullmatch(name) or ".." in name:
+    if not SAFE_NAME.fullmatch(name):
         raise ConfigError(f"{key}={name[:60]!r} names a folder: letters, digits and _ . - only (at most 100, not "
                           "starting with a dot), so that it stays inside outputs/")
     return name

@@ -21,7 +21,7 @@ import sys
 from typing import List, Optional
 
 from mnist_arch.cli import Parser, command
-from mnist_arch.inference.serve import PageServer, _loopback, load_nets
+from mnist_arch.inference.serve import PageServer, is_loopback, load_nets
 
 
 @command
@@ -38,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     nets = load_nets(args.runs, args.trust_target)  # a bad run dir or checkpoint: one line, before serving
     server = PageServer(nets, args.host, args.port)  # an address it cannot listen on: one line
     host, port = server.address[:2]
-    reach = "this machine only" if _loopback(args.host) else f"open to the network on {host}: anyone who can reach it"
+    reach = "this machine only" if is_loopback(args.host) else f"open to the network on {host}: anyone who can reach it"
     print(f"serving {len(nets)} net(s) at http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ "
           f"({reach}); Ctrl-C stops it", flush=True)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth": what MAX_WAITING is for

@@ -206,7 +206,7 @@ class PageServer:
         self.connections: Dict[int, Any] = {}  # waitress's socket map: the listener and every open connection
         self.server = waitress.create_server(self.app, map=self.connections, sockets=[listening], **WAITRESS)
         self.address = (self.server.effective_host, self.server.effective_port)
-        if _loopback(host):
+        if is_loopback(host):
             self.app.hosts = {f"{name}:{self.address[1]}" for name in ("127.0.0.1", "localhost", "[::1]")}
 
     def serve_forever(self) -> None:
@@ -229,7 +229,7 @@ def _allow_open_files(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else min(needed, hard), hard))
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -174,7 +174,7 @@ def check_spec(spec: Any, path: Union[str, Path], trust: Collection[str] = ()) -
         raise BadFile(f"{path}: its net_spec is not a model spec (a name, an optional arch, and the net's "
                       "arguments as plain values)")
     # its name ends up in file names (export writes <run dir>/<name>.onnx)
-    if not SAFE_NAME.fullmatch(spec["name"]) or ".." in spec["name"]:
+    if not SAFE_NAME.fullmatch(spec["name"]):
         raise BadFile(f"{path}: its model name {spec['name'][:40]!r} is not a plain name (letters, digits, _ . -)")
     name = spec.get("arch") or spec["name"]
     if name == CUSTOM:
