@@ -42,6 +42,7 @@ NOT_ACTIONABLE = {
 # What a user can act on among Lightning's progress messages: a GPU or TPU there but not used.
 UNUSED_DEVICE = re.compile(r"available: True, used: False")
 DEBUG = "MNIST_ARCH_DEBUG"
+NULL_GROUPS = ("search",)  # the groups whose default is null (conf/config.yaml): `search.x=1` needs search=<name> first
 _outer = {"debug": False, "depth": 0}  # a Hydra command is wrapped twice: the outer call reads the switches
 
 
@@ -151,9 +152,9 @@ def hydra_error(e: Exception) -> Optional[str]:
         # input errors too, told by where they were raised
         frames = traceback.extract_tb(e.__traceback__)
         raised_in = frames[-1].filename if frames else ""
-        if "Unexpected type for root: NoneType" in str(e):  # `search.n_trials=3` where `search` is still null
-            key = next((f.f_locals.get("key") for f, _ in traceback.walk_tb(e.__traceback__)
-                        if f.f_code.co_name == "update" and isinstance(f.f_locals.get("key"), str)), None)
+        if "Unexpected type for root: NoneType" in str(e):  # OmegaConf's assertion names no key: the command line does
+            key = next((arg.lstrip("+").partition("=")[0] for arg in sys.argv[1:]
+                        if arg.lstrip("+").startswith(tuple(f"{group}." for group in NULL_GROUPS))), None)
             if key:
                 group = key.split(".")[0]
                 return f"{key}: `{group}` is empty until its group is chosen; choose one first ({group}=<name>)"
@@ -162,10 +163,9 @@ def hydra_error(e: Exception) -> Optional[str]:
             return one_line(str(e).split("\n    full_key:")[0]) + (f" (key {key.group(1)})" if key else "")
         return None
     text, cause = str(e), e.__cause__
-    missing = re.search(r"Could not find '([^']*)/([^']*)'", text)
-    if isinstance(e, MissingConfigException) and missing:  # group=option with no such option
-        group, option = missing.groups()
-        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
+    if isinstance(e, MissingConfigException) and e.options is not None and "/" in (e.missing_cfg_file or ""):
+        group, _, option = e.missing_cfg_file.rpartition("/")  # group=option with no such option
+        options = list(e.options)
         hint = did_you_mean(option, options, f"{group}=", "its options")
         if hint.startswith("did you mean"):
             hint += f" (its options: {', '.join(options)})"

@@ -7,6 +7,7 @@ import torch
 
 from mnist_arch import run
 from mnist_arch.errors import BudgetError
+from mnist_arch.results.history import History
 from mnist_arch.rules import fc_layers, largest_layers
 from mnist_arch.train import job as training
 from mnist_arch.train.module import Classifier
@@ -142,12 +143,13 @@ def test_epoch_train_loss_and_acc_are_the_image_weighted_means_of_its_batches():
     net = TinyConv()
     opt = {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.0, "weight_decay": 0.0, "decay_norm_and_bias": False}
     module = Classifier(net, opt, {"_target_": None, "name": "none", "interval": "epoch"})
+    history = History()
     x, y = torch.randn(23, 1, 28, 28), torch.randint(0, 10, (23,))
     loader = DataLoader(TensorDataset(x, y), batch_size=10)  # batches of 10, 10 and 3 images
-    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[history],
                enable_model_summary=False, limit_val_batches=0).fit(module, loader)
     with torch.no_grad():
         losses = [torch.nn.functional.cross_entropy(net(xb), yb, reduction="sum") for xb, yb in loader]
         correct = (net(x).argmax(1) == y).sum().item()
-    assert module.history["train_loss"] == [pytest.approx(sum(losses).item() / 23, rel=1e-5)]
-    assert module.history["train_acc"] == [pytest.approx(correct / 23)]
+    assert history["train_loss"] == [pytest.approx(sum(losses).item() / 23, rel=1e-5)]
+    assert history["train_acc"] == [pytest.approx(correct / 23)]

@@ -90,12 +90,10 @@ def test_the_write_ups_recipes_do_not_follow_the_default_one(make_cfg, experimen
         ("data.progressive_size=4", "data.progressive_size=4 must be in [8, 56] pixels"),
         ("data.progressive_epochs=20", "data.progressive_epochs=20 would resize every epoch of trainer.max_epochs=20: "
                                        "the net must see 28x28 images before it is scored"),
-        ("+logger.grpah=false", "logger.grpah is not a key of the logger group; did you mean logger.graph?"),
         ("+budget.max_param=1000", "budget.max_param is not a key of the budget group; did you mean "
                                    "budget.max_params?"),
         ("+model.width=3", "model.width is not a key of the model group; its keys: name, arch, net"),
         ("+sed=3", "sed is not a key of the config; did you mean seed?"),
-        ("logger=csv logger.graph=true", "logger.graph=true needs logger=tensorboard"),
         ("data.val=train", "data.val='train' is not one of: test, holdout"),
         ("data.holdout_size=0", "data.holdout_size=0 must be between 1 and 59999"),
         ("data.holdout_size=60000", "data.holdout_size=60000 must be between 1 and 59999"),
@@ -170,6 +168,36 @@ def test_as_typed_a_bad_override_is_one_line_and_exit_2(tmp_path, override):
     done = _cli(override, data_root=tmp_path / "data")
     assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["logger=csv", "+logger.csv.flush_log_every_n_steps=5"], "logger.csv.flush_log_every_n_steps is not an argument of "
+     "pytorch_lightning.loggers.CSVLogger; did you mean logger.csv.flush_logs_every_n_steps?"),
+    (["logger=csv", "+logger.csv.graph=true"], "logger.csv.graph is not an argument of "
+     "pytorch_lightning.loggers.CSVLogger; it takes: name, version, prefix, flush_logs_every_n_steps"),
+    (["+logger.tensorboard.grpah=false"], "logger.tensorboard: pytorch_lightning.loggers.TensorBoardLogger refused "
+     "its arguments (SummaryWriter.__init__() got an unexpected keyword argument 'grpah')"),
+    (["logger.tensorboard._target_=torch.nn.Linear"], "logger.tensorboard._target_=torch.nn.Linear is a class, not "
+     "a subclass of Logger"),
+    (["+logger.mine=3"], "logger.mine is not a logger: an entry needs _target_ (a Lightning logger class) and that "
+     "class's arguments, e.g. conf/logger/csv.yaml"),
+    (["logger=[tensorboard,csv]"], None),
+])
+def test_each_logger_of_the_group_is_built_in_the_run_dir_or_refused_by_name(make_cfg, tmp_path, overrides, message):
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from mnist_arch.train.job import build_loggers
+    from tests.nets import TinyConv
+
+    conf = validate(make_cfg(overrides))
+    if message is None:
+        loggers = build_loggers(conf, tmp_path, TinyConv(), "the layer table")
+        assert [type(logger) for logger in loggers] == [TensorBoardLogger, CSVLogger]
+        assert [Path(logger.log_dir) for logger in loggers] == [tmp_path / "tensorboard", tmp_path / "csv"]
+        return
+    with pytest.raises(ConfigError) as err:
+        build_loggers(conf, tmp_path, TinyConv(), "the layer table")
+    assert str(err.value) == message
 
 
 @pytest.mark.parametrize("override, message", [

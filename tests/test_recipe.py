@@ -4,6 +4,8 @@ a checkpoint rebuilds its own net."""
 import dataclasses
 import importlib.resources
 import inspect
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,8 +111,14 @@ def test_every_option_of_every_group_composes_validates_and_builds(make_cfg, gro
         net = build_net(dataclasses.asdict(conf.model))
         optimizer = build_optimizer(dataclasses.asdict(conf.optimizer), net)
         build_scheduler(dataclasses.asdict(conf.scheduler), optimizer, 10, conf.trainer.max_epochs)
-        if group in ("model", "optimizer", "scheduler", "logger"):
+        if group in ("model", "optimizer", "scheduler"):
             assert getattr(conf, group).name == option
+        if group == "logger":  # built too, in a run dir of its own
+            from mnist_arch.train.job import build_loggers
+
+            with tempfile.TemporaryDirectory() as run_dir:
+                assert [type(logger).__name__.lower() for logger in build_loggers(conf, Path(run_dir), net, "")] == \
+                    [f"{option}logger"]
 
 
 def test_schema_yaml_and_classes_agree():
@@ -120,13 +128,13 @@ def test_schema_yaml_and_classes_agree():
     assert [p.name for p in arguments] == [*data, "seed"]  # the DataModule takes the group's keys, and the seed,
     assert all(p.default is p.empty for p in arguments)  # with no defaults of its own: the YAML holds them
     assert list(yaml_of("budget", "default")) == [f.name for f in dataclasses.fields(Budget)]
-    from mnist_arch.config.schema import CallbacksConf, LoggerConf, OptimizerConf, SchedulerConf
+    from mnist_arch.config.schema import CallbacksConf, OptimizerConf, SchedulerConf
     from mnist_arch.train.callbacks import SWITCHES
 
     assert set(yaml_of("callbacks", "default")) == {f.name for f in dataclasses.fields(CallbacksConf)}
     assert set(SWITCHES) == set(yaml_of("callbacks", "default")) - {"progress", "progress_refresh"}
-    for option in options("logger"):
-        assert set(yaml_of("logger", option)) == {f.name for f in dataclasses.fields(LoggerConf)}
+    for option in options("logger"):  # one entry each, under the option's own name: logger=[a,b] keeps both
+        assert list(yaml_of("logger", option)) == [option] and "_target_" in yaml_of("logger", option)[option]
     for group, schema in [("optimizer", OptimizerConf), ("scheduler", SchedulerConf)]:
         for option in options(group):
             assert set(yaml_of(group, option)) <= {f.name for f in dataclasses.fields(schema)}, option

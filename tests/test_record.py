@@ -80,25 +80,26 @@ def test_the_docs_document_every_record_field():
     assert [key for key in keys if f"`{key}`" not in readme] == []
 
 
-def test_the_per_class_record_resumes_from_new_and_older_checkpoints_and_only_when_fitting():
-    """PerClass keeps its epochs in checkpoint["callbacks"]; a checkpoint written before it existed kept them in
-    the module's history; testing a checkpoint rolls nothing back."""
+def test_the_history_resumes_from_new_and_older_checkpoints_and_only_when_fitting():
+    """History keeps its epochs in checkpoint["callbacks"]; a checkpoint written before it existed kept them in
+    checkpoint["history"] (the module's, then); testing a checkpoint rolls nothing back."""
     from types import SimpleNamespace
 
     from pytorch_lightning.trainer.states import TrainerFn
 
-    from mnist_arch.results.per_class import PerClass
+    from mnist_arch.results.history import History
 
     def trainer(fn):
         return SimpleNamespace(state=SimpleNamespace(fn=fn))
 
-    epochs = {"val_acc_per_class": [[1.0] * 10, [0.9] * 10], "unpredicted": [[3], []]}
-    saved = PerClass()
-    saved.val_acc_per_class, saved.unpredicted = epochs["val_acc_per_class"], epochs["unpredicted"]
-    for checkpoint in ({"callbacks": {saved.state_key: saved.state_dict()}}, {"history": {**epochs, "val_acc": [0.5]}}):
-        resumed = PerClass()
+    saved = History()
+    saved.epochs.update(val_acc=[0.5, 0.75], train_loss=[2.0, 1.0], lr=[0.1, 0.05],
+                        val_acc_per_class=[[1.0] * 10, [0.9] * 10], unpredicted=[[3], []])
+    epochs = {key: list(values) for key, values in saved.state_dict().items()}
+    for checkpoint in ({"callbacks": {saved.state_key: saved.state_dict()}}, {"history": epochs}):
+        resumed = History()
         resumed.on_load_checkpoint(trainer(TrainerFn.FITTING), None, checkpoint)
         assert resumed.state_dict() == epochs
-        tested = PerClass()
+        tested = History()
         tested.on_load_checkpoint(trainer(TrainerFn.TESTING), None, checkpoint)
-        assert tested.state_dict() == {"val_acc_per_class": [], "unpredicted": []}
+        assert tested.state_dict() == History().state_dict() and not any(tested.state_dict().values())

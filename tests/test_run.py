@@ -62,7 +62,7 @@ def test_holdout_run_keeps_every_epoch_and_last_is_the_last_epoch(make_cfg, mnis
     assert summary.best_epoch == 1 and summary.epochs_run == 3 and len(summary.val_acc) == 3
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)
-    assert last["epoch"] == 2 and len(last["history"]["val_acc"]) == 3 and best["epoch"] == 0
+    assert last["epoch"] == 2 and len(last["callbacks"]["History"]["val_acc"]) == 3 and best["epoch"] == 0
 
 
 def test_test_weights_final_tests_the_last_epoch_weights(make_cfg, mnist_root, tmp_path):

@@ -309,5 +309,5 @@ def test_the_report_reads_every_good_summary_and_names_each_bad_one(tmp_path, ca
         "line 1 column 12 (char 11))",
         f"error: {tmp_path / 'list' / 'summary.json'}: not a readable summary.json (a JSON object was expected, not "
         "list)",
-        f"error: {tmp_path / 'wrong' / 'summary.json'}: not a readable summary.json (field 'val_acc' holds an accuracy "
-        "outside [0, 1])"]
+        f"error: {tmp_path / 'wrong' / 'summary.json'}: not a readable summary.json (field 'val_acc.0' holds 7.5: an "
+        "accuracy outside [0, 1])"]

@@ -20,7 +20,6 @@ from mnist_arch.files import folder_name
 from mnist_arch.locate import check_arguments, locate
 from mnist_arch.models import CUSTOM, list_models, unknown_model
 
-LOGGERS = ("tensorboard", "csv")
 VAL_SPLITS = ("test", "holdout")
 PIPELINES = ("tensor", "torchvision")
 TEST_WEIGHTS = ("auto", "best", "final")
@@ -252,16 +251,6 @@ class CallbacksConf:
 
 
 @dataclass
-class LoggerConf:
-    name: str = MISSING
-    graph: bool = MISSING
-
-    def __post_init__(self):
-        _one_of("logger.name", self.name, LOGGERS)
-        _check(self.name == "tensorboard" or not self.graph, "logger.graph=true needs logger=tensorboard")
-
-
-@dataclass
 class Budget:
     """The game: "99.4% val acc, under 20k parameters, within 20 epochs, no fully connected layer", judged
     by mnist_arch/rules.py. The values live in conf/budget/default.yaml."""
@@ -347,7 +336,7 @@ class Config:
     scheduler: SchedulerConf = MISSING
     trainer: TrainerConf = MISSING
     callbacks: CallbacksConf = MISSING
-    logger: LoggerConf = MISSING
+    logger: Dict[str, Any] = MISSING  # name -> a Lightning logger's `_target_` and arguments (train/job.py builds them)
     budget: Budget = MISSING
     seed: int = MISSING
     channels_last: bool = MISSING
@@ -426,7 +415,7 @@ def _refuse_unread_keys(cfg: DictConfig) -> None:
     _refuse_unknown("", [k for k in cfg if k != "hydra"], top, "the config")
     for node in dataclasses.fields(Config):
         group = cfg.get(node.name)
-        if isinstance(group, DictConfig) and node.name != "trainer":
+        if isinstance(group, DictConfig) and node.name not in ("trainer", "logger"):  # logger: checked as built
             schema = SearchConf if node.name == "search" else node.type  # the one Optional group
             known = [f.name for f in dataclasses.fields(schema)]
             _refuse_unknown(f"{node.name}.", group, known, f"the {node.name} group")

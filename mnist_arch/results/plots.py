@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from mnist_arch.results.per_class import PerClass
+from mnist_arch.results.history import find_history
 
 N_IMAGES = 36  # a 6 x 6 grid
 
@@ -58,12 +58,12 @@ class RunPlots(pl.Callback):
         if not trainer.is_global_zero:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        epochs = len(pl_module.history["val_acc"])
-        figures = {"samples": self._samples(), "curves": _curves(pl_module.history, self.target_acc),
-                   "kernels": _kernels(pl_module.net)}
+        history = find_history(trainer)
+        epochs = len(history["val_acc"]) if history else 0
+        figures = {"samples": self._samples(), "kernels": _kernels(pl_module.net),
+                   "curves": _curves(history.epochs, self.target_acc) if history else None}
         # the last validation epoch's confusion matrix, summed over every rank's shard
-        classes = next((cb for cb in trainer.callbacks if isinstance(cb, PerClass)), None)
-        self.confusion = classes.confusion if classes else None
+        self.confusion = history.confusion if history else None
         if self.confusion is not None:
             where = f"val split: {self.val_split}, epoch {epochs}"
             figures["misclassified"] = self._misclassified(where)

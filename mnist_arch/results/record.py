@@ -7,12 +7,13 @@ verdict) are properties: written into the JSON for people and other tools, recom
 can never disagree with the per-epoch lists. `version` tells a reader which layout a file has: files
 without one are version 1 (mnist_arch before the record existed), and read the same way.
 """
-import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, List, Optional, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
+from typing_extensions import Annotated
 
 from mnist_arch.config.schema import Budget
 from mnist_arch.errors import RunError
@@ -21,52 +22,112 @@ from mnist_arch.rules import Verdict, best_epoch, judge
 
 RECORD_VERSION = 2
 FILE_NAME = "summary.json"
-HISTORY = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "epoch_time_s")  # per-epoch lists
+# The per-epoch lists of one number each, recorded by the run's History callback (results/history.py, which
+# imports this module: the record must not import Lightning, or Lightning would set up its logging before Hydra).
+SCALARS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "epoch_time_s")
 
 
-@dataclass
-class RunRecord:
+def _an_accuracy(value: float) -> float:
+    if not 0 <= value <= 1:
+        raise ValueError("an accuracy outside [0, 1]")
+    return value
+
+
+def _not_infinite(value: float) -> float:
+    if math.isinf(value):  # NaN stays: a diverging run's val loss is one, and the record must still read
+        raise ValueError("an infinite number")
+    return value
+
+
+# A file from elsewhere is data: strict types (no "3" for 3, no true for 1.0), no infinity, accuracies in
+# [0, 1], a budget that is one; keys this version does not know (derived ones, older ones) are left out.
+Number = Annotated[float, AfterValidator(_not_infinite)]
+Accuracy = Annotated[float, AfterValidator(_an_accuracy)]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=True)
+
+
+class Run(_Part):
+    """What ran, how it ended, and from which command."""
+
     status: str = "running"  # completed | interrupted | over_budget | fc_not_allowed | bad_output | bad_config
     #                          | data_error | non_finite_loss | failed | running (still going, or killed hard)
     error: Optional[str] = None  # why, when it did not complete
     signal: Optional[str] = None  # SIGINT | SIGTERM, when interrupted
+    seed: Optional[int] = None
+    val_split: Optional[str] = None
+    overrides: List[str] = []
+    run_dir: Optional[str] = None
+    resumed_from: Optional[str] = None
+    data_verified: Optional[bool] = None
+    overfit_batches: Optional[Number] = None  # debug=overfit: the batches trained on every epoch
+    wall_time_s: Optional[Number] = None
+    device: Optional[str] = None
+    rank: int = 0
+    world_size: int = 1
+    version: int = RECORD_VERSION
+
+
+class Net(_Part):
+    """The architecture as the rules see it."""
+
     model: Optional[str] = None
     net_spec: Optional[Dict[str, Any]] = None  # the model group: name + constructor arguments
     params: Optional[int] = None
-    fc_layers: List[str] = field(default_factory=list)
+    fc_layers: List[str] = []
     output_shape: Optional[List[int]] = None  # for a probe batch of 2 images
     macs_per_image: Optional[int] = None
     receptive_field: Optional[int] = None
     receptive_field_layer: Optional[str] = None
     receptive_field_measured: Optional[int] = None
+
+
+class Budgeted(_Part):
+    """The budget the run was judged under (mnist_arch.config.schema.Budget as a dict)."""
+
     budget: Optional[Dict[str, Any]] = None
-    seed: Optional[int] = None
-    val_split: Optional[str] = None
-    val_acc: List[float] = field(default_factory=list)
-    val_loss: List[float] = field(default_factory=list)
-    train_loss: List[float] = field(default_factory=list)
-    train_acc: List[float] = field(default_factory=list)
-    lr: List[float] = field(default_factory=list)  # at epoch start
-    epoch_time_s: List[float] = field(default_factory=list)  # train + val
-    val_acc_per_class: List[float] = field(default_factory=list)  # the last epoch's, digit 0 to 9
-    unpredicted: List[List[int]] = field(default_factory=list)  # per epoch: classes no val image was predicted as
-    test_acc: Optional[float] = None
+
+    @field_validator("budget")
+    @classmethod
+    def _a_budget(cls, budget: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        if budget is not None:
+            try:
+                Budget(**budget)
+            except (TypeError, RunError) as e:
+                raise ValueError(f"not a budget ({e})") from None
+        return budget
+
+
+class Result(_Part):
+    """What the run measured, epoch by epoch (the lists of mnist_arch/results/history.py), and its test."""
+
+    val_acc: List[Accuracy] = []
+    val_loss: List[Number] = []
+    train_loss: List[Number] = []
+    train_acc: List[Accuracy] = []
+    lr: List[Number] = []  # at epoch start
+    epoch_time_s: List[Number] = []  # train + val
+    val_acc_per_class: List[Accuracy] = []  # the last epoch's, digit 0 to 9
+    unpredicted: List[List[int]] = []  # per epoch: classes no val image was predicted as
+    test_acc: Optional[Accuracy] = None
     test_ckpt: Optional[str] = None  # best | final: which weights the test saw
-    wall_time_s: Optional[float] = None
-    plots: List[str] = field(default_factory=list)
-    plots_time_s: Optional[float] = None
-    device: Optional[str] = None
-    rank: int = 0
-    world_size: int = 1
+    plots: List[str] = []
+    plots_time_s: Optional[Number] = None
+
+
+class Provenance(_Part):
+    """Where the result came from (mnist_arch/results/provenance.py)."""
+
     git_commit: Optional[str] = None  # + "-dirty" when the checkout had uncommitted changes
     git_diff: Optional[str] = None  # then: the file in the run dir holding `git diff HEAD`
-    versions: Dict[str, Optional[str]] = field(default_factory=dict)
-    overrides: List[str] = field(default_factory=list)
-    run_dir: Optional[str] = None
-    resumed_from: Optional[str] = None
-    data_verified: Optional[bool] = None
-    overfit_batches: Optional[float] = None  # debug=overfit: the batches trained on every epoch
-    version: int = RECORD_VERSION
+    versions: Dict[str, Optional[str]] = {}
+
+
+# Parts listed last come first in the file (pydantic collects fields from the last base up).
+class RunRecord(Provenance, Result, Budgeted, Net, Run):
+    """summary.json: one flat object, its keys grouped by part, the parts' fields together."""
 
     # --- what follows from the fields above --------------------------------------------------------
 
@@ -120,8 +181,8 @@ class RunRecord:
         return since
 
     def add_history(self, history: Dict[str, list]) -> None:
-        """The module's per-epoch history: scalar lists rounded to 6 places, the last epoch's per-class acc."""
-        for key in HISTORY:
+        """The run's per-epoch history: scalar lists rounded to 6 places, the last epoch's per-class acc."""
+        for key in SCALARS:
             setattr(self, key, [round(v, 6) for v in history.get(key, [])])
         per_class = history.get("val_acc_per_class") or [[]]
         self.val_acc_per_class = [round(a, 6) for a in per_class[-1]]
@@ -155,7 +216,7 @@ class RunRecord:
                    "final_val_acc": self.final_val_acc, "target_acc": self.target_acc,
                    "target_reached": target_epoch is not None, "target_epoch": target_epoch,
                    "verdict": verdict.checks() if verdict else None}
-        return {**dataclasses.asdict(self), **derived}
+        return {**self.model_dump(), **derived}
 
     def write(self, run_dir: Union[str, Path]) -> Path:
         """Into <run_dir>/summary.json, atomically: a reader never sees half a file."""
@@ -165,28 +226,18 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "RunRecord":
-        """Any version's fields; derived ones and keys this version does not know are left out. A file from
-        elsewhere is data: a field of the wrong type, an accuracy outside [0, 1] or a budget that is not one
-        raises ValueError naming the field, rather than reaching a table as a wrong number."""
+        """Any version's fields (a file without `version` is version 1). A file from elsewhere is data: a field
+        of the wrong type, an accuracy outside [0, 1] or a budget that is not one raises ValueError naming the
+        field, rather than reaching a table as a wrong number."""
         if not isinstance(data, dict):
             raise ValueError(f"a JSON object was expected, not {type(data).__name__}")
-        hints = get_type_hints(cls)
-        fields = {k: v for k, v in data.items() if k in hints}
-        for key, value in fields.items():
-            if not _fits(value, hints[key]):
-                raise ValueError(f"field {key!r} holds {json.dumps(value)[:40]}, not {_name(hints[key])}")
-        for key in ("val_acc", "train_acc", "val_acc_per_class", "test_acc"):
-            values = fields.get(key)
-            if any(not 0 <= a <= 1 for a in (values if isinstance(values, list) else [values]) if a is not None):
-                raise ValueError(f"field {key!r} holds an accuracy outside [0, 1]")
-        if fields.get("budget") is not None:
-            try:
-                Budget(**fields["budget"])
-            except (TypeError, RunError) as e:
-                raise ValueError(f"field 'budget' is not a budget ({e})") from None
-        record = cls(**fields)
-        record.version = data.get("version", 1)
-        return record
+        try:
+            return cls.model_validate({"version": 1, **data})
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            why = first["msg"].removeprefix("Value error, ")
+            raise ValueError(f"field {where!r} holds {json.dumps(first['input'])[:40]}: {why}") from None
 
     @classmethod
     def read(cls, path: Union[str, Path]) -> "RunRecord":
@@ -203,29 +254,3 @@ class RunRecord:
             record = cls(status="unreadable", error=f"{path}: not a readable {FILE_NAME} ({str(e).splitlines()[0]})")
         record.run_dir = record.run_dir or str(path.parent)
         return record
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value has the type a field is annotated with (bool is not a number here)."""
-    origin, args = get_origin(hint), get_args(hint)
-    if hint is Any:
-        return True
-    if origin is Union:
-        return any(_fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if origin is list:
-        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) and _fits(v, args[1]) for k, v in value.items())
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isinf(value)
-    return isinstance(value, hint)
-
-
-def _name(hint: Any) -> str:
-    return str(hint).replace("typing.", "")

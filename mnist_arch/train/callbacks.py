@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_arch.config.schema import Budget
 from mnist_arch.errors import BudgetError, Pruned
-from mnist_arch.results.per_class import PerClass
+from mnist_arch.results.history import History
 from mnist_arch.results.plots import RunPlots
 from mnist_arch.rules import judge_net, reached
 
@@ -50,8 +50,8 @@ class StopAtTarget(pl.Callback):
         self.target_acc = target_acc
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        history = pl_module.history["val_acc"]
-        if not trainer.sanity_checking and history and reached(history[-1], self.target_acc):
+        acc = trainer.callback_metrics.get("val/acc")  # logged by the module as the epoch's validation ends
+        if not trainer.sanity_checking and acc is not None and reached(acc.item(), self.target_acc):
             trainer.should_stop = True
 
 
@@ -69,7 +69,7 @@ class Pruning(pl.Callback):
             return
         self.trial.set_user_attr("alive_at", time.time())
         if self.report:
-            epoch, acc = trainer.current_epoch, pl_module.history["val_acc"][-1]
+            epoch, acc = trainer.current_epoch, trainer.callback_metrics["val/acc"].item()
             self.trial.report(acc, epoch)  # Optuna's steps start at 0
             if self.prune and self.trial.should_prune():
                 self.verdict = f"pruned after epoch {epoch + 1} (holdout val acc {acc:.4f})"
@@ -201,9 +201,9 @@ class RandomState(pl.Callback):
 
 
 def build_callbacks(conf, run_dir: Path) -> List[pl.Callback]:
-    """What every run keeps (the random streams in its checkpoints, the per-class record), every callback
+    """What every run keeps (the random streams in its checkpoints, the per-epoch history), every callback
     whose switch is on, and the progress display when the trainer shows one."""
-    callbacks = [RandomState(), PerClass()]
+    callbacks = [RandomState(), History()]
     callbacks += [cb for switch, make in SWITCHES.items() if getattr(conf.callbacks, switch)
                   for cb in make(conf, run_dir)]
     if conf.trainer.enable_progress_bar:

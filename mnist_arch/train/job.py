@@ -74,8 +74,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
 
     resume = _resume_path(conf.ckpt_path, run_dir, run.net, run.spec["name"])
     callbacks = [*build_callbacks(conf, run_dir), *callbacks]
-    logger = _logger(conf, run_dir, run.net, run.layers) if conf.save else False
-    trainer = pl.Trainer(**conf.trainer.kwargs(run_dir), callbacks=callbacks, logger=logger, default_root_dir=run_dir)
+    loggers = build_loggers(conf, run_dir, run.net, run.layers) if conf.save else []
+    trainer = pl.Trainer(**conf.trainer.kwargs(run_dir), callbacks=callbacks, logger=loggers or False,
+                         default_root_dir=run_dir)
     record = _record(run, trainer, run_dir, resume, overrides)
     writer = trainer.is_global_zero and conf.save  # under DDP every rank runs this; one writes the files
     if writer:
@@ -97,10 +98,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
         if record.status != "interrupted":
             raise
     finally:
-        _finish(record, run.model, callbacks, trainer, started)
+        _finish(record, callbacks, trainer, started)
         if writer:
             record.write(run_dir)
-            _tensorboard_hparams(logger, conf, record)
+            _tensorboard_hparams(loggers, conf, record)
     return record
 
 
@@ -165,16 +166,36 @@ def _set_threads(conf: Config) -> None:
         torch.set_num_threads(threads)
 
 
-def _logger(conf: Config, run_dir: Path, net, layers: str):
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+def build_loggers(conf: Config, run_dir: Path, net, layers: str) -> list:
+    """Each entry of the logger group, instantiated with the run dir as its save_dir: `_target_` a Lightning
+    logger class, every other key one of its arguments (checked against the class, with a did-you-mean, before
+    any step), except a TensorBoard logger's `graph` (ours: the net in the GRAPHS tab)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
+    from mnist_arch.cli import one_line
+    from mnist_arch.locate import check_arguments, locate
     from mnist_arch.results import tensorboard as tensorboard_tabs
 
-    if conf.logger.name == "csv":
-        return CSVLogger(save_dir=run_dir, name="csv", version="")
-    logger = TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False)
-    tensorboard_tabs.add_model(logger, net, layers, conf.logger.graph)
-    return logger
+    loggers = []
+    for name, entry in conf.logger.items():
+        if not isinstance(entry, dict) or "_target_" not in entry:
+            raise ConfigError(f"logger.{name} is not a logger: an entry needs _target_ (a Lightning logger class) "
+                              "and that class's arguments, e.g. conf/logger/csv.yaml")
+        entry = dict(entry)
+        cls = locate(entry["_target_"], f"logger.{name}._target_", Logger)
+        graph = entry.pop("graph", False) if issubclass(cls, TensorBoardLogger) else False
+        check_arguments(f"logger.{name}.", cls, [key for key in entry if key != "_target_"], entry["_target_"],
+                        supplied=["save_dir"])
+        try:  # a class taking **kwargs (TensorBoardLogger passes them to its SummaryWriter) refuses them here
+            logger = instantiate(entry, save_dir=str(run_dir))
+            if isinstance(logger, TensorBoardLogger):
+                tensorboard_tabs.add_model(logger, net, layers, graph)
+        except (InstantiationException, TypeError) as e:
+            raise ConfigError(f"logger.{name}: {entry['_target_']} refused its arguments ({one_line(str(e))})") from None
+        loggers.append(logger)
+    return loggers
 
 
 def _write_inputs(cfg: DictConfig, run_dir: Path, record: RunRecord, layers: str) -> None:
@@ -196,14 +217,15 @@ def _best_to_test(conf: Config, best_checkpoint) -> Optional[str]:
     return best_checkpoint.best_model_path or None
 
 
-def _finish(record: RunRecord, model, callbacks: Sequence, trainer, started: float) -> None:
+def _finish(record: RunRecord, callbacks: Sequence, trainer, started: float) -> None:
     """What the run did, whatever ended it: the per-epoch history, the plots, the time, the device."""
-    from mnist_arch.results.per_class import PerClass
+    from mnist_arch.results.history import History
     from mnist_arch.results.plots import RunPlots
     from mnist_arch.train.callbacks import find
 
-    classes = find(callbacks, PerClass)
-    record.add_history({**model.history, **(classes.state_dict() if classes else {})})
+    history = find(callbacks, History)
+    if history:
+        record.add_history(history.epochs)
     plots = find(callbacks, RunPlots)
     if plots:
         record.plots_time_s, record.plots = round(plots.seconds, 3), sorted(plots.written)
@@ -225,10 +247,11 @@ def _outcome(e: BaseException) -> Tuple[str, Optional[str], Optional[str]]:
     return "failed", f"{type(e).__name__}: {e}", None
 
 
-def _tensorboard_hparams(logger, conf: Config, record: RunRecord) -> None:
+def _tensorboard_hparams(loggers: list, conf: Config, record: RunRecord) -> None:
     from pytorch_lightning.loggers import TensorBoardLogger
 
     from mnist_arch.results import tensorboard as tensorboard_tabs
 
-    if isinstance(logger, TensorBoardLogger) and record.epochs_run:
-        tensorboard_tabs.add_hparams(logger, conf, record)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger) and record.epochs_run:
+            tensorboard_tabs.add_hparams(logger, conf, record)

@@ -1,11 +1,9 @@
 """One LightningModule for every architecture: the net is injected, the recipe comes from the config."""
-import time
 from typing import Any, Dict, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -24,11 +22,9 @@ class Classifier(pl.LightningModule):
     `optimizer` and `scheduler` are the plain dicts of the `optimizer` and `scheduler` config groups
     (mnist_arch/config/recipe.py builds them); `net_spec` is the `model` group's (name and constructor
     arguments), saved in every checkpoint so the net can be rebuilt from the file alone
-    (`mnist_arch.models.net_from_checkpoint`). The per-epoch history (val acc/loss, train loss, lr at
-    epoch start, epoch wall time) is kept here and saved in checkpoints, so `summary.json` can be written
-    from it and a resumed run keeps its past epochs. What is not training lives in callbacks: each class's
-    accuracy (mnist_arch/results/per_class.py), the random streams in checkpoints (RandomState in
-    mnist_arch/train/callbacks.py), the plots.
+    (`mnist_arch.models.net_from_checkpoint`). What is not training lives in callbacks: the per-epoch
+    history `summary.json` is written from (mnist_arch/results/history.py), the random streams in
+    checkpoints (RandomState in mnist_arch/train/callbacks.py), the plots.
     """
 
     def __init__(self, net: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any],
@@ -46,11 +42,10 @@ class Classifier(pl.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
-        # [true, predicted]: read each epoch by the per-class callback (mnist_arch/results/per_class.py)
+        # [true, predicted]: read each epoch by the history callback (mnist_arch/results/history.py)
         self.val_confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)
         self.val_acc_best = MaxMetric()
-        self.history: Dict[str, list] = {"val_acc": [], "val_loss": [], "train_loss": [], "train_acc": [],
-                                         "lr": [], "epoch_time_s": []}  # per epoch
+        self._epoch_means: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.contiguous(memory_format=self.memory_format))
@@ -84,24 +79,24 @@ class Classifier(pl.LightningModule):
             self.log("train/loss_step", loss, prog_bar=True)
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        self.history["lr"].append(self.trainer.optimizers[0].param_groups[0]["lr"])
-        self._epoch_started = time.perf_counter()
-
     def train_means(self, sums: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Mean training loss and accuracy over the epoch's batches so far (this process's, unless the
         summed `sums` of every process are given)."""
         loss_sum, correct, seen = self.train_sums if sums is None else sums
         return loss_sum / seen.clamp(min=1), correct / seen.clamp(min=1)
 
+    def epoch_train_means(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's train loss and accuracy over every process, summed once (a collective: every rank calls
+        it) and kept until the epoch ends, for the history callback, whose hook runs before this module's."""
+        if self._epoch_means is None:
+            self._epoch_means = self.train_means(self.trainer.strategy.reduce(self.train_sums.clone(), reduce_op="sum"))
+        return self._epoch_means
+
     def on_train_epoch_end(self) -> None:
-        loss, acc = self.train_means(self.trainer.strategy.reduce(self.train_sums.clone(), reduce_op="sum"))
+        loss, acc = self.epoch_train_means()
         self.log_dict({"train/loss": loss, "train/acc": acc})
-        self.history["train_loss"].append(loss.item())
-        self.history["train_acc"].append(acc.item())
-        # Lightning validates before this hook, so this is the epoch's train + val wall time.
-        self.history["epoch_time_s"].append(round(time.perf_counter() - self._epoch_started, 3))
         self.train_sums.zero_()
+        self._epoch_means = None
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         _, logits = self._step(batch, self.val_loss, self.val_acc)
@@ -119,8 +114,6 @@ class Classifier(pl.LightningModule):
         self.val_acc_best.update(acc)
         self.log_dict({"val/loss": loss, "val/acc": acc, "val/acc_best": self.val_acc_best.compute()},
                       prog_bar=True)
-        self.history["val_acc"].append(acc.item())
-        self.history["val_loss"].append(loss.item())
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, self.test_loss, self.test_acc)
@@ -132,14 +125,6 @@ class Classifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["net_spec"] = self.hparams.net_spec
-        checkpoint["history"] = self.history
-
-    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        # Only when resuming a fit: testing the best checkpoint must not roll the run's history back.
-        if self._trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
-            return
-        kept = checkpoint.get("history", {})
-        self.history = {key: list(kept.get(key, [])) for key in self.history}
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.hparams.optimizer, self.net)
