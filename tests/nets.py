@@ -14,6 +14,18 @@ class TinyConv(nn.Module):
         return self.body(x).mean((2, 3))
 
 
+class RowReader(nn.Module):
+    """A 28x1 kernel reads each column top to bottom, then the columns are averaged: it can learn the synthetic
+    digits of tests/conftest.py (class k lights row band k), which a net that pools away the rows cannot."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 10, (28, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3))
+
+
 class WithLinear(nn.Module):
     """A conv stem and a Linear head: refused unless budget.allow_fc=true."""
 

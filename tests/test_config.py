@@ -101,7 +101,7 @@ def test_the_write_ups_recipes_do_not_follow_the_default_one(make_cfg, experimen
         ("data.erasing=1.5", "data.erasing=1.5 must be a probability in [0, 1]"),
         ("data.translate=0.6", "data.translate=0.6 must be in [0, 0.5] (image fraction)"),
         ("test_weights=last", "test_weights='last' is not one of: auto, best, final"),
-        ("test_weights=best", "test_weights=best needs data.val=holdout: with val=test the best epoch is chosen "
+        ("test_weights=best", "test_weights=best needs data.val=holdout or fold: with val=test the best epoch is chosen "
                               "on the test set"),
     ],
 )

@@ -20,7 +20,7 @@ from mnist_arch.files import folder_name
 from mnist_arch.locate import check_arguments, locate
 from mnist_arch.models import CUSTOM, list_models, unknown_model
 
-VAL_SPLITS = ("test", "holdout")
+VAL_SPLITS = ("test", "holdout", "fold")
 PIPELINES = ("tensor", "torchvision")
 TEST_WEIGHTS = ("auto", "best", "final")
 INTERVALS = ("epoch", "step")
@@ -39,6 +39,16 @@ def holdout_problem(holdout_size: int, train_size: int) -> Optional[str]:
     if 0 < holdout_size < train_size:
         return None
     return f"data.holdout_size={holdout_size} must be between 1 and {train_size - 1}"
+
+
+def fold_problem(folds: int, fold: int, train_size: int) -> Optional[str]:
+    """What is wrong with data.folds / data.fold (None: nothing); checked against MNIST's 60k here and against
+    the files' own count when they are read."""
+    if not 2 <= folds <= train_size:
+        return f"data.folds={folds} must be at least 2 (K-fold cross-validation needs two folds)"
+    if not 0 <= fold < folds:
+        return f"data.fold={fold} is out of range: with data.folds={folds} it is one of 0..{folds - 1}"
+    return None
 
 
 def _mapping(key: str, value) -> None:
@@ -77,6 +87,8 @@ class DataConf:
     pipeline: str = MISSING
     val: str = MISSING
     holdout_size: int = MISSING
+    folds: int = MISSING
+    fold: int = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
     drop_last: bool = MISSING
@@ -99,6 +111,8 @@ class DataConf:
         _one_of("data.pipeline", self.pipeline, PIPELINES)
         _one_of("data.val", self.val, VAL_SPLITS)
         problem = holdout_problem(self.holdout_size, MNIST_TRAIN_SIZE)
+        _check(problem is None, problem)
+        problem = fold_problem(self.folds, self.fold, MNIST_TRAIN_SIZE)
         _check(problem is None, problem)
         _check(self.batch_size > 0, f"data.batch_size={self.batch_size} must be > 0")
         _check(self.eval_batch_size > 0, f"data.eval_batch_size={self.eval_batch_size} must be > 0")
@@ -303,6 +317,13 @@ class SearchConf:
     confirm: int = MISSING  # afterwards, retrain the top K (two objectives: up to K of the front) on the 60k
     confirm_seeds: List[int] = MISSING
     start: List[Dict[str, Any]] = MISSING  # trials a new study runs first (Optuna's enqueue_trial): known designs
+    race: int = MISSING  # afterwards: race the study's N best trials on the validation side (search/race.py)
+    race_candidates: Optional[str] = MISSING  # or race these designs (a YAML list of {name, overrides}), no study run
+    race_rounds: int = MISSING  # at most this many rounds: each survivor gets one more seed (or fold) a round
+    race_val: str = MISSING  # holdout (round r: seed r) | fold (round r: fold r-1 of race_folds)
+    race_folds: int = MISSING
+    race_min_rounds: int = MISSING  # rounds before the first drop
+    race_alpha: float = MISSING  # a design is dropped when the leader beats it at this level (Holm-adjusted)
 
     def __post_init__(self):
         _check(bool(self.objectives) and self.objectives[0] == "val_acc" and len(self.objectives) <= 2
@@ -321,6 +342,21 @@ class SearchConf:
                f"search.pruner_percentile={self.pruner_percentile} must be in (0, 100)")
         _check(self.confirm >= 0 and bool(self.confirm_seeds),
                f"search.confirm={self.confirm} must be >= 0 and search.confirm_seeds a non-empty list")
+        _check(self.race >= 0, f"search.race={self.race} must be >= 0 (0: no race)")
+        _check(self.race != 1, "search.race=1 races one design against nobody: give 2 or more")
+        _one_of("search.race_val", self.race_val, ("holdout", "fold"))
+        _check(2 <= self.race_min_rounds <= self.race_rounds,
+               f"search.race_min_rounds={self.race_min_rounds} must be at least 2 (one seed says nothing of seed "
+               f"noise) and at most search.race_rounds={self.race_rounds}")
+        _check(self.race_val != "fold" or self.race_rounds <= self.race_folds,
+               f"search.race_rounds={self.race_rounds}: a fold race has one round per fold, "
+               f"search.race_folds={self.race_folds}")
+        _check(0 < self.race_alpha < 1, f"search.race_alpha={self.race_alpha} must be in (0, 1)")
+        if self.race or self.race_candidates:  # a confirm must be held out: no seed the race selected with
+            used = set(range(1, self.race_rounds + 1)) if self.race_val == "holdout" else {1}
+            shared = sorted(used & set(self.confirm_seeds))
+            _check(not shared, f"search.confirm_seeds share seed(s) {shared} with the race (seeds "
+                               f"{sorted(used)}): a confirm on them is not held out; e.g. search.confirm_seeds=[6,7,8,9,10]")
         _mapping("search.space", self.space)
         _check(isinstance(self.start, list), f"search.start must be a list of trials, not {self.start!r}")
         for i, trial in enumerate(self.start):
@@ -354,8 +390,8 @@ class Config:
                "save=false writes no files: also set callbacks.checkpoint=false callbacks.plots=false "
                "callbacks.lr_monitor=false (debug=fdr does)")
         # Picking the best epoch by test accuracy and then reporting that test accuracy is tuning on it.
-        _check(self.test_weights != "best" or self.data.val == "holdout",
-               "test_weights=best needs data.val=holdout: with val=test the best epoch is chosen on the test set")
+        _check(self.test_weights != "best" or self.data.val != "test",
+               "test_weights=best needs data.val=holdout or fold: with val=test the best epoch is chosen on the test set")
         _check(0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         _check(self.threads is None or self.threads >= 1, f"threads={self.threads} must be >= 1 (or null)")
         self.budget.check_epochs(self.trainer.max_epochs)

@@ -9,6 +9,9 @@ Two pipelines give the same normalised values for the same image:
 Validation follows the references by default (`val="test"`: the official 10k test set is the
 validation set). `val="holdout"` carves `holdout_size` images out of the 60k training set with a fixed
 permutation (the same for every run seed), and the 10k test set is then touched only by the final test.
+`val="fold"` validates on fold `fold` of `folds` stratified folds of the 60k training set (fixed too: every
+design and seed sees the same folds) and trains on the others; a multirun over the folds validates every
+training image once (out-of-fold).
 """
 import copy
 from pathlib import Path
@@ -20,17 +23,35 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from mnist_arch.config.schema import holdout_problem
+from mnist_arch.config.schema import fold_problem, holdout_problem
 from mnist_arch.data.device_loader import MEAN, STD, Augment, DeviceLoader
 from mnist_arch.data.fetch import DataError, default_root, ensure_mnist
 from mnist_arch.errors import ConfigError
 from mnist_arch.rules import PROBE_BATCH, bad_output, output_shape
 
 HOLDOUT_SEED = 0  # fixed, so the holdout split does not move with the run's seed
+FOLD_SEED = 0  # fixed, so the folds do not move with the run's seed or the design
+
+
+def stratified_fold(labels: torch.Tensor, folds: int, fold: int, seed: int = FOLD_SEED):
+    """(train indices, val indices) of fold `fold` of `folds`: each digit's images shuffled by `seed` and dealt
+    into the folds in turn (the deal going on from digit to digit, so the folds' sizes differ by one at most),
+    so every fold holds each digit in proportion, the folds are disjoint and together cover every image once.
+    Both index lists sorted."""
+    generator = torch.Generator().manual_seed(seed)
+    in_fold = torch.empty(len(labels), dtype=torch.long)
+    dealt = 0
+    for digit in labels.unique().tolist():
+        members = (labels == digit).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        in_fold[members] = (torch.arange(len(members)) + dealt) % folds
+        dealt += len(members)
+    return (in_fold != fold).nonzero().flatten(), (in_fold == fold).nonzero().flatten()
 
 
 class MNISTDataModule(pl.LightningDataModule):
-    def __init__(self, *, root: Optional[str], pipeline: str, val: str, holdout_size: int, batch_size: int,
+    def __init__(self, *, root: Optional[str], pipeline: str, val: str, holdout_size: int, folds: int, fold: int,
+                 batch_size: int,
                  eval_batch_size: int, drop_last: bool, rotation: float, rotation_p: float, translate: float,
                  scale: float, brightness: float, contrast: float, jitter_p: float, erasing: float,
                  progressive_size: int, progressive_epochs: int, num_workers: int, download: bool, verify: bool,
@@ -39,7 +60,7 @@ class MNISTDataModule(pl.LightningDataModule):
         checks), and the run's seed."""
         super().__init__()
         self.root = Path(root).expanduser() if root else default_root()
-        self.pipeline, self.val, self.holdout_size = pipeline, val, holdout_size
+        self.pipeline, self.val, self.holdout_size, self.folds, self.fold = pipeline, val, holdout_size, folds, fold
         self.batch_size, self.eval_batch_size, self.drop_last = batch_size, eval_batch_size, drop_last
         self.augment = Augment(rotation=rotation, rotation_p=rotation_p, translate=translate, scale=scale,
                                brightness=brightness, contrast=contrast, jitter_p=jitter_p, erasing=erasing)
@@ -47,6 +68,8 @@ class MNISTDataModule(pl.LightningDataModule):
         self.num_workers, self.download, self.verify = num_workers, download, verify
         self.fetch_timeout_s, self.seed = fetch_timeout_s, seed
         self.splits = None  # name -> (uint8 images, int64 labels), or (Dataset, None) for torchvision
+        # val and test: (the set their images come from, "train" or "test"; their indices there, in loader order)
+        self.eval_index = None
 
     def prepare_data(self) -> None:
         ensure_mnist(self.root, download=self.download, timeout=self.fetch_timeout_s, verify=self.verify)
@@ -59,11 +82,18 @@ class MNISTDataModule(pl.LightningDataModule):
         train = datasets.MNIST(self.root, train=True, download=False)
         test = datasets.MNIST(self.root, train=False, download=False)
         n = len(train)
-        problem = holdout_problem(self.holdout_size, n) if self.val == "holdout" else None
+        problem = {"holdout": lambda: holdout_problem(self.holdout_size, n),
+                   "fold": lambda: fold_problem(self.folds, self.fold, n)}.get(self.val, lambda: None)()
         if problem:  # the gate checked it against MNIST's 60k; your own files may hold fewer
             raise DataError(problem)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
-        train_idx, holdout_idx = order[self.holdout_size:], order[: self.holdout_size]
+        if self.val == "fold":
+            train_idx, holdout_idx = stratified_fold(train.targets, self.folds, self.fold)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+            train_idx, holdout_idx = order[self.holdout_size:], order[: self.holdout_size]
+        every_test_image = ("test", torch.arange(len(test)))
+        self.eval_index = {"val": every_test_image if self.val == "test" else ("train", holdout_idx),
+                           "test": every_test_image}
         if self.pipeline == "torchvision":
             self.splits = self._torchvision_splits(train, test, train_idx, holdout_idx)
             return

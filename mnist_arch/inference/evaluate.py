@@ -12,7 +12,7 @@ from mnist_arch.errors import BadFile, ConfigError
 from mnist_arch.files import MAX_CONFIG_BYTES, check_file
 
 EVALUATE_VERSION = 1
-FROM_THE_RUN = ("val", "holdout_size")  # data settings a run dir's config.yaml decides, unless overridden
+FROM_THE_RUN = ("val", "holdout_size", "folds", "fold")  # data settings a run dir's config.yaml decides, unless overridden
 
 
 def data_settings(run_dir: Optional[Path], overrides: List[str]):
@@ -39,16 +39,22 @@ def data_settings(run_dir: Optional[Path], overrides: List[str]):
             split["root"] = root  # only a folder that already holds the data: nothing is fetched into it
     except Exception as e:  # noqa: BLE001 - YAML errors and odd shapes alike: the file is data
         raise BadFile(f"{saved}: not a readable run config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if split.get("val", "test") not in VAL_SPLITS or type(split.get("holdout_size", 1)) is not int:
-        raise BadFile(f"{saved}: its data.val / data.holdout_size are not a split ({split})")
+    if split.get("val", "test") not in VAL_SPLITS or \
+            any(type(split.get(key, 1)) is not int for key in ("holdout_size", "folds", "fold")):
+        raise BadFile(f"{saved}: its data.val / data.holdout_size / data.folds / data.fold are not a split ({split})")
     try:
         return replace(data, **split)  # the schema's checks run again on the new values
     except ConfigError as e:
         raise BadFile(f"{saved}: its data settings do not hold: {e}") from None
 
 
+SPLIT_NAMES = {"test": lambda data: "10k test", "holdout": lambda data: "holdout",
+               "fold": lambda data: f"fold {data.fold} of {data.folds}"}
+
+
 def score(trained, data) -> Dict[str, Any]:
-    """Predictions over the split `data.val` names (test: the 10k test set; holdout: the held-out 60k part)."""
+    """Predictions over the split `data.val` names (test: the 10k test set; holdout: the held-out part of the 60k;
+    fold: that fold of the 60k)."""
     from mnist_arch.data import MNISTDataModule
 
     # The resident-tensor pipeline whatever the run trained with: without augmentation both pipelines give
@@ -60,7 +66,7 @@ def score(trained, data) -> Dict[str, Any]:
     confusion = multiclass_confusion_matrix(predicted, labels, num_classes=10)  # [true, predicted], as in training
     per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
     return {"version": EVALUATE_VERSION, "checkpoint": str(trained.path), "model": trained.name,
-            "net_spec": trained.checkpoint["net_spec"], "split": "10k test" if data.val == "test" else "holdout",
+            "net_spec": trained.checkpoint["net_spec"], "split": SPLIT_NAMES[data.val](data),
             "images": int(confusion.sum()), "correct": int(confusion.diag().sum()),
             "accuracy": round(confusion.diag().sum().item() / max(1, confusion.sum().item()), 6),
             "per_class": [round(a, 6) for a in per_class], "confusion": confusion.tolist()}

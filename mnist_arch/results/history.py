@@ -70,5 +70,54 @@ class History(pl.Callback):
         self.epochs = {key: list(state.get(key, [])) for key in self.epochs}
 
 
+class FinalPredictions(pl.Callback):
+    """The class each validation image was predicted as at the last validation epoch (the final weights), and
+    each test image at the test, with their labels: what `predictions.npz` keeps so that two runs can be compared
+    image by image (mnist_arch/results/compare.py). A few KB of labels, gathered from what the steps return; the
+    last validation epoch's are kept in checkpoints too, so a run resumed after its last epoch still has them."""
+
+    def __init__(self):
+        self.batches: Dict[str, list] = {"val": [], "test": []}
+
+    def state_dict(self) -> Dict[str, Any]:
+        if not self.batches["val"]:
+            return {}
+        labels, predicted = (torch.cat(parts).to(torch.uint8) for parts in zip(*self.batches["val"]))
+        return {"val": (labels, predicted)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if "val" in state:
+            self.batches["val"] = [tuple(part.long() for part in state["val"])]
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:  # the sanity batches must not wipe what a resumed run restored
+            self.batches["val"] = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking and outputs is not None:
+            self.batches["val"].append((batch[1].cpu(), outputs.cpu()))
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self.batches["test"] = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if outputs is not None:
+            self.batches["test"].append((batch[1].cpu(), outputs.cpu()))
+
+    def splits(self, eval_index: Dict[str, Any]) -> Dict[str, tuple]:
+        """split -> (source, index, label, predicted) as numpy arrays, for the splits that ran; `eval_index` is
+        the DataModule's: each split's source set and its images' indices there, in loader order (a run that
+        validated on fewer batches, `limit_val_batches`, keeps those images only)."""
+        kept = {}
+        for split, batches in self.batches.items():
+            if not batches or split not in (eval_index or {}):
+                continue
+            source, index = eval_index[split]
+            labels, predicted = (torch.cat(parts).numpy() for parts in zip(*batches))
+            kept[split] = (source, index[: len(labels)].cpu().numpy(), labels, predicted)
+        return kept
+
+
 def find_history(trainer) -> Optional[History]:
     return next((cb for cb in trainer.callbacks if isinstance(cb, History)), None)

@@ -22,9 +22,10 @@ from hydra.experimental.callback import Callback
 
 from mnist_arch.config.schema import override_pairs
 from mnist_arch.files import replacing, write_atomic
+from mnist_arch.results import compare
 from mnist_arch.results.record import FILE_NAME, RunRecord
 
-NOT_SHOWN = {"seed"}  # averaged over, not a setting
+NOT_SHOWN = {"seed", "data.fold"}  # averaged (seeds) or pooled (folds) over, not a setting
 
 
 def load(root: Path) -> List[RunRecord]:
@@ -58,11 +59,18 @@ def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any
         test = [j.test_acc for j in jobs if j.test_acc is not None]
         hits = [j.target_epoch for j in jobs if j.target_epoch]
         statuses = [j.status for j in jobs]
+        folds = next((j.folds for j in jobs if j.folds), None)
+        runs, _ = compare.runs_of(jobs)
+        correct = compare.stack(runs)
+        if folds:  # a seed's final val acc is its out-of-fold accuracy over the whole training set
+            final = [float(c.mean()) for c in correct] if correct is not None else []
         rows.append({
             "model": model, "params": jobs[0].params, "macs": jobs[0].macs_per_image,
             "train_seconds": mean_std([sum(j.epoch_time_s) for j in jobs])[0], "run_dirs": [j.run_dir for j in jobs],
             "setting": dict(zip(differing, values)),
-            "seeds": sorted(j.seed for j in jobs), "best": mean_std(best), "final": mean_std(final),
+            "seeds": sorted({j.seed for j in jobs}) if folds else sorted(j.seed for j in jobs), "folds": folds,
+            "best": mean_std(best) if not folds else (None, None), "final": mean_std(final),
+            "final_ci": compare.interval(correct) if correct is not None else None,
             "test": mean_std(test), "target": (len(hits), len(jobs), hits), "target_acc": jobs[0].target_acc,
             "max_params": (jobs[0].budget or {}).get("max_params"), "max_macs": (jobs[0].budget or {}).get("max_macs"),
             "wall_time_s": mean_std([j.wall_time_s or 0 for j in jobs]),
@@ -87,21 +95,25 @@ def _pct(mean_std) -> str:
 
 
 def markdown(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict[str, Any]]) -> str:
-    header = ["#", "model", "params", *differing, "seeds", "best val acc", "final val acc", "target epoch",
-              "test acc", "wall s", "status"]
+    header = ["#", "model", "params", *differing, "seeds", "best val acc", "final val acc", "final 95% CI",
+              "target epoch", "test acc", "wall s", "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, r in enumerate(rows, 1):
         reached, total, epochs = r["target"]
         target = f"{reached}/{total}" + (f" (ep {', '.join(map(str, epochs))})" if epochs else "")
         params = f"{r['params']:,}" if isinstance(r["params"], int) else "-"
+        seeds = ",".join(map(str, r["seeds"])) + (f" × {r['folds']} folds" if r.get("folds") else "")
+        ci = f"{r['final_ci'][0]:.2%} to {r['final_ci'][1]:.2%}" if r.get("final_ci") else "-"
         cells = [str(rank), str(r["model"]), params, *(str(r["setting"][k]) for k in differing),
-                 ",".join(map(str, r["seeds"])), _pct(r["best"]), _pct(r["final"]), target, _pct(r["test"]),
+                 seeds, _pct(r["best"]), _pct(r["final"]), ci, target, _pct(r["test"]),
                  f"{r['wall_time_s'][0]:.0f}" if r["wall_time_s"][0] is not None else "-", r["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     if rows:
-        text += ("\n\nbest/final val acc: mean ± std (percentage points) over the seeds; target epoch: "
-                 "seeds that reached the target, and the first epoch each did.")
+        text += ("\n\nbest/final val acc: mean ± std (percentage points) over the seeds; final 95% CI: of the final "
+                 "val acc, by a bootstrap over the seeds and the validation images (docs/selection.md), where the "
+                 "runs kept their predictions; a row of folds: each seed's out-of-fold accuracy over the 60k "
+                 "training images; target epoch: seeds that reached the target, and the first epoch each did.")
     pruned = [f for f in failed if f["status"] == "pruned"]
     failed = [f for f in failed if f["status"] != "pruned"]
     if pruned:  # a search's pruner stopping hopeless trials is the search working, not a failure: one line
@@ -116,15 +128,17 @@ def markdown(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict
 def csv_text(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["model", "params", *differing, "n_seeds", "seeds", "best_val_acc_mean", "best_val_acc_std",
-                     "final_val_acc_mean", "final_val_acc_std", "target_reached", "target_epochs", "test_acc_mean",
+    writer.writerow(["model", "params", *differing, "n_seeds", "seeds", "folds", "best_val_acc_mean", "best_val_acc_std",
+                     "final_val_acc_mean", "final_val_acc_std", "final_val_acc_ci_low", "final_val_acc_ci_high",
+                     "target_reached", "target_epochs", "test_acc_mean",
                      "test_acc_std", "wall_time_s_mean", "status", "error"])
     for r in rows:
         writer.writerow([r["model"], r["params"], *(r["setting"][k] for k in differing), len(r["seeds"]),
-                         " ".join(map(str, r["seeds"])), *r["best"], *r["final"], r["target"][0],
+                         " ".join(map(str, r["seeds"])), r["folds"] or "", *r["best"], *r["final"],
+                         *(r["final_ci"] or ("", "")), r["target"][0],
                          " ".join(map(str, r["target"][2])), *r["test"], r["wall_time_s"][0], r["status"], ""])
     for f in failed:
-        writer.writerow([f["model"], "", *(f["setting"][k] for k in differing), 1, f["seed"], *[""] * 9,
+        writer.writerow([f["model"], "", *(f["setting"][k] for k in differing), 1, f["seed"], *[""] * 12,
                          f["status"], f["error"]])
     return out.getvalue()
 

@@ -20,7 +20,7 @@ from mnist_arch.errors import RunError
 from mnist_arch.files import MAX_RECORD_BYTES, check_file, write_atomic
 from mnist_arch.rules import Verdict, best_epoch, judge
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 FILE_NAME = "summary.json"
 # The per-epoch lists of one number each, recorded by the run's History callback (results/history.py, which
 # imports this module: the record must not import Lightning, or Lightning would set up its logging before Hydra).
@@ -57,7 +57,9 @@ class Run(_Part):
     error: Optional[str] = None  # why, when it did not complete
     signal: Optional[str] = None  # SIGINT | SIGTERM, when interrupted
     seed: Optional[int] = None
-    val_split: Optional[str] = None
+    val_split: Optional[str] = None  # test | holdout | fold
+    folds: Optional[int] = None  # val=fold: K, and which fold validated
+    fold: Optional[int] = None
     overrides: List[str] = []
     run_dir: Optional[str] = None
     resumed_from: Optional[str] = None
@@ -115,6 +117,7 @@ class Result(_Part):
     test_ckpt: Optional[str] = None  # best | final: which weights the test saw
     plots: List[str] = []
     plots_time_s: Optional[Number] = None
+    predictions: Optional[str] = None  # the run dir's file of final-epoch predictions (mnist_arch/results/compare.py)
 
 
 class Provenance(_Part):

@@ -3,6 +3,8 @@
     python -m mnist_arch.search search=8k                                   # conf/search/8k.yaml
     python -m mnist_arch.search search=8k search.n_trials=80 search.workers=2
     python -m mnist_arch.search search=speedrun search.confirm=3            # then the front's first 3 on the 60k
+    python -m mnist_arch.search search=8k search.race=5 search.confirm=1    # race the 5 best, confirm the winner
+    python -m mnist_arch.search search=8k search.race_candidates=finalists.yaml   # race any designs (race.py)
 
 A study lives in outputs/search/<study_name>/: study.db (Optuna's storage, SQLite unless search.storage
 names another), trials/<number>/ (a run dir per trial, summary.json included, so `report` reads a study as
@@ -29,8 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_arch.cli import command
 from mnist_arch.config import space as search_space
 from mnist_arch.config.schema import Config, ConfigError, SearchConf, load, override_pairs, register_schema
-from mnist_arch.search.objective import base_overrides, confirm, objective
-from mnist_arch.search.study import Job, counts, fail_stale, front_table, open_study, optuna_module, pruner_name, run_workers, summarize
+from mnist_arch.files import write_atomic
+from mnist_arch.search import race
+from mnist_arch.search.objective import base_overrides, confirm, confirm_designs, objective
+from mnist_arch.search.study import (Job, counts, fail_stale, front, front_table, open_study, optuna_module, pruner_name,
+                                     run_overrides, run_workers, summarize)
 
 register_schema()
 
@@ -54,6 +59,10 @@ def main(cfg: DictConfig) -> None:
     job = Job(search, study_dir, search.storage or f"sqlite:///{study_dir / 'study.db'}", overrides,
               base.trainer.max_epochs)
     study_dir.mkdir(parents=True, exist_ok=True)
+    if search.race_candidates:  # designs from a file race; no study is run
+        designs = race.designs_from_file(search.race_candidates)
+        _race(designs, study_dir, search, overrides, threads, job)
+        return
     study = open_study(job)
     if not study.trials:  # a new study starts from the known designs, if the space names any
         for point in search.start:
@@ -74,10 +83,41 @@ def main(cfg: DictConfig) -> None:
     (study_dir / "front.md").write_text(table + "\n")
     print("\n" + table)
     _plot(study_dir, search)
+    if search.race:
+        designs = [race.Design(f"trial{t.number}", tuple(o for o in run_overrides(t) if not o.startswith("seed=")))
+                   for t in front(study, search, best=search.race)]
+        if len(designs) < 2:
+            raise ConfigError(f"search.race={search.race}: the study holds {len(designs)} complete trial(s); a race "
+                              "needs two")
+        _race(designs, study_dir, search, overrides, threads, job)
+        return
     if search.confirm:
         result = confirm(study, job, threads, base.budget.target_acc)
         (study_dir / "confirm.md").write_text(result + "\n")
         print(f"\nconfirmed on the 60k, 10k test, final epoch ({study_dir / 'confirm.md'}):\n{result}")
+
+
+def _race(designs, study_dir: Path, search: SearchConf, overrides, threads, job: Job) -> None:
+    """The race (mnist_arch/search/race.py) into <study dir>/race/, race.md and race.json; then, with
+    search.confirm=K, the first K survivors on the 10k test set over search.confirm_seeds."""
+    race_dir = study_dir / "race"
+    base = [o for o in overrides if not o.startswith(("data.val=", "seed="))]
+    print(f"race of {len(designs)} designs in {race_dir}: {', '.join(d.name for d in designs)}", flush=True)
+    try:
+        race.run(designs, race_dir, search, base, threads)
+    except KeyboardInterrupt:
+        print(f"interrupted; the race is kept: run the same command again to go on ({race_dir})", file=sys.stderr)
+        sys.exit(130)
+    text = race.table(designs, race_dir, search)
+    write_atomic(study_dir / "race.md", text + "\n")
+    write_atomic(study_dir / "race.json", json.dumps(race.as_json(designs, race_dir, search), indent=2) + "\n")
+    print(f"\n{text}")
+    if search.confirm:
+        picked = race.survivors(designs, race_dir, search)[:search.confirm]
+        result = confirm_designs([(d.name, d.name, race.merged(base, d.overrides)) for d in picked], job, threads)
+        write_atomic(study_dir / "confirm.md", result + "\n")
+        print(f"\nthe race's pick(s) confirmed on the 60k, 10k test, final epoch, seeds "
+              f"{','.join(map(str, search.confirm_seeds))} ({study_dir / 'confirm.md'}):\n{result}")
 
 
 def _plot(study_dir: Path, search: SearchConf) -> None:

@@ -8,7 +8,7 @@ pruner each epoch, return the objectives.
 """
 from dataclasses import asdict
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
@@ -100,21 +100,28 @@ def to_confirm(study, search: SearchConf, target: float) -> List:
 def confirm(study, job: Job, threads: Optional[int], target: float) -> str:
     """search.confirm trials retrained on the 60k, the 10k test scored with the final weights, once per
     confirm seed; the table RESULTS.md uses. Which trials: to_confirm."""
+    picked = to_confirm(study, job.search, target)
+    return confirm_designs([(str(t.number), f"{t.number:04d}", run_overrides(t)) for t in picked], job, threads)
+
+
+def confirm_designs(designs: Sequence[Tuple[str, str, Sequence[str]]], job: Job, threads: Optional[int]) -> str:
+    """Each design (its name in the table, its folder under confirm/, its overrides) retrained on the 60k over
+    search.confirm_seeds, the 10k test scored with the final weights; resumable: a finished seed is not run
+    again. The table of confirm.md."""
     from mnist_arch.results.leaderboard import mean_std
     from mnist_arch.train.job import train
 
-    picked = to_confirm(study, job.search, target)
-    rows = ["| trial | params | MACs | seeds | test acc (final epoch) | min | train s | command |",
+    rows = ["| design | params | MACs | seeds | test acc (final epoch) | min | train s | command |",
             "|---|---|---|---|---|---|---|---|"]
-    for t in picked:
+    for name, folder, design_overrides in designs:
         # a confirm run is long and alone: it shows its epochs, which a trial leaves to the study's line
-        base = [o for o in run_overrides(t) if not o.startswith(("data.val=", "seed="))]
+        base = [o for o in design_overrides if not o.startswith(("data.val=", "seed="))]
         overrides = [*base, "data.val=test", "callbacks.stop_at_target=false", "test_weights=final"]
         records = []
         for seed in job.search.confirm_seeds:
-            run_dir = job.study_dir / "confirm" / f"{t.number:04d}" / f"seed{seed}"
+            run_dir = job.study_dir / "confirm" / folder / f"seed{seed}"
             done = RunRecord.read(run_dir) if (run_dir / "summary.json").exists() else None
-            if done is None or done.status != "completed":  # resumable: a finished seed is not run again
+            if done is None or done.status != "completed":
                 cfg = compose([*overrides, f"seed={seed}", *([f"threads={threads}"] if threads else [])])
                 done = train(cfg, run_dir, [*overrides, f"seed={seed}"])
             records.append(done)
@@ -122,7 +129,7 @@ def confirm(study, job: Job, threads: Optional[int], target: float) -> str:
         mean, std = mean_std(accs)
         std = std or 0.0  # one seed
         seconds = sum(sum(r.epoch_time_s) for r in records) / len(records)
-        rows.append(f"| {t.number} | {records[0].params:,} | {records[0].macs_per_image:,} | "
+        rows.append(f"| {name} | {records[0].params:,} | {records[0].macs_per_image:,} | "
                     f"{','.join(map(str, job.search.confirm_seeds))} | {100 * mean:.2f}% ± {100 * std:.2f} | "
                     f"{100 * min(accs):.2f}% | {seconds:.0f} | `python -m mnist_arch.run {' '.join(overrides)}` |")
     return "\n".join(rows)

@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_arch.config.schema import Budget
 from mnist_arch.errors import BudgetError, Pruned
-from mnist_arch.results.history import History
+from mnist_arch.results.history import FinalPredictions, History
 from mnist_arch.results.plots import RunPlots
 from mnist_arch.rules import judge_net, reached
 
@@ -77,6 +77,17 @@ class Pruning(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.verdict:
             raise Pruned(self.verdict)
+
+
+class Heartbeat(pl.Callback):
+    """A race's run (mnist_arch/search/race.py): the claim file's time moves each epoch, so that other workers
+    know the run is alive."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.path.touch()
 
 
 def interrupting_signal(e: BaseException) -> Optional[str]:
@@ -201,9 +212,10 @@ class RandomState(pl.Callback):
 
 
 def build_callbacks(conf, run_dir: Path) -> List[pl.Callback]:
-    """What every run keeps (the random streams in its checkpoints, the per-epoch history), every callback
+    """What every run keeps (the random streams in its checkpoints, the per-epoch history, the final predictions),
+    every callback
     whose switch is on, and the progress display when the trainer shows one."""
-    callbacks = [RandomState(), History()]
+    callbacks = [RandomState(), History(), FinalPredictions()]
     callbacks += [cb for switch, make in SWITCHES.items() if getattr(conf.callbacks, switch)
                   for cb in make(conf, run_dir)]
     if conf.trainer.enable_progress_bar:

@@ -100,6 +100,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
     finally:
         _finish(record, callbacks, trainer, started)
         if writer:
+            record.predictions = _keep_predictions(callbacks, run.datamodule, run_dir, trainer)
             record.write(run_dir)
             _tensorboard_hparams(loggers, conf, record)
     return record
@@ -139,6 +140,8 @@ def _record(run: Setup, trainer, run_dir: Path, resume: Optional[Path], override
     return RunRecord(model=conf.model.name, net_spec=run.spec, params=verdict.params, fc_layers=verdict.fc,
                      output_shape=list(verdict.output_shape), **run.totals, budget=asdict(conf.budget),
                      seed=conf.seed, val_split=conf.data.val, resumed_from=resume and str(resume),
+                     folds=conf.data.folds if conf.data.val == "fold" else None,
+                     fold=conf.data.fold if conf.data.val == "fold" else None,
                      data_verified=conf.data.verify, run_dir=str(run_dir), rank=trainer.global_rank,
                      overrides=provenance.overrides() if overrides is None else list(overrides),
                      world_size=trainer.world_size, overfit_batches=conf.trainer.overfit_batches or None)
@@ -209,10 +212,10 @@ def _write_inputs(cfg: DictConfig, run_dir: Path, record: RunRecord, layers: str
 
 
 def _best_to_test(conf: Config, best_checkpoint) -> Optional[str]:
-    """The checkpoint the 10k test scores: with val=holdout the best-on-holdout one is a fair pick; with
+    """The checkpoint the 10k test scores: with val=holdout (or fold) the best-on-holdout one is a fair pick; with
     val=test the test set must not pick weights, so the final weights are tested (None).
     test_weights=final tests the last epoch's weights either way (targets stated on the final epoch)."""
-    if conf.test_weights == "final" or conf.data.val != "holdout" or best_checkpoint is None:
+    if conf.test_weights == "final" or conf.data.val == "test" or best_checkpoint is None:
         return None
     return best_checkpoint.best_model_path or None
 
@@ -231,6 +234,26 @@ def _finish(record: RunRecord, callbacks: Sequence, trainer, started: float) -> 
         record.plots_time_s, record.plots = round(plots.seconds, 3), sorted(plots.written)
     record.wall_time_s = round(time.perf_counter() - started, 2)
     record.device = provenance.device_name(trainer.strategy.root_device)
+
+
+def _keep_predictions(callbacks: Sequence, datamodule, run_dir: Path, trainer) -> Optional[str]:
+    """predictions.npz (mnist_arch/results/compare.py): the final epoch's val predictions and the test's; its name,
+    or None when there is nothing to keep. Under DDP each process saw a shard: not kept (said in the log)."""
+    from mnist_arch.results import compare
+    from mnist_arch.results.history import FinalPredictions
+    from mnist_arch.train.callbacks import find
+
+    kept = find(callbacks, FinalPredictions)
+    if kept is None:
+        return None
+    if trainer.world_size > 1:
+        log.info("predictions.npz not kept: under DDP each process predicted a shard of the images")
+        return None
+    splits = kept.splits(datamodule.eval_index)
+    if not splits:
+        return None
+    compare.save(run_dir / compare.FILE_NAME, splits)
+    return compare.FILE_NAME
 
 
 def _outcome(e: BaseException) -> Tuple[str, Optional[str], Optional[str]]:

@@ -115,8 +115,9 @@ class Classifier(pl.LightningModule):
         self.log_dict({"val/loss": loss, "val/acc": acc, "val/acc_best": self.val_acc_best.compute()},
                       prog_bar=True)
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, self.test_loss, self.test_acc)
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        _, logits = self._step(batch, self.test_loss, self.test_acc)
+        return logits.argmax(dim=1)  # for the predictions a run keeps (mnist_arch/results/history.py)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({"test/loss": self.test_loss.compute(), "test/acc": self.test_acc.compute()})

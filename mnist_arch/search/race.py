@@ -1,0 +1,288 @@
+"""A race before the test set: finalists trained again on the validation side only, one more seed (or fold)
+each round, the ones the data show worse than the leader dropped, until one is left or the rounds are spent.
+
+    python -m mnist_arch.search search=8k search.race=5                          # the study's 5 best trials
+    python -m mnist_arch.search search=8k search.race_candidates=finalists.yaml  # any designs, no study run
+    python -m mnist_arch.search search=8k search.race=5 search.confirm=1         # then the winner on the test set
+
+Round r gives every survivor seed r on the holdout (search.race_val=holdout) or fold r-1 of
+search.race_folds (race_val=fold, seed 1). From round search.race_min_rounds on, the leader (the best mean
+val acc) is compared with each other survivor by the paired bootstrap of mnist_arch/results/compare.py over
+every round so far (the same images, the same seeds); those it beats with Holm-adjusted p < search.race_alpha
+are dropped. The test set is never read: the runs do not test (train(test=False)), and the confirm that may
+follow uses search.confirm_seeds, which may not share a seed with the race.
+
+Resumable and shared like the study: each run is a run dir, race/<design>/round<r>/, claimed by one worker
+under a file lock (search.workers processes, or Slurm jobs running the same command on a shared disk); a
+completed run is never run again, and a run cut short resumes from its last completed epoch
+(ckpt_path=last). race.md says, for each design, the rounds it survived, its mean, 95% CI, and why it was
+dropped, and names the designs the race could not separate.
+"""
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from mnist_arch.config.schema import ConfigError, SearchConf, override_pairs
+from mnist_arch.errors import BadFile
+from mnist_arch.files import SAFE_NAME, check_file
+from mnist_arch.results.record import RunRecord
+
+LOCK = ".race.lock"
+CLAIM = "claim.json"  # in a run dir while a worker trains it: host, pid, and the time it was last heard from
+STALE_AFTER_S = 900  # a claim unheard of this long (no epoch ended) is taken over, as is one whose process is gone
+RACE_OVERRIDES = ["callbacks.stop_at_target=false", "trainer.enable_progress_bar=false"]  # every epoch is run
+
+
+@dataclass(frozen=True)
+class Design:
+    name: str  # the folder race/<name>/ and the row of race.md
+    overrides: Tuple[str, ...]  # what makes it this design: an experiment and its overrides
+
+
+def designs_from_file(path: str) -> List[Design]:
+    """A YAML list of {name, overrides: [...]}: designs that need not be trials of one study."""
+    import yaml
+
+    file = Path(path).expanduser()
+    check_file(file, "race candidates file", 1 << 20)
+    try:
+        entries = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise BadFile(f"{file}: not a readable YAML file ({str(e).splitlines()[0]})") from None
+    if not isinstance(entries, list) or len(entries) < 2:
+        raise ConfigError(f"{file}: a race needs a list of two designs or more, each {{name: ..., overrides: [...]}}")
+    designs = []
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and set(entry) == {"name", "overrides"} and isinstance(entry["name"], str)
+                and SAFE_NAME.fullmatch(entry["name"]) and isinstance(entry["overrides"], list)
+                and all(isinstance(o, str) for o in entry["overrides"])):
+            raise ConfigError(f"{file}: entry {i} must be {{name: <letters, digits, ._->, overrides: [<key=value>, "
+                              f"...]}}, not {str(entry)[:80]}")
+        designs.append(Design(entry["name"], tuple(entry["overrides"])))
+    names = [d.name for d in designs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{file}: two designs share a name ({', '.join(sorted(n for n in names if names.count(n) > 1))})")
+    return designs
+
+
+def merged(base: Sequence[str], own: Sequence[str]) -> List[str]:
+    """`base` then a design's `own` overrides, a key given by both taken from `own` (Hydra refuses a group chosen
+    twice: a design may name its own experiment)."""
+    keys = set(override_pairs(own))
+    return [*(o for o in base if o.lstrip("+~").partition("=")[0] not in keys), *own]
+
+
+def unit(search: SearchConf, round_: int) -> List[str]:
+    """What round r adds to every design: its seed on the holdout, or its fold."""
+    if search.race_val == "fold":
+        return ["seed=1", "data.val=fold", f"data.folds={search.race_folds}", f"data.fold={round_ - 1}"]
+    return [f"seed={round_}", "data.val=holdout"]
+
+
+def run_dir(race_dir: Path, design: Design, round_: int) -> Path:
+    return race_dir / design.name / f"round{round_}"
+
+
+# --- the state of a race, read from its run dirs ---------------------------------------------------------
+
+
+@dataclass
+class Standing:
+    design: Design
+    records: List[RunRecord]
+    dropped: Optional[str] = None  # why, and in which round
+    mean: Optional[float] = None
+    ci: Optional[Tuple[float, float]] = None
+
+
+def standings(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> Tuple[List[Standing], int]:
+    """Replay the race from what its run dirs hold: (each design's standing, the round whose runs are still
+    missing, or 0 when the race is over). Deterministic: every worker and every resume reaches the same drops."""
+    table = [Standing(d, []) for d in designs]
+    for round_ in range(1, search.race_rounds + 1):
+        alive = [s for s in table if s.dropped is None]
+        if len(alive) < 2:
+            return table, 0
+        records = [RunRecord.read(run_dir(race_dir, s.design, round_)) for s in alive]
+        if any(r.status != "completed" for r in records):
+            return table, round_
+        for s, r in zip(alive, records):
+            s.records.append(r)
+        _judge(alive, round_, search)
+    return table, 0
+
+
+def _judge(alive: List[Standing], round_: int, search: SearchConf) -> None:
+    """Means and CIs; from race_min_rounds on, drop those the leader beats (Holm over the round's comparisons)."""
+    from mnist_arch.results import compare
+
+    pooled = {}
+    for s in alive:
+        runs, problems = compare.runs_of(s.records, partial_folds=True)
+        if problems or not runs:
+            raise BadFile(f"race: {s.design.name}: " + "; ".join(problems or ["no predictions kept"]))
+        pooled[s.design.name] = runs
+        correct = compare.stack(runs)
+        s.mean, s.ci = float(correct.mean()), compare.interval(correct)
+    if round_ < search.race_min_rounds:
+        return
+    leader = max(alive, key=lambda s: s.mean)
+    tests = sorted(((compare.compare(pooled[leader.design.name], pooled[s.design.name], "val"), s)
+                    for s in alive if s is not leader), key=lambda pair: pair[0].p)
+    for k, (result, s) in enumerate(tests):  # Holm: the k-th smallest p against alpha / (m - k)
+        if result.p >= search.race_alpha / (len(tests) - k) or result.difference <= 0:
+            break
+        s.dropped = (f"round {round_}: worse than {leader.design.name} by {100 * result.difference:.3f} points "
+                     f"(95% CI {100 * result.ci_low:.3f} to {100 * result.ci_high:.3f}, p = {result.p:.3g}, "
+                     f"Holm-adjusted over {len(tests)} comparisons)")
+
+
+# --- running it: workers claim runs under a lock ----------------------------------------------------------
+
+
+def _claim_live(path: Path) -> bool:
+    from mnist_arch.search.study import _alive
+
+    try:
+        claim = json.loads((path / CLAIM).read_text())
+        heard = (path / CLAIM).stat().st_mtime
+    except (OSError, ValueError):
+        return False
+    if claim.get("host") == socket.gethostname() and not _alive(int(claim.get("pid", 0))):
+        return False
+    return time.time() - heard < STALE_AFTER_S
+
+
+def _next_run(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> Tuple[Optional[Tuple[Design, int]], bool]:
+    """Under the lock: (a run to train now, claimed; whether the race is over)."""
+    table, round_ = standings(designs, race_dir, search)
+    if not round_:
+        return None, True
+    for s in table:
+        if s.dropped is None:
+            path = run_dir(race_dir, s.design, round_)
+            if RunRecord.read(path).status != "completed" and not _claim_live(path):
+                path.mkdir(parents=True, exist_ok=True)
+                (path / CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+                return (s.design, round_), False
+    return None, False
+
+
+def work(designs: Sequence[Design], race_dir: Path, search: SearchConf, base: Sequence[str],
+         threads: Optional[int] = None, worker: int = 0) -> None:
+    """One worker: claim a run, train it (resuming a run cut short), until the race is over."""
+    from filelock import FileLock
+
+    from mnist_arch.config.schema import compose
+    from mnist_arch.search.study import QUIET
+    from mnist_arch.train.callbacks import Heartbeat
+    from mnist_arch.train.job import train
+
+    import pytorch_lightning  # noqa: F401 - first: importing it sets its loggers' levels
+
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    race_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        with FileLock(str(race_dir / LOCK)):
+            claimed, over = _next_run(designs, race_dir, search)
+        if over:
+            return
+        if claimed is None:  # this round's other runs are with other workers
+            time.sleep(5)
+            continue
+        design, round_ = claimed
+        path = run_dir(race_dir, design, round_)
+        overrides = merged(merged(base, design.overrides), [*unit(search, round_), *RACE_OVERRIDES])
+        resume = ["ckpt_path=last"] if (path / "checkpoints" / "last.ckpt").exists() else []
+        started = time.perf_counter()
+        try:
+            cfg = compose([*overrides, *resume, *([f"threads={threads}"] if threads else [])])
+            record = train(cfg, path, overrides, callbacks=[Heartbeat(path / CLAIM)], test=False)
+        finally:
+            (path / CLAIM).unlink(missing_ok=True)
+        acc = f"{record.final_val_acc:.4f}" if record.final_val_acc is not None else "-"
+        print(f"race round {round_}: {design.name} {record.status}, final val acc {acc} "
+              f"({time.perf_counter() - started:.0f} s; worker {worker})", flush=True)
+        if record.status != "completed":
+            raise ConfigError(f"race: {design.name} round {round_} did not complete ({record.status}: {record.error}); "
+                              f"its run dir: {path}")
+
+
+def _work_in_process(args) -> None:
+    work(*args)
+
+
+def run(designs: Sequence[Design], race_dir: Path, search: SearchConf, base: Sequence[str],
+        threads: Optional[int]) -> None:
+    """search.workers processes here (one: this process), each taking the race's runs as they come."""
+    if search.workers == 1:
+        return work(designs, race_dir, search, base, threads)
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_work_in_process, args=((designs, race_dir, search, base, threads, i),))
+               for i in range(search.workers)]
+    for w in workers:
+        w.start()
+    try:
+        for w in workers:
+            w.join()
+    except KeyboardInterrupt:
+        for w in workers:
+            w.join(timeout=60)
+        raise
+    if any(w.exitcode for w in workers):
+        raise ConfigError(f"race: {sum(bool(w.exitcode) for w in workers)} worker(s) failed (see above); run the same "
+                          "command again to go on")
+
+
+# --- what it found ---------------------------------------------------------------------------------------
+
+
+def survivors(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> List[Design]:
+    """The designs still in, best mean first."""
+    table, _ = standings(designs, race_dir, search)
+    return [s.design for s in sorted((s for s in table if s.dropped is None), key=lambda s: -(s.mean or 0))]
+
+
+def table(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> str:
+    """race.md: each design's rounds, mean, CI and fate; what the race could not separate; what it cost."""
+    standings_, pending = standings(designs, race_dir, search)
+    what = (f"seeds 1..{search.race_rounds} on the holdout" if search.race_val == "holdout" else
+            f"folds 0..{search.race_rounds - 1} of {search.race_folds} (seed 1)")
+    lines = [f"Race of {len(designs)} designs on the validation side ({what}; final-epoch val acc; the test set "
+             "never read). Mean and 95% CI over every round each design ran: a bootstrap over seeds and images "
+             "(docs/selection.md).", "",
+             "| design | rounds | final val acc (mean) | 95% CI | result | train s |", "|---|---:|---:|---|---|---:|"]
+    ranked = sorted(standings_, key=lambda s: (s.dropped is not None, -(s.mean or 0)))
+    for s in ranked:
+        seconds = sum(sum(r.epoch_time_s) for r in s.records)
+        ci = f"{s.ci[0]:.2%} to {s.ci[1]:.2%}" if s.ci else "-"
+        mean = f"{s.mean:.2%}" if s.mean is not None else "-"
+        lines.append(f"| {s.design.name} | {len(s.records)} | {mean} | {ci} | {s.dropped or 'in'} | {seconds:,.1f} |")
+    alive = [s.design.name for s in ranked if s.dropped is None]
+    if pending:
+        lines.append(f"\nRound {pending} is still running: run the same command again to go on.")
+    elif len(alive) == 1:
+        lines.append(f"\nThe race picked {alive[0]}: every other design was shown worse.")
+    else:
+        lines.append(f"\nAfter {search.race_rounds} rounds the race could not separate: {', '.join(alive)} "
+                     f"({alive[0]} leads on the mean, which alone does not separate them).")
+    total = sum(sum(r.epoch_time_s) for s in standings_ for r in s.records)
+    runs = sum(len(s.records) for s in standings_)
+    lines.append(f"Cost: {runs} runs, {total:,.1f} s of training (train + val epochs, as measured by each run).")
+    return "\n".join(lines)
+
+
+def as_json(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> Dict:
+    standings_, pending = standings(designs, race_dir, search)
+    return {"pending_round": pending or None, "designs": [
+        {"name": s.design.name, "overrides": list(s.design.overrides), "rounds": len(s.records), "mean": s.mean,
+         "ci": list(s.ci) if s.ci else None, "dropped": s.dropped,
+         "train_seconds": sum(sum(r.epoch_time_s) for r in s.records)} for s in standings_]}
