@@ -64,7 +64,7 @@ def test_the_write_ups_recipes_do_not_follow_the_default_one(make_cfg, experimen
         ("+optimizer.momentm=0.5", "optimizer.momentm is not a key of the optimizer group; did you mean "
                                    "optimizer.momentum?"),
         ("+data.not_a_key=1", "data.not_a_key is not a key of the data group; its keys: root, pipeline, val, "
-                              "holdout_size, batch_size, eval_batch_size, drop_last, rotation, rotation_p, "
+                              "holdout_size, folds, fold, batch_size, eval_batch_size, drop_last, rotation, rotation_p, "
                               "translate, scale, brightness, contrast, jitter_p, erasing, progressive_size, "
                               "progressive_epochs, num_workers, download, verify, fetch_timeout_s"),
         ("optimizer.momentum=2", "optimizer.momentum=2.0 must be in [0, 1)"),
@@ -94,7 +94,7 @@ def test_the_write_ups_recipes_do_not_follow_the_default_one(make_cfg, experimen
                                    "budget.max_params?"),
         ("+model.width=3", "model.width is not a key of the model group; its keys: name, arch, net"),
         ("+sed=3", "sed is not a key of the config; did you mean seed?"),
-        ("data.val=train", "data.val='train' is not one of: test, holdout"),
+        ("data.val=train", "data.val='train' is not one of: test, holdout, fold"),
         ("data.holdout_size=0", "data.holdout_size=0 must be between 1 and 59999"),
         ("data.holdout_size=60000", "data.holdout_size=60000 must be between 1 and 59999"),
         ("data.pipeline=dali", "data.pipeline='dali' is not one of: tensor, torchvision"),
@@ -129,7 +129,7 @@ def _cli(*args, data_root: Path):
         ("trainer.max_epochs=0", "error: trainer.max_epochs=0 must be >= 1"),
         ("trainer.max_epochs=abc", "error: Error merging override trainer.max_epochs=abc: Value 'abc' of type 'str' "
                                    "could not be converted to Integer"),
-        ("data.val=holdon", "error: data.val='holdon' is not one of: test, holdout"),
+        ("data.val=holdon", "error: data.val='holdon' is not one of: test, holdout, fold"),
         ("data.holdout_size=70000", "error: data.holdout_size=70000 must be between 1 and 59999"),
         ("trainer.max_epoch=3", "error: trainer.max_epoch is not a key of the trainer group; did you mean "
                                 "trainer.max_epochs?"),  # a typo in a key

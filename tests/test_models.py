@@ -129,3 +129,43 @@ def test_convnet_options_build_what_they_say():
     valid.features.register_forward_hook(lambda m, i, o: seen.update(shape=tuple(o.shape)))
     valid(torch.zeros(1, 1, 28, 28))
     assert seen["shape"] == (1, 4, 24, 24)
+
+
+def test_separable_convs_cost_9c_plus_c_squared_and_the_layer_table_counts_them():
+    """conv=separable: a 3x3 depthwise conv then a 1x1 pointwise one, then BN and ReLU; the net's first conv
+    (one input channel) stays full; the table's params and MACs agree with torch's FlopCounterMode."""
+    from mnist_arch.models.convnet import ConvNet
+    from mnist_arch.results.layer_table import layer_table, torch_macs, totals_of
+
+    net = ConvNet([[8], [16, 16]], conv="separable")
+    first, second = net.features[0], net.features[2]
+    assert [type(m).__name__ for m in first] == ["Conv2d", "BatchNorm2d", "ReLU"]  # the 1-channel input: full
+    assert [type(m).__name__ for m in second] == ["Conv2d", "Conv2d", "BatchNorm2d", "ReLU"]
+    depthwise, pointwise = second[0], second[1]
+    assert (depthwise.groups, depthwise.kernel_size, pointwise.kernel_size) == (8, (3, 3), (1, 1))
+    assert sum(p.numel() for p in second.parameters()) == 9 * 8 + 8 * 16 + 2 * 16  # + BN's scale and shift
+    full = ConvNet([[8], [16, 16]])
+    per_layer = lambda n: sum(p.numel() for p in n.features[2:].parameters() if p.ndim == 4)  # noqa: E731
+    assert per_layer(net) == (9 * 8 + 8 * 16) + (9 * 16 + 16 * 16) and per_layer(full) == 9 * 8 * 16 + 9 * 16 * 16
+    rows = layer_table(net)
+    assert totals_of(rows)["macs_per_image"] == torch_macs(net)
+    assert [r.geometry for r in rows if r.name == "features.2.0"] == ["k3 s1 p1 dw"]
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    mixed = ConvNet([[8], [16], [16]], conv=["full", "separable", "full"])
+    assert [len(mixed.features[i]) for i in (0, 2, 4)] == [3, 4, 3]
+    with pytest.raises(ValueError, match=r"model.net.conv='depthwise': full or separable, once or once per stage"):
+        ConvNet([[8]], conv="depthwise")
+
+
+def test_a_search_space_samples_separable_convs_per_stage():
+    import optuna
+
+    from mnist_arch.config import space
+
+    spec = {"convnet": {"stages": 2, "convs": 1, "width": 8, "conv": {"choices": ["full", "separable"]}}}
+    study = optuna.create_study()
+    study.enqueue_trial({"conv_1": "full", "conv_2": "separable"})
+    overrides = space.sample(study.ask(), spec)
+    assert "model.net.conv=[full,separable]" in overrides
+    study.enqueue_trial({"conv_1": "full", "conv_2": "full"})
+    assert "model.net.conv=full" in space.sample(study.ask(), spec)

@@ -114,7 +114,9 @@ def test_a_pruned_run_stops_after_the_judged_epoch_whole(make_cfg, mnist_root, t
 def _job(objectives):
     conf = SearchConf(study_name="s", experiment=None, space={"x": {"low": 0, "high": 1}}, objectives=objectives,
                       n_trials=1, workers=1, storage=None, sampler="random", pruner="auto", pruner_warmup_epochs=0,
-                      pruner_percentile=75.0, seed=0, confirm=0, confirm_seeds=[1], start=[])
+                      pruner_percentile=75.0, seed=0, confirm=0, confirm_seeds=[1], start=[], race=0,
+                      race_candidates=None, race_rounds=5, race_val="holdout", race_folds=5, race_min_rounds=2,
+                      race_alpha=0.05)
     return conf
 
 
@@ -192,7 +194,8 @@ def test_space_overrides_are_what_hydra_reads_back(make_cfg):
     space.check(spec)
     overrides = space.sample(trial, spec)
     assert overrides == ["model=convnet", "model.net.stages=[[6,6],[12]]", "model.net.padding=[valid,same]",
-                         "model.net.transitions=[[4],[]]", "model.net.head=conv_gap", "optimizer.lr=0.125",
+                         "model.net.transitions=[[4],[]]", "model.net.conv=full", "model.net.head=conv_gap",
+                         "optimizer.lr=0.125",
                          "data.batch_size=64", "data.rotation=5.0"]
     cfg = make_cfg(overrides)
     assert cfg.model.net.stages == [[6, 6], [12]] and cfg.model.net.transitions == [[4], []]

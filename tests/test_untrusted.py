@@ -263,8 +263,8 @@ def test_a_run_dir_with_a_damaged_summary_is_refused_not_guessed(tmp_path, capsy
 
 @pytest.mark.parametrize("config, message", [
     ("data: [unclosed", "not a readable run config (ParserError"),
-    ("data:\n  val: holdout\n  holdout_size: lots\n", "its data.val / data.holdout_size are not a split"),
-    ("data:\n  val: ${oc.env:HOME}\n", "its data.val / data.holdout_size are not a split"),
+    ("data:\n  val: holdout\n  holdout_size: lots\n", "its data.val / data.holdout_size / data.folds / data.fold are not a split"),
+    ("data:\n  val: ${oc.env:HOME}\n", "its data.val / data.holdout_size / data.folds / data.fold are not a split"),
 ])
 def test_a_run_dirs_config_is_data(tmp_path, capsys, config, message):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)

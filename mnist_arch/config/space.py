@@ -13,11 +13,12 @@ by asking an Optuna trial for each value.
         width: {choices: [4, 6, 8, 12, 16]}             # each stage's width (the convs of a stage share it)
         padding: {choices: [same, valid]}               # each stage's padding (valid: its maps shrink by 2)
         transition: {choices: [0, 4, 8]}                # a 1x1 conv closing each stage; 0: none
+        conv: {choices: [full, separable]}              # each stage's 3x3 convs: full or depthwise-separable
         head: {choices: [gap_conv, conv_gap]}
 
 Any other key is a run override, nested as the config is (`optimizer: {lr: ...}` is optimizer.lr, so the
 command line reaches it: search.space.optimizer.lr.high=0.5), and its spec one distribution. In `convnet`
-each of convs / width / padding / transition is asked once per stage (Optuna parameters convs_1, width_1,
+each of convs / width / padding / transition / conv is asked once per stage (Optuna parameters convs_1, width_1,
 ...), so the sampler learns each stage's shape; `stages` and `head` may be a plain value or a distribution
 too. A shape that cannot work (maps shrinking below 1x1) is refused by the net and recorded infeasible.
 """
@@ -26,7 +27,7 @@ from typing import Any, Dict, List
 from mnist_arch.errors import ConfigError
 
 CONVNET = "convnet"
-CONVNET_KEYS = ("stages", "convs", "width", "padding", "transition", "head")
+CONVNET_KEYS = ("stages", "convs", "width", "padding", "transition", "conv", "head")
 
 
 def specs(space: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -102,14 +103,16 @@ def sample(trial, space: Dict[str, Any]) -> List[str]:
 
 def _convnet(trial, spec: Dict[str, Any]) -> List[str]:
     stages = ask(trial, "stages", spec["stages"])
-    widths, paddings, closing = [], [], []
+    widths, paddings, closing, kinds = [], [], [], []
     for i in range(1, stages + 1):
         widths.append([ask(trial, f"width_{i}", spec["width"])] * ask(trial, f"convs_{i}", spec["convs"]))
         paddings.append(ask(trial, f"padding_{i}", spec.get("padding", "same")))
+        kinds.append(ask(trial, f"conv_{i}", spec.get("conv", "full")))
         transition = ask(trial, f"transition_{i}", spec["transition"]) if "transition" in spec else 0
         closing.append([transition] if transition else [])
     overrides = ["model=convnet", f"model.net.stages={_literal(widths)}", f"model.net.padding={_literal(paddings)}",
-                 f"model.net.transitions={_literal(closing) if any(closing) else 'null'}"]
+                 f"model.net.transitions={_literal(closing) if any(closing) else 'null'}",
+                 f"model.net.conv={_literal(kinds) if 'separable' in kinds else 'full'}"]
     if "head" in spec:
         overrides.append(f"model.net.head={ask(trial, 'head', spec['head'])}")
     return overrides

@@ -12,6 +12,12 @@ Padding is `same` (the map keeps its size) or `valid` (it shrinks by 2): one wor
 per stage, or one per conv of a stage (`padding=[valid,[valid,valid,valid,same]]`). A shape that cannot
 work (a width of 0, a map shrinking below 1x1 on the 28x28 input) is refused with the stage named.
 
+`conv` is `full` (a 3x3 conv, 9·C_in·C_out weights) or `separable` (depthwise-separable: a 3x3 depthwise conv,
+one filter per input channel, then a 1x1 pointwise conv; 9·C_in + C_in·C_out weights, so a budget buys much
+wider layers), for the whole net or one word per stage. The block's BN and ReLU follow the pointwise conv,
+with none between the two halves (Chollet 2017, Xception, found the intermediate ReLU hurts). The net's first
+conv stays full whatever `conv` says: its input is one channel, where a depthwise conv is a single 3x3 filter.
+
 This file has no per-layer shape comments because the shapes live in config: the layer table
 (`python -m mnist_arch.summary model=...`) prints each layer's output shape, RF, jump and MACs, and is
 saved as layers.txt by every run. Parameters: every conv before a BN needs no bias (`bias=false` drops
@@ -26,6 +32,16 @@ from mnist_arch.models.registry import register
 
 INPUT_SIZE = 28
 Padding = Union[str, Sequence[Union[str, Sequence[str]]]]
+
+
+def _per_stage(key: str, value: Union[str, Sequence[str]], stages: Sequence[Sequence[int]],
+               allowed: Sequence[str]) -> List[str]:
+    """One word per stage, from one word or a list of one per stage."""
+    words = [value] * len(stages) if isinstance(value, str) else list(value)
+    if len(words) != len(stages) or any(w not in allowed for w in words):
+        raise ValueError(f"model.net.{key}={value!r}: {' or '.join(allowed)}, once or once per stage "
+                         f"({len(stages)} stages)")
+    return words
 
 
 def _paddings(padding: Padding, stages: Sequence[Sequence[int]]) -> List[List[str]]:
@@ -47,7 +63,8 @@ def _paddings(padding: Padding, stages: Sequence[Sequence[int]]) -> List[List[st
 class ConvNet(nn.Module):
     def __init__(self, stages: Sequence[Sequence[int]] = ((8, 8), (16, 16), (16, 16)), padding: Padding = "same",
                  transitions: Optional[Sequence[Sequence[int]]] = None, bias: bool = False, class_bias: bool = True,
-                 order: str = "bn_relu", dropout: float = 0.0, head: str = "gap_conv", num_classes: int = 10):
+                 order: str = "bn_relu", dropout: float = 0.0, head: str = "gap_conv", num_classes: int = 10,
+                 conv: Union[str, Sequence[str]] = "full"):
         super().__init__()
         if not stages or any(not isinstance(s, (list, tuple)) or not s for s in stages):
             raise ValueError(f"model.net.stages={stages!r}: a list of stages, each a non-empty list of conv widths")
@@ -58,15 +75,21 @@ class ConvNet(nn.Module):
             raise ValueError(f"model.net.order={order!r} must be bn_relu or relu_bn; model.net.head={head!r} "
                              "must be gap_conv or conv_gap")
         pads = _paddings(padding, stages)
+        kinds = _per_stage("conv", conv, stages, ("full", "separable"))
 
-        def block(c_in: int, c_out: int, kernel: int, pad: str) -> nn.Sequential:
-            conv = nn.Conv2d(c_in, c_out, kernel, padding=1 if pad == "same" and kernel == 3 else 0, bias=bias)
+        def block(c_in: int, c_out: int, kernel: int, pad: str, kind: str = "full") -> nn.Sequential:
+            padding_ = 1 if pad == "same" and kernel == 3 else 0
+            if kind == "separable" and kernel == 3 and c_in > 1:
+                convs = [nn.Conv2d(c_in, c_in, 3, padding=padding_, groups=c_in, bias=False),  # depthwise
+                         nn.Conv2d(c_in, c_out, 1, bias=bias)]  # pointwise
+            else:
+                convs = [nn.Conv2d(c_in, c_out, kernel, padding=padding_, bias=bias)]
             norm_act = [nn.BatchNorm2d(c_out), nn.ReLU()] if order == "bn_relu" else [nn.ReLU(), nn.BatchNorm2d(c_out)]
-            return nn.Sequential(conv, *norm_act)
+            return nn.Sequential(*convs, *norm_act)
 
         layers: List[nn.Module] = []
         channels, size = 1, INPUT_SIZE
-        for i, (widths, stage_pads, closing) in enumerate(zip(stages, pads, transitions)):
+        for i, (widths, stage_pads, closing, kind) in enumerate(zip(stages, pads, transitions, kinds)):
             if i > 0:  # between stages: halve the map
                 size //= 2
                 if size < 1:
@@ -79,7 +102,7 @@ class ConvNet(nn.Module):
                 if size < 1:
                     raise ValueError(f"model.net.stages[{i}]: its conv {j + 1} (valid padding) shrinks the map "
                                      f"below 1x1 on the {INPUT_SIZE}x{INPUT_SIZE} input")
-                layers.append(block(channels, width, 3, pad))
+                layers.append(block(channels, width, 3, pad, kind))
                 channels = width
             for j, width in enumerate(closing):
                 if not isinstance(width, int) or width < 1:

@@ -111,11 +111,15 @@ class Comparison:
 
 def bootstrap(d: np.ndarray, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
     """The resampled means of d (seeds x images): images and seeds drawn with replacement, each resample's
-    image weights shared by every seed of it (the same images for every run, as in the data)."""
+    image draw shared by every seed of it (the same images for every run, as in the data). Images with the same
+    column of values across seeds are interchangeable, so the draw is made over those few distinct columns
+    (a multinomial of the images over them): the same distribution as drawing images one by one, in
+    milliseconds for any number of images."""
     rng = np.random.default_rng(seed)
     n_seeds, n_images = d.shape
-    image_weights = rng.multinomial(n_images, np.full(n_images, 1 / n_images), size=resamples)  # resamples x images
-    per_seed = image_weights @ d.T.astype(np.float64) / n_images  # resamples x seeds
+    columns, counts = np.unique(d.T, axis=0, return_counts=True)  # distinct columns x seeds; how many images each
+    image_draws = rng.multinomial(n_images, counts / n_images, size=resamples)  # resamples x distinct columns
+    per_seed = image_draws @ columns.astype(np.float64) / n_images  # resamples x seeds
     seed_weights = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=resamples)
     return (seed_weights * per_seed).sum(axis=1) / n_seeds
 

@@ -32,7 +32,7 @@ INPUT_SHAPE = (1, 28, 28)
 class Layer:
     name: str
     kind: str  # the module's class name
-    geometry: str  # "k3 s2 p1" for convs and pools, "" for the rest
+    geometry: str  # "k3 s2 p1" for convs and pools ("k3 s1 p1 dw": depthwise; "g4": 4 groups), "" for the rest
     shape: Tuple[int, ...]  # output shape of one image (no batch dim)
     params: int  # this layer's own trainable parameters (0 for a repeated call)
     rf: Optional[int]  # receptive field in input pixels; None once the output is no longer a feature map
@@ -91,7 +91,9 @@ def _geometry(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> Tuple[Tu
         return (1, 1, 1), ""
     k, s, p = (_first(getattr(module, a)) for a in ("kernel_size", "stride", "padding"))
     d = _first(getattr(module, "dilation", 1))
-    return (k, s, d), f"k{k} s{s} p{p}" + (f" d{d}" if d != 1 else "")
+    groups = getattr(module, "groups", 1)
+    grouped = (" dw" if groups == module.in_channels == module.out_channels else f" g{groups}") if groups > 1 else ""
+    return (k, s, d), f"k{k} s{s} p{p}" + (f" d{d}" if d != 1 else "") + grouped  # dw: depthwise
 
 
 def _first(value) -> int:

@@ -19,7 +19,6 @@ completed run is never run again, and a run cut short resumes from its last comp
 dropped, and names the designs the race could not separate.
 """
 import json
-import logging
 import os
 import socket
 import time
@@ -179,14 +178,11 @@ def work(designs: Sequence[Design], race_dir: Path, search: SearchConf, base: Se
     from filelock import FileLock
 
     from mnist_arch.config.schema import compose
-    from mnist_arch.search.study import QUIET
+    from mnist_arch.search.study import quiet_worker
     from mnist_arch.train.callbacks import Heartbeat
     from mnist_arch.train.job import train
 
-    import pytorch_lightning  # noqa: F401 - first: importing it sets its loggers' levels
-
-    for name in QUIET:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_worker()
     race_dir.mkdir(parents=True, exist_ok=True)
     while True:
         with FileLock(str(race_dir / LOCK)):

@@ -163,6 +163,19 @@ def _retry(study, trial) -> None:
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
 
 
+def quiet_worker() -> None:
+    """A worker's console is the study's (or race's) progress lines; each run keeps its own files. A spawned
+    worker has no Hydra logging: the library messages nobody can act on (mnist_arch/cli.py) are dropped here."""
+    import pytorch_lightning  # noqa: F401 - first: importing it sets its loggers' levels
+
+    from mnist_arch.cli import NOT_ACTIONABLE
+
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in NOT_ACTIONABLE.values():
+        warnings.filterwarnings("ignore", message=f".*{pattern.pattern}")
+
+
 def work(job: Job, objective: Callable, threads: Optional[int] = None, worker: int = 0, quiet: bool = True) -> None:
     """One worker: ask the study for a trial while it holds fewer trained trials than search.n_trials, run
     it, tell the result. The ask happens under a lock in the study folder, so workers (processes here, or
@@ -174,11 +187,8 @@ def work(job: Job, objective: Callable, threads: Optional[int] = None, worker: i
         import torch
 
         torch.set_num_threads(threads)
-    if quiet:  # a worker's console is the study's progress lines; each trial keeps its own files
-        import pytorch_lightning  # noqa: F401 - first: importing it sets its loggers' levels
-
-        for name in QUIET:
-            logging.getLogger(name).setLevel(logging.WARNING)
+    if quiet:
+        quiet_worker()
     study = open_study(job, worker)
     while True:
         with FileLock(str(job.study_dir / LOCK)):
