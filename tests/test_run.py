@@ -361,3 +361,20 @@ def test_the_run_dir_is_named_by_time_or_by_the_slurm_job(make_cfg, monkeypatch,
     cfg = make_cfg(["model=s6"], hydra=True)
     OmegaConf.clear_cache(cfg)  # run_stamp caches its value per config
     assert re.fullmatch(rf"outputs/\d{{4}}-\d\d-\d\d/{stamp}_s6", cfg.hydra.run.dir)
+
+
+def test_bf16_mixed_trains_on_the_cpu_and_its_checkpoint_stays_fp32(make_cfg, mnist_root, tmp_path):
+    """trainer.precision=bf16-mixed end to end on the CPU: the rules judge the net, training and the test run
+    under autocast, the checkpoint holds fp32 weights (what evaluate and export read), and evaluating them in
+    fp32 lands within a few images of the run's own bf16 test."""
+    from mnist_arch.config.schema import validate
+    from mnist_arch.inference import evaluate, trained
+
+    overrides = fast_overrides(mnist_root) + ["trainer.precision=bf16-mixed", "data.verify=false"]
+    record = training.train(make_cfg(overrides), tmp_path / "run")
+    assert record.status == "completed" and record.verdict.checks()["params_ok"] and record.test_acc is not None
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float32}
+    net = trained.load(str(tmp_path / "run"), [])
+    scored = evaluate.score(net, validate(make_cfg(overrides)).data)
+    assert abs(scored["accuracy"] - record.test_acc) <= 3 / scored["images"]
