@@ -1,12 +1,15 @@
-"""Ship a trained net: ONNX or TorchScript, checked against the PyTorch net before it is called done.
+"""Ship a trained net: a torch.export program, ONNX or TorchScript, checked against the PyTorch net.
 
+    python -m mnist_arch.export outputs/2026-11-23/10-00-00_s4 --format pt2     # torch.export (the portable format)
     python -m mnist_arch.export outputs/2026-11-23/10-00-00_s4 --format onnx
     python -m mnist_arch.export outputs/.../checkpoints/last.ckpt --format torchscript --out s4.pt
 
 The exported file takes (N, 1, 28, 28) float images normalised as in training ((pixel/255 - 0.1307) /
 0.3081; N is free) and returns (N, 10) logits. After writing, it runs the file (onnxruntime for ONNX: pip
-install 'mnist-arch[export]'; torch.jit.load for TorchScript) on a batch of real-looking inputs, prints the
-largest absolute difference from the PyTorch net, and exits 1 if it exceeds the tolerance.
+install 'mnist-arch[export]'; torch.jit.load for TorchScript; for .pt2 the same reader predict and evaluate
+use, which reads the file as data) on a batch of real-looking inputs, prints the largest absolute difference
+from the PyTorch net, and exits 1 if it exceeds the tolerance. TorchScript is deprecated by torch in favour of
+torch.export; it is kept for runtimes that still load it.
 """
 import sys
 from pathlib import Path
@@ -27,7 +30,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = Parser(prog="python -m mnist_arch.export", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run dir (its tested checkpoint) or a .ckpt file")
     parser.add_argument("--format", choices=list(FORMATS), required=True)
-    parser.add_argument("--out", type=Path, default=None, help="the file to write (default: <run dir>/<model>.onnx|.pt)")
+    parser.add_argument("--out", type=Path, default=None, help="the file to write (default: <run dir>/<model>.pt2|.onnx|.pt)")
     trained_nets.add_trust_option(parser)
     args = parser.parse_args(argv)
     suffix, export, run = FORMATS[args.format]

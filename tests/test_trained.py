@@ -177,6 +177,65 @@ def test_onnx_export_matches_the_net(trained_run, tmp_path, capsys):
     assert diff <= 1e-4
 
 
+def test_a_pt2_export_matches_the_net_and_evaluate_and_predict_read_it(trained_run, tmp_path, capsys):
+    """export --format pt2: a torch.export program with a free batch size, checked against the net; evaluate and
+    predict take the .pt2 as they take a checkpoint, with the same accuracy."""
+    import numpy as np
+
+    from mnist_arch import predict
+
+    tmp, record = trained_run
+    with pytest.raises(SystemExit) as done:
+        export.main([str(tmp / "run"), "--format", "pt2", "--out", str(tmp_path / "net.pt2")])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "pt2, max |exported - pytorch|" in out and "within 0.0001" in out
+    program = torch.export.load(str(tmp_path / "net.pt2")).module()
+    assert program(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
+    evaluate.main([str(tmp_path / "net.pt2"), f"data.root={tmp / 'data'}"])
+    result = json.loads((tmp_path / "evaluate.json").read_text())
+    assert result["accuracy"] == pytest.approx(record.test_acc, abs=1e-6) and result["model"] == "net"
+    images = synthetic_split(3, 7)[0]
+    np.save(tmp_path / "digits.npy", images)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        predict.main([str(tmp_path / "net.pt2"), str(tmp_path / "digits.npy")])
+    assert done.value.code == 0 and capsys.readouterr().out.count("digits.npy[") == 3
+
+
+def _rewritten(source, target, change):
+    """A copy of the .pt2 `source` with `change(name, bytes) -> bytes` applied to its records."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            new.writestr(info.filename, change(info.filename, old.read(info.filename)))
+    return target
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda n, b: b.replace(b'"guards_code": []', b'"guards_code": ["__import__(\'os\').system(\'x\')"]')
+     if n.endswith("model.json") else b, "refused: it carries guards code"),
+    (lambda n, b: b.replace(b'"torch.ops.aten.relu.default"', b'"torch.hub.load"') if n.endswith("model.json") else b,
+     "refused: a node calls 'torch.hub.load', not an aten op"),
+    (lambda n, b: b.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
+     if n.endswith("weights_config.json") else b, "is a pickled Python object, not a tensor"),
+    (lambda n, b: b.replace(b"Symbol('s", b"__import__('os').system('s") if n.endswith("model.json") else b,
+     "refused: a shape expression"),
+    (lambda n, b: b[:40] if n.endswith("model.json") else b, "not a readable .pt2 (JSONDecodeError"),
+])
+def test_a_pt2_from_elsewhere_is_read_as_data(trained_run, tmp_path, capsys, change, message):
+    """What torch.export.load would run or unpickle (guards code, any torch attribute as a node's target, pickled
+    weights, shape strings through sympify) is refused before it sees the file; nothing is executed."""
+    tmp, _ = trained_run
+    with pytest.raises(SystemExit):
+        export.main([str(tmp / "run"), "--format", "pt2", "--out", str(tmp_path / "good.pt2")])
+    bad = _rewritten(tmp_path / "good.pt2", tmp_path / "bad.pt2", change)
+    with pytest.raises(SystemExit) as done:
+        evaluate.main([str(bad)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
 def test_a_class_never_predicted_is_recorded_and_warned(make_cfg, mnist_root, tmp_path, caplog):
     """ConstantScores always says 0: classes 1-9 are never predicted, from epoch 1 on."""
     overrides = fast_overrides(mnist_root) + ["model=custom", "model.net._target_=tests.nets.ConstantScores"]

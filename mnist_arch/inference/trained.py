@@ -3,7 +3,9 @@
 A run dir gives the checkpoint its test scored (`checkpoints/best.ckpt` when summary.json says the best
 weights were tested, else `checkpoints/last.ckpt`); a `.ckpt` file is taken as it is. The net is rebuilt
 from the checkpoint alone (`net_from_checkpoint`: read as data, registered nets only unless a custom class
-is trusted by name; mnist_arch/models/build.py).
+is trusted by name; mnist_arch/models/build.py). A `.pt2` file (`export --format pt2`) is a torch.export
+program, read as data too (mnist_arch/inference/export.py, `read_pt2`): evaluate and predict take it as they
+take a checkpoint.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +72,14 @@ def checkpoint_of(path: Union[str, Path]) -> Path:
 
 
 def load(path: Union[str, Path], trust: Collection[str] = ()) -> Trained:
-    """The trained net of a run dir or .ckpt file; `trust`: custom classes its checkpoint may name."""
+    """The trained net of a run dir, .ckpt or .pt2 file; `trust`: custom classes its checkpoint may name."""
+    if Path(path).suffix == ".pt2" and not Path(path).is_dir():
+        from mnist_arch.inference.export import read_pt2
+
+        if not Path(path).exists():
+            raise BadFile(f"{path}: no such run dir or checkpoint file")
+        net = read_pt2(Path(path))
+        return Trained(net, {"net_spec": {"name": Path(path).stem, "exported": "pt2"}}, Path(path), None)
     ckpt = checkpoint_of(path)
     net, checkpoint = net_from_checkpoint(ckpt, trust)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
