@@ -20,7 +20,7 @@ import torch
 from mnist_arch.cli import Parser, command
 from mnist_arch.errors import RunError
 from mnist_arch.files import replacing
-from mnist_arch.inference.export import CHECK_BATCH, FORMATS, TOLERANCE
+from mnist_arch.inference.export import CHECK_BATCH, FORMATS, TOLERANCE, why_not_exported
 
 
 @command
@@ -44,8 +44,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - an op the exporter cannot express: say which, in one line
-        raise RunError(f"{trained.name} cannot be exported to {args.format}: "
-                       f"{type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+        raise RunError(f"{trained.name} cannot be exported to {args.format}: {why_not_exported(e)}") from e
     with torch.no_grad():
         diff = (run(out, check) - trained.net(check)).abs().max().item()
     ok = diff <= TOLERANCE

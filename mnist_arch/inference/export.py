@@ -29,9 +29,19 @@ TOLERANCE = 1e-4  # max |exported - pytorch| on logits, float32
 CHECK_BATCH = 64
 
 
+ONNX_OPSET = 20  # what torch 2.14's exporter targets by default; onnxruntime 1.17+ runs it
+
+
 def export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
-    torch.onnx.export(net, (example,), str(out), input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    """Through torch's current exporter (torch.export, then onnxscript: dynamo=True), the batch size free."""
+    try:
+        import onnxscript  # noqa: F401 - the exporter needs it; say so before it fails inside torch
+    except ImportError as e:
+        raise RunError("ONNX export needs onnxscript: pip install 'mnist-arch[export]'") from e
+    batch = torch.export.Dim("batch", min=1, max=65_536)
+    program = torch.onnx.export(net.eval(), (example,), input_names=["images"], output_names=["logits"], dynamo=True,
+                                dynamic_shapes=({0: batch},), opset_version=ONNX_OPSET, verbose=False)
+    program.save(str(out))
 
 
 def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -124,6 +134,16 @@ def _check_program(path: Path, program: dict) -> None:
         words = set(re.findall(r"[A-Za-z_]\w*", expr)) - SAFE_WORDS
         if not SAFE_EXPR.fullmatch(expr) or any(not re.fullmatch(r"[su]\d+", w) for w in words):
             raise BadFile(f"{path}: refused: a shape expression {expr[:60]!r} is more than symbols and arithmetic")
+
+
+def why_not_exported(e: Exception) -> str:
+    """One line for an exporter's failure: the ONNX exporter's own first line is a generic banner, so the op it
+    found no ONNX function for is named instead, when its message names one."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    op = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", text)
+    if op:
+        return f"no ONNX function for the op {op.group(1)} (the ONNX exporter, opset {ONNX_OPSET})"
+    return f"{type(e).__name__}: {text.strip().splitlines()[0] if text.strip() else '(no message)'}"
 
 
 FORMATS = {"pt2": (".pt2", export_pt2, run_pt2), "onnx": (".onnx", export_onnx, run_onnx),
