@@ -70,6 +70,12 @@ def test_every_config_key_and_option_named_exists():
                 continue  # +trainer.<name>: any pl.Trainer argument, checked by the run
             if token.startswith(("search.space.", "model.net.")):
                 continue  # a space's keys are the space's own; a net's arguments are its constructor's
+            parts = token.split(".")
+            if group == "logger" and len(parts) == 3:  # logger.<option>.<key>: that option's entry
+                option = REPO / "conf" / "logger" / f"{parts[1]}.yaml"
+                if not option.is_file() or parts[2] not in (OmegaConf.load(option).get(parts[1]) or {}):
+                    missing.append(f"{page.name}: {token}")
+                continue
             missing.append(f"{page.name}: {token}") if OmegaConf.select(cfg, token, default="<absent>") == "<absent>" \
                 else None
         for group, option in set(re.findall(rf"\b({'|'.join(GROUPS)})=(\w+)\b", text)):

@@ -180,9 +180,13 @@ def _confusion(counts: torch.Tensor, where: str):
 
 
 def _log_image(trainer, tag: str, path: Path) -> None:
+    import numpy as np
+    from PIL import Image
     from pytorch_lightning.loggers import TensorBoardLogger
-    from torchvision.io import ImageReadMode, read_image
 
+    # PIL, not torchvision.io: torchvision 0.29 deprecates its image decoding
+    with Image.open(path) as picture:
+        pixels = np.asarray(picture.convert("RGB"))
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(tag, read_image(str(path), ImageReadMode.RGB), trainer.global_step)
+            logger.experiment.add_image(tag, pixels, trainer.global_step, dataformats="HWC")

@@ -74,7 +74,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
 
     resume = _resume_path(conf.ckpt_path, run_dir, run.net, run.spec["name"])
     callbacks = [*build_callbacks(conf, run_dir), *callbacks]
-    loggers = build_loggers(conf, run_dir, run.net, run.layers) if conf.save else []
+    loggers = build_loggers(conf, run_dir, run.net, run.layers, cfg, overrides) if conf.save else []
     trainer = pl.Trainer(**conf.trainer.kwargs(run_dir), callbacks=callbacks, logger=loggers or False,
                          default_root_dir=run_dir)
     record = _record(run, trainer, run_dir, resume, overrides)
@@ -103,6 +103,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
             record.predictions = _keep_predictions(callbacks, run.datamodule, run_dir, trainer)
             record.write(run_dir)
             _tensorboard_hparams(loggers, conf, record)
+            _tracking_finish(loggers, record, run_dir)
     return record
 
 
@@ -169,17 +170,21 @@ def _set_threads(conf: Config) -> None:
         torch.set_num_threads(threads)
 
 
-def build_loggers(conf: Config, run_dir: Path, net, layers: str) -> list:
+def build_loggers(conf: Config, run_dir: Path, net, layers: str, cfg: Optional[DictConfig] = None,
+                  overrides: Optional[List[str]] = None) -> list:
     """Each entry of the logger group, instantiated with the run dir as its save_dir: `_target_` a Lightning
     logger class, every other key one of its arguments (checked against the class, with a did-you-mean, before
-    any step), except a TensorBoard logger's `graph` (ours: the net in the GRAPHS tab)."""
+    any step), except a TensorBoard logger's `graph` (ours: the net in the GRAPHS tab). An MLflow logger gets its
+    store checked and the run's group (mnist_arch/results/tracking.py), and the resolved config `cfg` as params.
+    A tracker whose package is missing is one line naming the extra to install."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
-    from pytorch_lightning.loggers import Logger, TensorBoardLogger
+    from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger
 
     from mnist_arch.cli import one_line
     from mnist_arch.locate import check_arguments, locate
     from mnist_arch.results import tensorboard as tensorboard_tabs
+    from mnist_arch.results import tracking
 
     loggers = []
     for name, entry in conf.logger.items():
@@ -191,14 +196,32 @@ def build_loggers(conf: Config, run_dir: Path, net, layers: str) -> list:
         graph = entry.pop("graph", False) if issubclass(cls, TensorBoardLogger) else False
         check_arguments(f"logger.{name}.", cls, [key for key in entry if key != "_target_"], entry["_target_"],
                         supplied=["save_dir"])
+        if issubclass(cls, MLFlowLogger):
+            entry = tracking.prepare(entry, run_dir, _group(run_dir, conf, overrides))
         try:  # a class taking **kwargs (TensorBoardLogger passes them to its SummaryWriter) refuses them here
             logger = instantiate(entry, save_dir=str(run_dir))
             if isinstance(logger, TensorBoardLogger):
                 tensorboard_tabs.add_model(logger, net, layers, graph)
-        except (InstantiationException, TypeError) as e:
+            if isinstance(logger, MLFlowLogger) and cfg is not None:
+                tracking.log_config(logger, cfg)
+        except (InstantiationException, TypeError, ModuleNotFoundError) as e:
+            if "No module named" in str(e) or isinstance(e.__cause__, ModuleNotFoundError):
+                raise ConfigError(f"logger={name} needs its package: pip install 'mnist-arch[{name}]' "
+                                  f"({one_line(str(e.__cause__ or e))})") from None
             raise ConfigError(f"logger.{name}: {entry['_target_']} refused its arguments ({one_line(str(e))})") from None
         loggers.append(logger)
     return loggers
+
+
+def _group(run_dir: Path, conf: Config, overrides: Optional[List[str]]) -> Dict[str, str]:
+    """What finds a run among others in a tracker: its sweep or study folder, its setting (the overrides but the
+    seed: the seeds of one setting share it), its seed."""
+    given = provenance.overrides() if overrides is None else list(overrides)
+    sweep = run_dir.parent
+    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+        sweep = Path(HydraConfig.get().sweep.dir)
+    return {"sweep": str(sweep), "setting": " ".join(o for o in given if not o.startswith("seed=")) or "(defaults)",
+            "seed": str(conf.seed)}
 
 
 def _write_inputs(cfg: DictConfig, run_dir: Path, record: RunRecord, layers: str) -> None:
@@ -268,6 +291,17 @@ def _outcome(e: BaseException) -> Tuple[str, Optional[str], Optional[str]]:
     if isinstance(e, RunError):
         return e.status, str(e), None
     return "failed", f"{type(e).__name__}: {e}", None
+
+
+def _tracking_finish(loggers: list, record: RunRecord, run_dir: Path) -> None:
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from mnist_arch.results import tracking
+
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            last = run_dir / "checkpoints" / "last.ckpt"
+            tracking.finish(logger, record, run_dir, last if last.is_file() else None)
 
 
 def _tensorboard_hparams(loggers: list, conf: Config, record: RunRecord) -> None:

@@ -1,0 +1,88 @@
+"""What a run sends to MLflow beyond Lightning's per-epoch metrics: the resolved config as params, tags (model,
+params, MACs, verdict, commit, and what groups runs: the sweep or study, the setting, the seed), and the run's
+files as artifacts (summary.json, the layer table, the plots, the final checkpoint). `logger=mlflow`
+(conf/logger/mlflow.yaml) builds Lightning's MLFlowLogger; this module prepares its arguments and fills it in.
+
+Where runs go: `logger.mlflow.tracking_uri` on the command line, else $MLFLOW_TRACKING_URI, else a local store,
+sqlite:///outputs/mlflow.db with artifacts in outputs/mlartifacts (open it with
+`mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db`). A server that does not answer is one line before
+training, within ~10 s: MLflow's own HTTP retries (minutes) are bounded here unless you set them.
+"""
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from mnist_arch.errors import ConfigError
+
+LOCAL_STORE = Path("outputs") / "mlflow.db"
+REACH_TIMEOUT_S = 10
+# MLflow's client retries a failing request with backoff for minutes; a run must say so in seconds
+BOUNDED = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def prepare(entry: Dict[str, Any], run_dir: Path, group: Dict[str, str]) -> Dict[str, Any]:
+    """The MLFlowLogger's arguments: the tracking URI resolved and checked, the run named after its run dir,
+    the grouping tags added."""
+    entry = dict(entry)
+    uri = entry.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        store = LOCAL_STORE.resolve()
+        store.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{store}"
+        entry.setdefault("artifact_location", (store.parent / "mlartifacts").as_uri())
+    entry["tracking_uri"] = uri
+    for key, value in BOUNDED.items():
+        os.environ.setdefault(key, value)
+    if uri.startswith(("http://", "https://")):
+        check_reachable(uri)
+    entry.setdefault("run_name", run_dir.name)
+    entry["tags"] = {**group, **(entry.get("tags") or {})}
+    return entry
+
+
+def check_reachable(uri: str) -> None:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S) as answer:
+            answer.read(64)
+    except urllib.error.HTTPError as e:  # it answered: a server is there (one without /health, or behind auth)
+        e.close()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(f"logger.mlflow.tracking_uri={uri}: no MLflow server answers there ({reason}); start "
+                          "it, or unset MLFLOW_TRACKING_URI for the local store under outputs/") from None
+
+
+def log_config(logger, cfg) -> None:
+    """The resolved config, flattened to dotted keys, as the run's params."""
+    from omegaconf import OmegaConf
+
+    def flat(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    logger.log_hyperparams(dict(flat(OmegaConf.to_container(cfg, resolve=True))))
+
+
+def finish(logger, record, run_dir: Path, final_checkpoint: Optional[Path]) -> None:
+    """Tags from the record and the run's files as artifacts."""
+    client, run_id = logger.experiment, logger.run_id
+    verdict = record.verdict
+    tags = {"model": record.model, "params": record.params, "macs": record.macs_per_image,
+            "status": record.status, "commit": record.git_commit,
+            "verdict": None if verdict is None else ("pass" if all(verdict.checks().values()) else "fail")}
+    for key, value in tags.items():
+        if value is not None:
+            client.set_tag(run_id, key, str(value))
+    for name in ("summary.json", "layers.txt", "config.yaml"):
+        if (run_dir / name).is_file():
+            client.log_artifact(run_id, str(run_dir / name))
+    if (run_dir / "plots").is_dir():
+        client.log_artifacts(run_id, str(run_dir / "plots"), "plots")
+    if final_checkpoint is not None and final_checkpoint.is_file():
+        client.log_artifact(run_id, str(final_checkpoint), "checkpoints")
