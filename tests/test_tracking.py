@@ -127,3 +127,40 @@ def test_the_environment_sets_the_store_and_the_command_line_wins(tmp_path, monk
     assert local["tracking_uri"] == f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
     assert Path(local["artifact_location"][len("file://"):]) == tmp_path / "outputs" / "mlartifacts"
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+
+
+def wandb_records(run_dir: Path) -> list:
+    """The run's records as wandb's own reader prints them (`wandb leet inspect --json`)."""
+    import json
+    import shutil
+
+    found = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(found) == 1, found
+    wandb_cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
+    done = subprocess.run([wandb_cli, "leet", "inspect", "--json", str(found[0])], capture_output=True, text=True,
+                          timeout=120)
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_wandb_is_offline_and_one_run_per_job_grouped_by_sweep(mnist_root, tmp_path, monkeypatch):
+    """logger=[tensorboard,wandb] in a 3-job multirun: three offline runs (nothing leaves the machine), each with
+    the resolved config, every epoch's val acc, the run's files; one W&B group, the sweep; one setting."""
+    pytest.importorskip("wandb")
+    argv = ["-m", *fast_overrides(mnist_root), "data.verify=false", "logger=[tensorboard,wandb]", "seed=1,2,3",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}", "callbacks.plots=false"]
+    assert hydra_command(run.main, argv, monkeypatch) == 0
+    seeds, settings = [], set()
+    for job in ("0", "1", "2"):
+        records = wandb_records(tmp_path / "sweep" / job)
+        run_record = next(r["run"] for r in records if "run" in r)
+        assert run_record["run_group"] == "sweep" and run_record["display_name"] == job
+        config = {k: v for r in records if "config" in r for k, v in r["config"].get("update", {}).items()}
+        seeds.append(config["seed"])
+        settings.add(config["group.setting"])
+        assert config["optimizer.lr"] == 0.1 and config["model.name"] == "s4"
+        accs = [r["history"]["item"]["val/acc"] for r in records if "val/acc" in r.get("history", {}).get("item", {})]
+        assert len(accs) == 2  # every epoch
+        files = {f["path"] for r in records if "files" in r for f in r["files"]["files"]}
+        assert {"summary.json", "layers.txt", "checkpoints/last.ckpt"} <= files
+    assert sorted(seeds) == [1, 2, 3] and len(settings) == 1
+

@@ -1,4 +1,4 @@
-"""What a run sends to MLflow beyond Lightning's per-epoch metrics: the resolved config as params, tags (model,
+"""What a run sends to MLflow or Weights & Biases beyond Lightning's per-epoch metrics: the resolved config as params, tags (model,
 params, MACs, verdict, commit, and what groups runs: the sweep or study, the setting, the seed), and the run's
 files as artifacts (summary.json, the layer table, the plots, the final checkpoint). `logger=mlflow`
 (conf/logger/mlflow.yaml) builds Lightning's MLFlowLogger; this module prepares its arguments and fills it in.
@@ -7,6 +7,11 @@ Where runs go: `logger.mlflow.tracking_uri` on the command line, else $MLFLOW_TR
 sqlite:///outputs/mlflow.db with artifacts in outputs/mlartifacts (open it with
 `mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db`). A server that does not answer is one line before
 training, within ~10 s: MLflow's own HTTP retries (minutes) are bounded here unless you set them.
+
+W&B (`logger=wandb`, conf/logger/wandb.yaml) is offline by default: the run is written under
+<run dir>/wandb/offline-run-*, nothing leaves the machine, and `wandb sync <that folder>` uploads it later;
+`logger.wandb.offline=false` logs online (after `wandb login`), its start bounded by WANDB_INIT_TIMEOUT (30 s
+unless set). The W&B group is the sweep or study, the setting and seed are in the run's config.
 """
 import os
 import urllib.error
@@ -43,6 +48,15 @@ def prepare(entry: Dict[str, Any], run_dir: Path, group: Dict[str, str]) -> Dict
     return entry
 
 
+def prepare_wandb(entry: Dict[str, Any], run_dir: Path, group: Dict[str, str]) -> Dict[str, Any]:
+    entry = dict(entry)
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
+    os.environ.setdefault("WANDB_SILENT", "true")  # its banner and sync hints; the run's own lines say where it is
+    entry.setdefault("name", run_dir.name)
+    entry.setdefault("group", Path(group["sweep"]).name)
+    return entry
+
+
 def check_reachable(uri: str) -> None:
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S) as answer:
@@ -55,8 +69,9 @@ def check_reachable(uri: str) -> None:
                           "it, or unset MLFLOW_TRACKING_URI for the local store under outputs/") from None
 
 
-def log_config(logger, cfg) -> None:
-    """The resolved config, flattened to dotted keys, as the run's params."""
+def log_config(logger, cfg, group: Dict[str, str]) -> None:
+    """The resolved config, flattened to dotted keys, as the run's params (W&B: its config, with the group's keys
+    too, since W&B has one group where MLflow has tags)."""
     from omegaconf import OmegaConf
 
     def flat(node, prefix=""):
@@ -66,16 +81,32 @@ def log_config(logger, cfg) -> None:
             else:
                 yield f"{prefix}{key}", value
 
-    logger.log_hyperparams(dict(flat(OmegaConf.to_container(cfg, resolve=True))))
+    params = dict(flat(OmegaConf.to_container(cfg, resolve=True)))
+    if type(logger).__name__ == "WandbLogger":
+        params.update({f"group.{key}": value for key, value in group.items()})
+    logger.log_hyperparams(params)
 
 
 def finish(logger, record, run_dir: Path, final_checkpoint: Optional[Path]) -> None:
     """Tags from the record and the run's files as artifacts."""
-    client, run_id = logger.experiment, logger.run_id
     verdict = record.verdict
     tags = {"model": record.model, "params": record.params, "macs": record.macs_per_image,
             "status": record.status, "commit": record.git_commit,
             "verdict": None if verdict is None else ("pass" if all(verdict.checks().values()) else "fail")}
+    files = [run_dir / name for name in ("summary.json", "layers.txt", "config.yaml") if (run_dir / name).is_file()]
+    plots = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []
+    checkpoint = [final_checkpoint] if final_checkpoint is not None and final_checkpoint.is_file() else []
+    if type(logger).__name__ == "WandbLogger":
+        run = logger.experiment
+        run.summary.update({key: value for key, value in tags.items() if value is not None})
+        run.tags = tuple(f"{key}:{value}" for key, value in tags.items() if value is not None and key != "commit")
+        for path in [*files, *plots, *checkpoint]:
+            run.save(str(path), base_path=str(run_dir), policy="now")
+        # Ended here: Lightning leaves the W&B run open, and the next job of a multirun in this process would
+        # log into it (the "multirun logs one run" complaint of the template this project's shape follows).
+        run.finish()
+        return
+    client, run_id = logger.experiment, logger.run_id
     for key, value in tags.items():
         if value is not None:
             client.set_tag(run_id, key, str(value))

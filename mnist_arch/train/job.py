@@ -179,7 +179,7 @@ def build_loggers(conf: Config, run_dir: Path, net, layers: str, cfg: Optional[D
     A tracker whose package is missing is one line naming the extra to install."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
-    from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger
+    from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
     from mnist_arch.cli import one_line
     from mnist_arch.locate import check_arguments, locate
@@ -196,14 +196,17 @@ def build_loggers(conf: Config, run_dir: Path, net, layers: str, cfg: Optional[D
         graph = entry.pop("graph", False) if issubclass(cls, TensorBoardLogger) else False
         check_arguments(f"logger.{name}.", cls, [key for key in entry if key != "_target_"], entry["_target_"],
                         supplied=["save_dir"])
+        group = _group(run_dir, conf, overrides)
         if issubclass(cls, MLFlowLogger):
-            entry = tracking.prepare(entry, run_dir, _group(run_dir, conf, overrides))
+            entry = tracking.prepare(entry, run_dir, group)
+        if issubclass(cls, WandbLogger):
+            entry = tracking.prepare_wandb(entry, run_dir, group)
         try:  # a class taking **kwargs (TensorBoardLogger passes them to its SummaryWriter) refuses them here
             logger = instantiate(entry, save_dir=str(run_dir))
             if isinstance(logger, TensorBoardLogger):
                 tensorboard_tabs.add_model(logger, net, layers, graph)
-            if isinstance(logger, MLFlowLogger) and cfg is not None:
-                tracking.log_config(logger, cfg)
+            if isinstance(logger, (MLFlowLogger, WandbLogger)) and cfg is not None:
+                tracking.log_config(logger, cfg, group)
         except (InstantiationException, TypeError, ModuleNotFoundError) as e:
             if "No module named" in str(e) or isinstance(e.__cause__, ModuleNotFoundError):
                 raise ConfigError(f"logger={name} needs its package: pip install 'mnist-arch[{name}]' "
@@ -294,12 +297,12 @@ def _outcome(e: BaseException) -> Tuple[str, Optional[str], Optional[str]]:
 
 
 def _tracking_finish(loggers: list, record: RunRecord, run_dir: Path) -> None:
-    from pytorch_lightning.loggers import MLFlowLogger
+    from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
 
     from mnist_arch.results import tracking
 
     for logger in loggers:
-        if isinstance(logger, MLFlowLogger):
+        if isinstance(logger, (MLFlowLogger, WandbLogger)):
             last = run_dir / "checkpoints" / "last.ckpt"
             tracking.finish(logger, record, run_dir, last if last.is_file() else None)
 
