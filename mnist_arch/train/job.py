@@ -221,7 +221,8 @@ def _group(run_dir: Path, conf: Config, overrides: Optional[List[str]]) -> Dict[
     seed: the seeds of one setting share it), its seed."""
     given = provenance.overrides() if overrides is None else list(overrides)
     sweep = run_dir.parent
-    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+    # mode is None where a config was composed outside a Hydra job (compose with the hydra node, in tests)
+    if HydraConfig.initialized() and getattr(HydraConfig.get().mode, "name", None) == "MULTIRUN":
         sweep = Path(HydraConfig.get().sweep.dir)
     return {"sweep": str(sweep), "setting": " ".join(o for o in given if not o.startswith("seed=")) or "(defaults)",
             "seed": str(conf.seed)}
