@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mnist_arch.errors import BadFile, ConfigError
-from mnist_arch.files import check_file
+from mnist_arch.files import check_file, replacing
 
 FILE_NAME = "predictions.npz"
 RESAMPLES = 4000
@@ -47,8 +47,6 @@ class Predictions:
 
 def save(path: Path, splits: Dict[str, Tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> Path:
     """Each split's arrays, sorted by index, compressed: a few KB a run."""
-    from mnist_arch.files import replacing
-
     arrays = {}
     for split, (source, index, label, predicted) in splits.items():
         order = np.argsort(index, kind="stable")

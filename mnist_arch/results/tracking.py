@@ -81,14 +81,18 @@ def log_config(logger, cfg, group: Dict[str, str]) -> None:
             else:
                 yield f"{prefix}{key}", value
 
+    from pytorch_lightning.loggers import WandbLogger
+
     params = dict(flat(OmegaConf.to_container(cfg, resolve=True)))
-    if type(logger).__name__ == "WandbLogger":
+    if isinstance(logger, WandbLogger):
         params.update({f"group.{key}": value for key, value in group.items()})
     logger.log_hyperparams(params)
 
 
 def finish(logger, record, run_dir: Path, final_checkpoint: Optional[Path]) -> None:
     """Tags from the record and the run's files as artifacts."""
+    from pytorch_lightning.loggers import WandbLogger
+
     verdict = record.verdict
     tags = {"model": record.model, "params": record.params, "macs": record.macs_per_image,
             "status": record.status, "commit": record.git_commit,
@@ -96,7 +100,7 @@ def finish(logger, record, run_dir: Path, final_checkpoint: Optional[Path]) -> N
     files = [run_dir / name for name in ("summary.json", "layers.txt", "config.yaml") if (run_dir / name).is_file()]
     plots = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []
     checkpoint = [final_checkpoint] if final_checkpoint is not None and final_checkpoint.is_file() else []
-    if type(logger).__name__ == "WandbLogger":
+    if isinstance(logger, WandbLogger):
         run = logger.experiment
         run.summary.update({key: value for key, value in tags.items() if value is not None})
         run.tags = tuple(f"{key}:{value}" for key, value in tags.items() if value is not None and key != "commit")

@@ -108,12 +108,13 @@ def _race(designs, study_dir: Path, search: SearchConf, overrides, threads, job:
     except KeyboardInterrupt:
         print(f"interrupted; the race is kept: run the same command again to go on ({race_dir})", file=sys.stderr)
         sys.exit(130)
-    text = race.table(designs, race_dir, search)
+    standings, pending = race.standings(designs, race_dir, search)
+    text = race.table(standings, pending, search)
     write_atomic(study_dir / "race.md", text + "\n")
-    write_atomic(study_dir / "race.json", json.dumps(race.as_json(designs, race_dir, search), indent=2) + "\n")
+    write_atomic(study_dir / "race.json", json.dumps(race.as_json(standings, pending), indent=2) + "\n")
     print(f"\n{text}")
     if search.confirm:
-        picked = race.survivors(designs, race_dir, search)[:search.confirm]
+        picked = race.survivors(standings)[:search.confirm]
         result = confirm_designs([(d.name, d.name, race.merged(base, d.overrides)) for d in picked], job, threads)
         write_atomic(study_dir / "confirm.md", result + "\n")
         print(f"\nthe race's pick(s) confirmed on the 60k, 10k test, final epoch, seeds "

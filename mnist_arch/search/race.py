@@ -241,18 +241,19 @@ def run(designs: Sequence[Design], race_dir: Path, search: SearchConf, base: Seq
 # --- what it found ---------------------------------------------------------------------------------------
 
 
-def survivors(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> List[Design]:
+# Each takes what standings() replayed once: the replay reads every run dir and bootstraps every round.
+
+
+def survivors(standings_: List[Standing]) -> List[Design]:
     """The designs still in, best mean first."""
-    table, _ = standings(designs, race_dir, search)
-    return [s.design for s in sorted((s for s in table if s.dropped is None), key=lambda s: -(s.mean or 0))]
+    return [s.design for s in sorted((s for s in standings_ if s.dropped is None), key=lambda s: -(s.mean or 0))]
 
 
-def table(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> str:
+def table(standings_: List[Standing], pending: int, search: SearchConf) -> str:
     """race.md: each design's rounds, mean, CI and fate; what the race could not separate; what it cost."""
-    standings_, pending = standings(designs, race_dir, search)
     what = (f"seeds 1..{search.race_rounds} on the holdout" if search.race_val == "holdout" else
             f"folds 0..{search.race_rounds - 1} of {search.race_folds} (seed 1)")
-    lines = [f"Race of {len(designs)} designs on the validation side ({what}; final-epoch val acc; the test set "
+    lines = [f"Race of {len(standings_)} designs on the validation side ({what}; final-epoch val acc; the test set "
              "never read). Mean and 95% CI over every round each design ran: a bootstrap over seeds and images "
              "(docs/selection.md).", "",
              "| design | rounds | final val acc (mean) | 95% CI | result | train s |", "|---|---:|---:|---|---|---:|"]
@@ -276,8 +277,7 @@ def table(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> str:
     return "\n".join(lines)
 
 
-def as_json(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> Dict:
-    standings_, pending = standings(designs, race_dir, search)
+def as_json(standings_: List[Standing], pending: int) -> Dict:
     return {"pending_round": pending or None, "designs": [
         {"name": s.design.name, "overrides": list(s.design.overrides), "rounds": len(s.records), "mean": s.mean,
          "ci": list(s.ci) if s.ci else None, "dropped": s.dropped,

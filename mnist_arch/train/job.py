@@ -186,7 +186,7 @@ def build_loggers(conf: Config, run_dir: Path, net, layers: str, cfg: Optional[D
     from mnist_arch.results import tensorboard as tensorboard_tabs
     from mnist_arch.results import tracking
 
-    loggers = []
+    loggers, group = [], _group(run_dir, conf, overrides)
     for name, entry in conf.logger.items():
         if not isinstance(entry, dict) or "_target_" not in entry:
             raise ConfigError(f"logger.{name} is not a logger: an entry needs _target_ (a Lightning logger class) "
@@ -196,7 +196,6 @@ def build_loggers(conf: Config, run_dir: Path, net, layers: str, cfg: Optional[D
         graph = entry.pop("graph", False) if issubclass(cls, TensorBoardLogger) else False
         check_arguments(f"logger.{name}.", cls, [key for key in entry if key != "_target_"], entry["_target_"],
                         supplied=["save_dir"])
-        group = _group(run_dir, conf, overrides)
         if issubclass(cls, MLFlowLogger):
             entry = tracking.prepare(entry, run_dir, group)
         if issubclass(cls, WandbLogger):
