@@ -4,6 +4,7 @@
     python benchmarks/pipelines.py speed --models s6 --epochs 4 --no-ttt
     python benchmarks/pipelines.py accuracy              # s6, seeds 1-3, 3 epochs, on each pipeline
     python benchmarks/pipelines.py loop                  # s6 @ batch 64: ours (all features on) vs floor
+    python benchmarks/pipelines.py precision             # each net's recipe: 32-true vs bf16-mixed, alternating
 
 `speed`: each variant is a real `mnist_arch.run` training run (real MNIST, real Trainer, validation
 every epoch):
@@ -19,6 +20,11 @@ first, which pays warm-up, is shown apart), training images/s, training FLOP/s (
 the 60k training images, counted by torch's FlopCounterMode) and its share of this machine's measured
 float32 matmul peak, and the speed-up against `usual`. Time-to-target trains the s6 reference recipe
 (SGD 0.01 momentum 0.9, batch 64, ReduceLROnPlateau) until val acc >= --target on the 10k test set.
+
+`precision`: each experiment (its own net, batch and recipe) trained with trainer.precision=32-true and
+bf16-mixed, alternating run by run so both see the same machine; per net the median epoch time (epochs 2+)
+of each and the bf16 / fp32 speed-up of each adjacent pair. Then the floor loop of s6 in fp32 and under
+torch.autocast("cpu", bfloat16), alternating: what the kernels alone gain.
 
 `accuracy`: the same recipe on both pipelines over several seeds; val acc (10k test set) per epoch as
 mean +- std, to show the fast path learns what the usual one learns.
@@ -41,7 +47,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnist_arch.config.schema import compose
-from mnist_arch.models import build_model
+from mnist_arch.models import build_net
 from mnist_arch.train import job as training
 
 REFERENCE_BATCH = {"s4": 128, "s6": 64}  # s6: its write-up; s4: silent, the course's usual 128
@@ -63,9 +69,11 @@ def train(overrides):
         return training.train(cfg, Path(run_dir))
 
 
-def floor_epochs(model: str, batch: int, epochs: int, seed: int, steps: Optional[int] = None) -> list:
+def floor_epochs(model: str, batch: int, epochs: int, seed: int, steps: Optional[int] = None,
+                 bf16: bool = False) -> list:
     """Epoch times of a bare training loop on the resident tensors: what the kernels alone cost. With
-    `steps`, each epoch is that many training batches and no eval pass."""
+    `steps`, each epoch is that many training batches and no eval pass; with `bf16`, forward and loss run
+    under torch.autocast("cpu", bfloat16) (weights and the SGD step stay fp32, as Lightning's bf16-mixed)."""
     from torchvision import datasets
 
     from mnist_arch.data import DeviceLoader, default_root, ensure_mnist
@@ -73,7 +81,7 @@ def floor_epochs(model: str, batch: int, epochs: int, seed: int, steps: Optional
     root = ensure_mnist(default_root(), download=True, timeout=30).parent.parent
     train_set, test_set = datasets.MNIST(root, train=True), datasets.MNIST(root, train=False)
     torch.manual_seed(seed)
-    net = build_model(model)
+    net = build_net({"name": model})
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     train_loader = DeviceLoader(train_set.data, train_set.targets, batch, shuffle=True, seed=seed)
     test_loader = DeviceLoader(test_set.data, test_set.targets, 1000)
@@ -84,11 +92,13 @@ def floor_epochs(model: str, batch: int, epochs: int, seed: int, steps: Optional
         net.train()
         for x, y in itertools.islice(train_loader, steps):
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y).backward()
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(net(x), y)
+            loss.backward()
             opt.step()
         if steps is None:  # a whole epoch validates, as ours does; a slice of steps does not
             net.eval()
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 for x, y in test_loader:
                     net(x)
         times.append(round(time.perf_counter() - start, 3))
@@ -109,7 +119,7 @@ def _timed(fn) -> float:
 
 
 def train_flops_per_image(model: str, batch: int) -> float:
-    net = build_model(model).train()
+    net = build_net({"name": model}).train()
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(net(x), y).backward()
@@ -263,6 +273,49 @@ def loop(args) -> None:
         args.json.write_text(json.dumps(raw, indent=2) + "\n")
 
 
+PRECISION_NETS = {"s6": "s6_reference", "s4": "s4_reference", "frontier_8k": "frontier_8k",
+                  "speedrun": "speedrun"}
+
+
+def precision(args) -> None:
+    """32-true against bf16-mixed on each net's own recipe, alternating run by run."""
+    print(f"machine: {machine()}; bf16 kernels (oneDNN): {torch.ops.mkldnn._is_mkldnn_bf16_supported()}",
+          flush=True)
+    raw = {"machine": machine(), "nets": {}, "floor": []}
+    rows = []
+    for net in args.nets:
+        common = [f"experiment={PRECISION_NETS[net]}", f"trainer.max_epochs={args.epochs}", f"seed={args.seed}",
+                  "callbacks.checkpoint=false", "data.val=test"]
+        print(f"-- python -m mnist_arch.run {' '.join(common)} trainer.precision=32-true|bf16-mixed", flush=True)
+        pairs = []
+        for repeat in range(args.repeats):
+            times = {p: train([*common, f"trainer.precision={p}"]).epoch_time_s for p in ("32-true", "bf16-mixed")}
+            pairs.append(times)
+            print(f"   {net} repeat {repeat + 1}: fp32 {times['32-true']}, bf16 {times['bf16-mixed']}", flush=True)
+        raw["nets"][net] = pairs
+        steady = {p: [statistics.median(t[p][1:] or t[p]) for t in pairs] for p in ("32-true", "bf16-mixed")}
+        ratios = [f / b for f, b in zip(steady["32-true"], steady["bf16-mixed"])]
+        rows.append(f"| {net} | {compose(common).data.batch_size} | {statistics.median(steady['32-true']):.2f} | "
+                    f"{statistics.median(steady['bf16-mixed']):.2f} | {statistics.median(ratios):.2f}x "
+                    f"({min(ratios):.2f}-{max(ratios):.2f}) |")
+    if args.floor:
+        for repeat in range(args.repeats):
+            pair = {"fp32": floor_epochs("s6", REFERENCE_BATCH["s6"], args.epochs, args.seed),
+                    "bf16": floor_epochs("s6", REFERENCE_BATCH["s6"], args.epochs, args.seed, bf16=True)}
+            raw["floor"].append(pair)
+            print(f"   floor s6 repeat {repeat + 1}: fp32 {pair['fp32']}, bf16 {pair['bf16']}", flush=True)
+        f32 = [statistics.median(p["fp32"][1:] or p["fp32"]) for p in raw["floor"]]
+        b16 = [statistics.median(p["bf16"][1:] or p["bf16"]) for p in raw["floor"]]
+        ratios = [f / b for f, b in zip(f32, b16)]
+        rows.append(f"| s6 floor loop | 64 | {statistics.median(f32):.2f} | {statistics.median(b16):.2f} | "
+                    f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |")
+    print("\n| net | batch | fp32 epoch s (median) | bf16 epoch s (median) | bf16 speed-up per pair: median (range) |"
+          "\n|---|---:|---:|---:|---|")
+    print("\n".join(rows))
+    if args.json:
+        args.json.write_text(json.dumps(raw, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -285,10 +338,16 @@ def main() -> None:
     at_floor.add_argument("--process", type=int, default=1, help="whole-process runs of usual and ours (0: none)")
     at_floor.add_argument("--slices", type=int, default=0, help="also: alternating short slices, this many pairs")
     at_floor.add_argument("--steps", type=int, default=150, help="training steps per slice")
-    for command in (fast, same, at_floor):
+    bf16 = commands.add_parser("precision", help="each net's recipe: 32-true vs bf16-mixed, alternating")
+    bf16.add_argument("--nets", nargs="+", default=list(PRECISION_NETS), choices=list(PRECISION_NETS))
+    bf16.add_argument("--repeats", type=int, default=3)
+    bf16.add_argument("--epochs", type=int, default=2, help="epochs per run; the median skips the first")
+    bf16.add_argument("--seed", type=int, default=1)
+    bf16.add_argument("--no-floor", dest="floor", action="store_false", help="skip the bare-loop pair")
+    for command in (fast, same, at_floor, bf16):
         command.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
-    {"speed": speed, "accuracy": accuracy, "loop": loop}[args.command](args)
+    {"speed": speed, "accuracy": accuracy, "loop": loop, "precision": precision}[args.command](args)
 
 
 if __name__ == "__main__":
