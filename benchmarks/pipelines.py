@@ -13,6 +13,7 @@ Each variant is a real `mnist_arch.run` training run (real MNIST, real Trainer, 
   ours          the default: tensor-resident data, batches sliced and normalised on the device
   ours+nhwc     ours with channels_last=true
   ours+compile  ours with compile=true (torch.compile; the first epoch pays the compile time)
+  ours+bf16     ours with trainer.precision=bf16-mixed (autocast; its FLOP/s share is of the bf16 matmul peak)
   floor         no Lightning, no metrics, no logging: a bare PyTorch loop over the same resident
                 tensors (forward, backward, SGD step, then one eval pass over the 10k) -- the compute floor
 The table gives, per variant, the median epoch time (train + val) over the epochs after the first (the
@@ -31,6 +32,7 @@ mean +- std, to show the fast path learns what the usual one learns.
 """
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import platform
@@ -40,13 +42,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnist_arch.config.schema import compose
+from mnist_arch.config.schema import compose, validate
 from mnist_arch.models import build_net
 from mnist_arch.train import job as training
 
@@ -56,6 +58,7 @@ VARIANTS = {
     "ours": [],
     "ours+nhwc": ["channels_last=true"],
     "ours+compile": ["compile=true"],
+    "ours+bf16": ["trainer.precision=bf16-mixed"],
 }
 TRAIN_IMAGES = 60_000
 S6_RECIPE = ["model=s6", "data.batch_size=64", "optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.9", "optimizer.nesterov=false",
@@ -69,11 +72,12 @@ def train(overrides):
         return training.train(cfg, Path(run_dir))
 
 
-def floor_epochs(model: str, batch: int, epochs: int, seed: int, steps: Optional[int] = None,
-                 bf16: bool = False) -> list:
-    """Epoch times of a bare training loop on the resident tensors: what the kernels alone cost. With
-    `steps`, each epoch is that many training batches and no eval pass; with `bf16`, forward and loss run
-    under torch.autocast("cpu", bfloat16) (weights and the SGD step stay fp32, as Lightning's bf16-mixed)."""
+def floor_epochs(model: Union[str, dict], batch: int, epochs: int, seed: int, steps: Optional[int] = None,
+                 bf16: Union[bool, Sequence[bool]] = False) -> list:
+    """Epoch times of a bare training loop on the resident tensors: what the kernels alone cost. `model`: a
+    registered name or a model spec (a preset's). With `steps`, each epoch is that many training batches and
+    no eval pass; with `bf16` (one value, or one per epoch), forward and loss run under
+    torch.autocast("cpu", bfloat16) (weights and the SGD step stay fp32, as Lightning's bf16-mixed)."""
     from torchvision import datasets
 
     from mnist_arch.data import DeviceLoader, default_root, ensure_mnist
@@ -81,12 +85,13 @@ def floor_epochs(model: str, batch: int, epochs: int, seed: int, steps: Optional
     root = ensure_mnist(default_root(), download=True, timeout=30).parent.parent
     train_set, test_set = datasets.MNIST(root, train=True), datasets.MNIST(root, train=False)
     torch.manual_seed(seed)
-    net = build_net({"name": model})
+    net = build_net({"name": model} if isinstance(model, str) else model)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    per_epoch = [bf16] * epochs if isinstance(bf16, bool) else list(bf16)
     train_loader = DeviceLoader(train_set.data, train_set.targets, batch, shuffle=True, seed=seed)
     test_loader = DeviceLoader(test_set.data, test_set.targets, 1000)
     times = []
-    for epoch in range(epochs):
+    for epoch, bf16 in zip(range(epochs), per_epoch):
         train_loader.sampler.set_epoch(epoch)
         start = time.perf_counter()
         net.train()
@@ -105,8 +110,8 @@ def floor_epochs(model: str, batch: int, epochs: int, seed: int, steps: Optional
     return times
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
@@ -138,11 +143,12 @@ def machine() -> str:
 
 
 def speed(args) -> None:
-    peak = matmul_peak_gflops()
+    peak, peak_bf16 = matmul_peak_gflops(), matmul_peak_gflops(dtype=torch.bfloat16)
     print(f"machine: {machine()}", flush=True)
-    print(f"float32 matmul peak (2048x2048, best of 10): {peak:.0f} GFLOP/s", flush=True)
+    print(f"matmul peak (2048x2048, best of 10): float32 {peak:.0f} GFLOP/s, bfloat16 {peak_bf16:.0f} GFLOP/s",
+          flush=True)
     common = ["callbacks.checkpoint=false", f"seed={args.seed}"]
-    rows, raw = [], {"machine": machine(), "peak_gflops": peak, "runs": {}, "ttt": {}}
+    rows, raw = [], {"machine": machine(), "peak_gflops": peak, "peak_gflops_bf16": peak_bf16, "runs": {}, "ttt": {}}
     flops = {m: train_flops_per_image(m, REFERENCE_BATCH[m]) * TRAIN_IMAGES for m in args.models}
     for model in args.models:
         batch, baseline = REFERENCE_BATCH[model], None
@@ -153,7 +159,8 @@ def speed(args) -> None:
             steady = statistics.median(steady_times)
             raw["runs"][f"{model}/{variant}"] = times
             rows.append((model, batch, variant, steady, min(steady_times), max(steady_times), times[0],
-                         TRAIN_IMAGES / steady, flops[model] / steady / 1e9, baseline / steady if baseline else None))
+                         TRAIN_IMAGES / steady, flops[model] / steady / 1e9, baseline / steady if baseline else None,
+                         peak_bf16 if variant == "ours+bf16" else peak))
             print(f"   {model} {variant}: epochs {times}", flush=True)
             return steady
 
@@ -170,10 +177,10 @@ def speed(args) -> None:
     print("\n| model | batch | pipeline | epoch s (median) | range | 1st epoch s | train img/s | train GFLOP/s "
           "| % of matmul peak | speed-up vs usual |")
     print("|---|---:|---|---:|---|---:|---:|---:|---:|---:|")
-    for model, batch, variant, med, lo, hi, first, ips, gflops, ratio in rows:
+    for model, batch, variant, med, lo, hi, first, ips, gflops, ratio, its_peak in rows:
         speedup = f"{ratio:.2f}x" if ratio else "-"
         print(f"| {model} | {batch} | {variant} | {med:.2f} | {lo:.2f}-{hi:.2f} | {first:.2f} | {ips:,.0f} | "
-              f"{gflops:.1f} | {100 * gflops / peak:.1f}% | {speedup} |")
+              f"{gflops:.1f} | {100 * gflops / its_peak:.1f}% | {speedup} |")
 
     if not args.no_ttt:
         print(f"\nTime to target: s6 reference recipe, first epoch with val acc >= {args.target:.2%} (10k test set)")
@@ -279,13 +286,15 @@ PRECISION_NETS = {"s6": "s6_reference", "s4": "s4_reference", "frontier_8k": "fr
 
 def precision(args) -> None:
     """32-true against bf16-mixed on each net's own recipe, alternating run by run."""
-    print(f"machine: {machine()}; bf16 kernels (oneDNN): {torch.ops.mkldnn._is_mkldnn_bf16_supported()}",
-          flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}; avx512_bf16: {torch.cpu._is_avx512_bf16_supported()}, "
+          f"AMX: {torch.cpu._is_amx_tile_supported()}", flush=True)
     raw = {"machine": machine(), "nets": {}, "floor": []}
     rows = []
-    for net in args.nets:
+    for net in args.nets if args.runs else []:
         common = [f"experiment={PRECISION_NETS[net]}", f"trainer.max_epochs={args.epochs}", f"seed={args.seed}",
-                  "callbacks.checkpoint=false", "data.val=test"]
+                  "callbacks.checkpoint=false", "data.val=test", *([f"threads={args.threads}"] if args.threads else [])]
         print(f"-- python -m mnist_arch.run {' '.join(common)} trainer.precision=32-true|bf16-mixed", flush=True)
         pairs = []
         for repeat in range(args.repeats):
@@ -298,6 +307,23 @@ def precision(args) -> None:
         rows.append(f"| {net} | {compose(common).data.batch_size} | {statistics.median(steady['32-true']):.2f} | "
                     f"{statistics.median(steady['bf16-mixed']):.2f} | {statistics.median(ratios):.2f}x "
                     f"({min(ratios):.2f}-{max(ratios):.2f}) |")
+    if args.slices:
+        # The machine's speed drifts by +-20% over tens of seconds, as much as the effect: so also each net's
+        # bare loop (its preset, its batch) in one process, --steps steps fp32 then as many bf16, alternating,
+        # --slices pairs after a first pair that warms both up; the ratio of each adjacent pair.
+        for net in args.nets:
+            conf = validate(compose([f"experiment={PRECISION_NETS[net]}"]))
+            spec = dataclasses.asdict(conf.model)
+            times = floor_epochs(spec, conf.data.batch_size, 2 * (args.slices + 1), args.seed, steps=args.steps,
+                                 bf16=[False, True] * (args.slices + 1))[2:]
+            pairs = [f / b for f, b in zip(times[::2], times[1::2])]
+            raw.setdefault("slices", {})[net] = times
+            print(f"   {net} slices of {args.steps} steps, fp32/bf16 per pair: {', '.join(f'{p:.2f}' for p in pairs)}",
+                  flush=True)
+            rows.append(f"| {net}, bare loop, slices of {args.steps} steps | {conf.data.batch_size} | "
+                        f"{1e3 * statistics.median(times[::2]) / args.steps:.2f} ms/step | "
+                        f"{1e3 * statistics.median(times[1::2]) / args.steps:.2f} ms/step | "
+                        f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f}) |")
     if args.floor:
         for repeat in range(args.repeats):
             pair = {"fp32": floor_epochs("s6", REFERENCE_BATCH["s6"], args.epochs, args.seed),
@@ -344,6 +370,10 @@ def main() -> None:
     bf16.add_argument("--epochs", type=int, default=2, help="epochs per run; the median skips the first")
     bf16.add_argument("--seed", type=int, default=1)
     bf16.add_argument("--no-floor", dest="floor", action="store_false", help="skip the bare-loop pair")
+    bf16.add_argument("--slices", type=int, default=0, help="also: each net's bare loop, this many alternating pairs")
+    bf16.add_argument("--steps", type=int, default=150, help="training steps per slice")
+    bf16.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, here 2)")
+    bf16.add_argument("--no-runs", dest="runs", action="store_false", help="skip the Lightning runs (slices only)")
     for command in (fast, same, at_floor, bf16):
         command.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()

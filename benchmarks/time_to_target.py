@@ -3,6 +3,7 @@
 
     python benchmarks/time_to_target.py                          # every recipe below, seeds 1-3
     python benchmarks/time_to_target.py --recipes readme s6_reference --seeds 1 2 3 4 5 --json ttt.json
+    python benchmarks/time_to_target.py --recipes speedrun speedrun_bf16 --seeds 6 7 8 9 10 --floor
 
 Each run is a real `python -m mnist_arch.run` process (real MNIST, the default tensor pipeline unless the
 recipe says otherwise), with val = the 10k test set and the stop at the target on, so it ends at the first
@@ -10,6 +11,11 @@ epoch that reaches it (or at its last epoch); the speedrun, scored on its final 
 training time to it (the run's own per-epoch times, train + val, summed up to that epoch) and the
 whole-process time (wall clock around the command: Python and library start-up, data loading, the
 layer table, training, the final test, files). Then mean ± std per recipe over the seeds that reached it.
+
+--floor also times the floor epoch (the bare-PyTorch s6 epoch of `pipelines.py loop`: batch 64, resident
+tensors, train + one eval pass; median of epochs 2-3) before the first run and after the last, and states
+training times in floor epochs too: this CPU's speed drifts by 1.5x within an hour, so seconds alone do
+not carry from one day to the next.
 """
 import argparse
 import json
@@ -40,6 +46,8 @@ RECIPES = {
                                  "callbacks.progress_refresh=1"],  # the usual pipeline on the same recipe
     # Scored on its final epoch, so it trains all its epochs: the whole run is its time.
     "speedrun": ["experiment=speedrun", "callbacks.stop_at_target=false"],
+    "speedrun_fp32": ["experiment=speedrun", "callbacks.stop_at_target=false", "trainer.precision=32-true"],
+    "speedrun_bf16": ["experiment=speedrun", "callbacks.stop_at_target=false", "trainer.precision=bf16-mixed"],
     "speedrun_torchvision": ["experiment=speedrun", "callbacks.stop_at_target=false", "data.pipeline=torchvision",
                              "callbacks.progress_refresh=1"],  # the usual pipeline on the fastest recipe
 }
@@ -64,6 +72,13 @@ def run_once(name: str, seed: int, extra: list, out: Path) -> dict:
             "process_s": round(process_s, 2), "device": record.device, "git_commit": record.git_commit}
 
 
+def floor_epoch() -> float:
+    """The s6 floor epoch now, in this process (2 torch threads unless the machine has fewer)."""
+    from benchmarks.pipelines import REFERENCE_BATCH, floor_epochs
+
+    return statistics.median(floor_epochs("s6", REFERENCE_BATCH["s6"], 3, seed=1)[1:])
+
+
 def mean_std(values, places: int = 1) -> str:
     if not values:
         return "-"
@@ -77,18 +92,27 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=None, help="where the run dirs go (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
+    parser.add_argument("--floor", action="store_true", help="also time the floor epoch, before and after")
     parser.add_argument("extra", nargs="*", help="more overrides for every run (e.g. threads=1)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="ttt_"))
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, floors = [], [floor_epoch()] if args.floor else []
     for seed in args.seeds:  # seed-major: every recipe sees the machine in the same state, in turn
         for name in args.recipes:
             rows.append(run_once(name, seed, args.extra, out))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if args.floor:
+        floors.append(floor_epoch())
+        floor = statistics.fmean(floors)
+        print(f"floor epoch (s6, bare PyTorch, pipelines.py loop): {floors[0]:.2f} s before the runs, "
+              f"{floors[1]:.2f} s after; {floor:.2f} s taken\n")
+        for r in rows:
+            r["floor_epoch_s"] = round(floor, 3)
     print("| recipe | params | seeds | reached the target | epoch (per seed) | training s to it | whole process s "
-          "| epochs run | training s, all epochs | final val acc (mean ± std) |")
-    print("|---|---:|---|---|---|---:|---:|---:|---:|---:|")
+          "| epochs run | training s, all epochs | final val acc (mean ± std) |" + (
+              " training, all epochs, in floor epochs |" if args.floor else ""))
+    print("|---|---:|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if args.floor else ""))
     for name in args.recipes:
         mine = [r for r in rows if r["recipe"] == name]
         hit = [r for r in mine if r.get("epoch")]
@@ -97,7 +121,8 @@ def main() -> None:
               f"{len(hit)}/{len(mine)} | {epochs} | {mean_std([r['train_s'] for r in hit])} | "
               f"{mean_std([r['process_s'] for r in hit])} | {', '.join(str(r.get('epochs_run', '-')) for r in mine)} | "
               f"{mean_std([r['train_s_all'] for r in mine if 'train_s_all' in r])} | "
-              f"{mean_std([100 * r['final_val_acc'] for r in mine if 'final_val_acc' in r], 2)} |")
+              f"{mean_std([100 * r['final_val_acc'] for r in mine if 'final_val_acc' in r], 2)} |" + (
+                  f" {mean_std([r['train_s_all'] / floor for r in mine if 'train_s_all' in r], 2)} |" if args.floor else ""))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

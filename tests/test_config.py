@@ -98,6 +98,9 @@ def test_the_write_ups_recipes_do_not_follow_the_default_one(make_cfg, experimen
         ("data.holdout_size=0", "data.holdout_size=0 must be between 1 and 59999"),
         ("data.holdout_size=60000", "data.holdout_size=60000 must be between 1 and 59999"),
         ("data.pipeline=dali", "data.pipeline='dali' is not one of: tensor, torchvision"),
+        ("trainer.precision=bf17-mixed", "trainer.precision='bf17-mixed' is not one of: auto, 32-true, bf16-mixed, "
+                                         "16-mixed, bf16-true, 16-true, 64-true, 32, 16, bf16, 64, transformer-engine, "
+                                         "transformer-engine-float16"),
         ("data.erasing=1.5", "data.erasing=1.5 must be a probability in [0, 1]"),
         ("data.translate=0.6", "data.translate=0.6 must be in [0, 0.5] (image fraction)"),
         ("test_weights=last", "test_weights='last' is not one of: auto, best, final"),

@@ -141,3 +141,15 @@ def test_the_layouts_tiers_are_the_imports():
                                if ".".join(parts[:k]) in tier), None)
                 if target is not None and name.split(".")[0] != parts[0]:
                     assert target <= own, f"{name} (line {own}) imports {module} (line {target}) from above it"
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "benchmarks").glob("*.py")), ids=lambda p: p.name)
+def test_every_benchmark_script_still_imports_and_parses_its_arguments(script):
+    """The benchmarks are not run by the suite (they take minutes on real MNIST), but what BENCHMARKS.md's
+    commands name must still exist: a rename in the package fails here, not on the next measurement."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(script), "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
+    assert "usage:" in done.stdout

@@ -373,8 +373,29 @@ def test_bf16_mixed_trains_on_the_cpu_and_its_checkpoint_stays_fp32(make_cfg, mn
     overrides = fast_overrides(mnist_root) + ["trainer.precision=bf16-mixed", "data.verify=false"]
     record = training.train(make_cfg(overrides), tmp_path / "run")
     assert record.status == "completed" and record.verdict.checks()["params_ok"] and record.test_acc is not None
+    assert RunRecord.read(tmp_path / "run").precision == "bf16-mixed"  # the record says what ran
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float32}
     net = trained.load(str(tmp_path / "run"), [])
     scored = evaluate.score(net, validate(make_cfg(overrides)).data)
     assert abs(scored["accuracy"] - record.test_acc) <= 3 / scored["images"]
+
+
+@pytest.mark.parametrize("accelerator, cuda, avx512_bf16, amx, threads, expected", [
+    ("cpu", False, True, False, 1, "bf16-mixed"),   # the project's CPU, one thread (a search worker): 1.14-1.34x
+    ("cpu", False, True, False, 2, "32-true"),      # two threads: bf16 measured 0.87-1.12x, so not taken
+    ("auto", False, False, True, 1, "bf16-mixed"),  # AMX alone is native bf16 too
+    ("auto", False, False, False, 1, "32-true"),    # emulated bf16: never the choice
+    ("auto", True, True, False, 1, "32-true"),      # auto picks the GPU there: not measured in bf16
+    ("gpu", False, True, True, 1, "32-true"),
+])
+def test_precision_auto_takes_bf16_only_where_it_was_measured_to_pay(monkeypatch, make_cfg, tmp_path, accelerator,
+                                                                      cuda, avx512_bf16, amx, threads, expected):
+    from mnist_arch.config.schema import validate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    conf = validate(make_cfg(["trainer.precision=auto", f"trainer.accelerator={accelerator}"]))
+    assert conf.trainer.kwargs(tmp_path)["precision"] == expected

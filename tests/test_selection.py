@@ -210,6 +210,40 @@ def test_a_race_drops_the_design_worse_by_construction_and_resumes_running_nothi
     assert (study / "race.md").read_text() == board
 
 
+def test_a_confirm_shares_its_runs_between_workers_and_resumes_one_cut_short(mnist_root, tmp_path, monkeypatch,
+                                                                             capfd):
+    """After the race, search.confirm with two worker processes: each seed of the survivor trained once (the
+    claims under the lock), the test set scored; a confirm run lost mid-way (its record gone,
+    its last.ckpt kept) is resumed from that checkpoint on the next call, the other seed left as it was."""
+    from mnist_arch.search import command as search
+    from tests.conftest import hydra_command
+
+    candidates = tmp_path / "finalists.yaml"
+    candidates.write_text("- {name: learns, overrides: [model=custom, model.net._target_=tests.nets.RowReader]}\n"
+                          "- {name: constant, overrides: [model=custom, model.net._target_=tests.nets.ConstantScores]}\n")
+    study = tmp_path / "study"
+    argv = race_argv(mnist_root, study, candidates, "search.confirm=1", "search.confirm_seeds=[6,7]")
+    assert hydra_command(search.main, [*argv, "search.workers=2", "threads=1"], monkeypatch) == 0
+    out = capfd.readouterr().out
+    runs = {seed: RunRecord.read(study / "confirm" / "learns" / f"seed{seed}") for seed in (6, 7)}
+    assert all(r.status == "completed" and r.val_split == "test" and r.test_acc is not None and
+               r.resumed_from is None for r in runs.values())
+    assert [r.seed for r in runs.values()] == [6, 7]
+    said = [line.split(" completed")[0] for line in out.splitlines() if line.startswith("confirm: learns")]
+    assert sorted(said) == ["confirm: learns seed 6", "confirm: learns seed 7"]  # each seed once, by one worker
+    table = (study / "confirm.md").read_text()
+    assert "| learns | " in table and f"| 6,7 | {50 * (runs[6].test_acc + runs[7].test_acc):.2f}% ± " in table
+    assert not list((study / "confirm").rglob("claim.json"))
+
+    lost = study / "confirm" / "learns" / "seed7"
+    (lost / "summary.json").unlink()
+    kept = (study / "confirm" / "learns" / "seed6" / "summary.json").stat().st_mtime_ns
+    assert hydra_command(search.main, argv, monkeypatch) == 0
+    assert (study / "confirm" / "learns" / "seed6" / "summary.json").stat().st_mtime_ns == kept
+    again = RunRecord.read(lost)
+    assert again.status == "completed" and again.resumed_from == str(lost / "checkpoints" / "last.ckpt")
+
+
 def test_a_race_of_equals_separates_nothing_and_says_so(mnist_root, tmp_path, monkeypatch):
     from mnist_arch.search import command as search
     from tests.conftest import hydra_command

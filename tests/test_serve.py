@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, make_cfg):
-    """Two small convnets trained for a few batches on synthetic files (their checksums patched in)."""
+    """Two small convnets trained for a few batches on synthetic files (their checksums patched in); the second
+    with separable convs (a depthwise conv's maps are drawn like any other's)."""
     from mnist_arch.data import fetch
     from tests.conftest import checksums, fast_overrides, synthetic_files, write_root
 
@@ -34,9 +35,10 @@ def two_runs(tmp_path_factory, make_cfg):
     write_root(tmp / "data", synthetic_files())
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fetch, "MD5", checksums(synthetic_files()))
-        for name, stages in [("a", "[[4],[8]]"), ("b", "[[6,6],[8]]")]:
+        for name, stages, conv in [("a", "[[4],[8]]", "full"), ("b", "[[6,6],[8]]", "separable")]:
             training.train(make_cfg(fast_overrides(tmp / "data") + ["model=convnet", f"model.net.stages={stages}",
-                                                                     "callbacks.plots=false"]), tmp / name)
+                                                                     f"model.net.conv={conv}", "callbacks.plots=false"]),
+                           tmp / name)
         yield [tmp / "a", tmp / "b"]
 
 
@@ -80,6 +82,8 @@ def test_the_server_answers_as_predict_does_and_keeps_serving_past_a_bad_file(se
     assert answer["nets"][0]["digit"] == expected["digit"] and len(answer["input"]) == 28
     for net, result in zip(nets, answer["nets"]):  # every conv layer's maps, one per channel, at its shape
         assert [[len(m), len(m[0]), len(m[0][0])] for m in result["maps"]] == [list(r.shape) for r in net.convs]
+    depthwise = [r for r in nets[1].convs if nets[1].trained.net.get_submodule(r.name).groups > 1]
+    assert len(depthwise) == 2  # the separable net's depthwise convs are among the layers drawn
     assert _post(url, b"not a picture")[1] == {"error": "the drawing: not an image file (PNG, JPEG, ...), an .npy "
                                                         "array or an IDX file"}
     assert _post(url, picture.read_bytes())[0] == 200  # still serving

@@ -202,6 +202,27 @@ class SchedulerConf:
                               "(a constant lr)")
 
 
+# Lightning's precision values (lightning_fabric's _PRECISION_INPUT, named here so a typo is refused before
+# Lightning is imported) and ours, auto
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "16", "bf16", "64",
+              "transformer-engine", "transformer-engine-float16")
+
+
+def auto_precision(accelerator: str) -> str:
+    """trainer.precision=auto: bf16-mixed where it was measured to pay, else 32-true. It pays on a CPU that
+    computes bf16 natively (avx512_bf16 or AMX) in a process with one torch thread (a search or race worker's
+    share of the cores): the project's CPU steps 1.14-1.34x faster there, while with two threads bf16 is
+    0.87-1.12x (its kernels did not use the second thread; BENCHMARKS.md, "bf16 on the CPU"). Elsewhere
+    32-true: more threads, a CPU that would emulate bf16, a GPU (not measured)."""
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    cpu = getattr(torch, "cpu", None)
+    native = any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported"))
+    return "bf16-mixed" if on_cpu and native and torch.get_num_threads() == 1 else "32-true"
+
+
 @dataclass
 class TrainerConf:
     """`pl.Trainer`'s arguments: these are typed; any other one may be added as +trainer.<name>=<value>
@@ -230,6 +251,7 @@ class TrainerConf:
 
     def __post_init__(self):
         _mapping("trainer.extra", self.extra)
+        _one_of("trainer.precision", str(self.precision), PRECISIONS)
         _check(self.max_epochs >= 1, f"trainer.max_epochs={self.max_epochs} must be >= 1")
         _check(self.profiler in (None, "simple", "advanced", "pytorch"),
                f"trainer.profiler={self.profiler!r} is not one of: simple, advanced, pytorch")
@@ -237,8 +259,10 @@ class TrainerConf:
 
     def kwargs(self, run_dir) -> Dict[str, Any]:
         """What pl.Trainer gets (None values left to Lightning's defaults); a profiler named here writes its
-        report into the run dir."""
+        report into the run dir; precision=auto resolved for this machine and the torch threads set."""
         typed = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra" and v is not None}
+        if self.precision == "auto":
+            typed["precision"] = auto_precision(self.accelerator)
         if self.profiler:
             from pytorch_lightning.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
 

@@ -67,6 +67,7 @@ class Run(_Part):
     overfit_batches: Optional[Number] = None  # debug=overfit: the batches trained on every epoch
     wall_time_s: Optional[Number] = None
     device: Optional[str] = None
+    precision: Optional[str] = None  # what Lightning ran (trainer.precision=auto resolved): 32-true | bf16-mixed ...
     rank: int = 0
     world_size: int = 1
     version: int = RECORD_VERSION

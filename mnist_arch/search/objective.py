@@ -16,9 +16,11 @@ from mnist_arch.config import space as search_space
 from mnist_arch.config.schema import ConfigError, SearchConf, compose, load, register_schema
 from mnist_arch.errors import Pruned, RunError
 from mnist_arch.results.record import RunRecord
-from mnist_arch.search.study import (PRUNER_STARTUP, QUIET_OVERRIDES, Job, counts, front, optuna_module, run_overrides, set_attrs)
+from mnist_arch.search.study import (PRUNER_STARTUP, QUIET_OVERRIDES, Job, claim, claimed, counts, front, in_processes,
+                                     optuna_module, quiet_worker, run_overrides, set_attrs, train_claimed)
 
 register_schema()
+CONFIRM_LOCK = ".confirm.lock"  # in the study's confirm/ folder: held to claim a confirm run
 
 
 def objective(trial, job: Job) -> Sequence[float]:
@@ -106,33 +108,71 @@ def confirm(study, job: Job, threads: Optional[int], target: float) -> str:
 
 def confirm_designs(designs: Sequence[Tuple[str, str, Sequence[str]]], job: Job, threads: Optional[int]) -> str:
     """Each design (its name in the table, its folder under confirm/, its overrides) retrained on the 60k over
-    search.confirm_seeds, the 10k test scored with the final weights; resumable: a finished seed is not run
-    again. The table of confirm.md."""
+    search.confirm_seeds, the 10k test scored with the final weights, by search.workers processes that claim
+    the runs under a lock like the race's; resumable: a finished seed is not run again, one cut short resumes
+    from its last epoch. The table of confirm.md."""
     from mnist_arch.results.leaderboard import mean_std
-    from mnist_arch.train.job import train
 
+    units = [(folder, _confirm_overrides(overrides), seed) for _, folder, overrides in designs
+             for seed in job.search.confirm_seeds]
+    if job.search.workers == 1:
+        _confirm_work(units, job.study_dir, threads)
+    else:
+        failed = in_processes(_confirm_work, [(units, job.study_dir, threads, i) for i in range(job.search.workers)])
+        if failed:
+            raise ConfigError(f"confirm: {failed} worker(s) failed (see above); run the same command again to go on")
     rows = ["| design | params | MACs | seeds | test acc (final epoch) | min | train s | command |",
             "|---|---|---|---|---|---|---|---|"]
     for name, folder, design_overrides in designs:
-        # a confirm run is long and alone: it shows its epochs, which a trial leaves to the study's line
-        base = [o for o in design_overrides if not o.startswith(("data.val=", "seed="))]
-        overrides = [*base, "data.val=test", "callbacks.stop_at_target=false", "test_weights=final"]
-        records = []
-        for seed in job.search.confirm_seeds:
-            run_dir = job.study_dir / "confirm" / folder / f"seed{seed}"
-            done = RunRecord.read(run_dir) if (run_dir / "summary.json").exists() else None
-            if done is None or done.status != "completed":
-                cfg = compose([*overrides, f"seed={seed}", *([f"threads={threads}"] if threads else [])])
-                done = train(cfg, run_dir, [*overrides, f"seed={seed}"])
-            records.append(done)
+        records = [RunRecord.read(_confirm_dir(job.study_dir, folder, seed)) for seed in job.search.confirm_seeds]
+        going = [r.run_dir for r in records if r.status != "completed"]
+        if going:  # claimed by a worker elsewhere (another Slurm job on the shared disk)
+            raise ConfigError(f"confirm: {name}: {len(going)} run(s) not completed yet ({going[0]}, ...); run the "
+                              "same command again when they end")
         accs = [r.test_acc for r in records]
         mean, std = mean_std(accs)
         std = std or 0.0  # one seed
         seconds = sum(sum(r.epoch_time_s) for r in records) / len(records)
         rows.append(f"| {name} | {records[0].params:,} | {records[0].macs_per_image:,} | "
                     f"{','.join(map(str, job.search.confirm_seeds))} | {100 * mean:.2f}% ± {100 * std:.2f} | "
-                    f"{100 * min(accs):.2f}% | {seconds:.0f} | `python -m mnist_arch.run {' '.join(overrides)}` |")
+                    f"{100 * min(accs):.2f}% | {seconds:.0f} | "
+                    f"`python -m mnist_arch.run {' '.join(_confirm_overrides(design_overrides))}` |")
     return "\n".join(rows)
+
+
+def _confirm_overrides(design_overrides: Sequence[str]) -> List[str]:
+    base = [o for o in design_overrides if not o.startswith(("data.val=", "seed="))]
+    return [*base, "data.val=test", "callbacks.stop_at_target=false", "test_weights=final"]
+
+
+def _confirm_dir(study_dir: Path, folder: str, seed: int) -> Path:
+    return study_dir / "confirm" / folder / f"seed{seed}"
+
+
+def _confirm_work(units: Sequence[Tuple[str, List[str], int]], study_dir: Path, threads: Optional[int],
+                  worker: Optional[int] = None) -> None:
+    """One worker: claim a confirm run not yet completed, train it (resuming one cut short), until none is left.
+    Alone (worker None) it shows each run's epochs; one of several says a line per run."""
+    from filelock import FileLock
+
+    if worker is not None:
+        quiet_worker()
+    (study_dir / "confirm").mkdir(parents=True, exist_ok=True)
+    while True:
+        with FileLock(str(study_dir / "confirm" / CONFIRM_LOCK)):
+            unit = next((u for u in units if RunRecord.read(_confirm_dir(study_dir, u[0], u[2])).status != "completed"
+                         and not claimed(_confirm_dir(study_dir, u[0], u[2]))), None)
+            if unit is None:
+                return
+            folder, overrides, seed = unit
+            path = _confirm_dir(study_dir, folder, seed)
+            claim(path)
+        quiet = ["trainer.enable_progress_bar=false"] if worker is not None else []
+        record, seconds = train_claimed(path, [*overrides, f"seed={seed}"], threads, f"confirm: {folder} seed {seed}",
+                                        here=quiet)
+        if worker is not None:
+            print(f"confirm: {folder} seed {seed} completed, test acc {record.test_acc:.4f} "
+                  f"({seconds:.0f} s; worker {worker})", flush=True)
 
 
 # --- the command ----------------------------------------------------------------------------------------

@@ -18,9 +18,6 @@ completed run is never run again, and a run cut short resumes from its last comp
 (ckpt_path=last). race.md says, for each design, the rounds it survived, its mean, 95% CI, and why it was
 dropped, and names the designs the race could not separate.
 """
-import json
-import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +27,9 @@ from mnist_arch.config.schema import ConfigError, SearchConf, override_pairs
 from mnist_arch.errors import BadFile
 from mnist_arch.files import SAFE_NAME, check_file
 from mnist_arch.results.record import RunRecord
+from mnist_arch.search.study import claim, claimed, in_processes, quiet_worker, train_claimed
 
 LOCK = ".race.lock"
-CLAIM = "claim.json"  # in a run dir while a worker trains it: host, pid, and the time it was last heard from
-STALE_AFTER_S = 900  # a claim unheard of this long (no epoch ended) is taken over, as is one whose process is gone
 RACE_OVERRIDES = ["callbacks.stop_at_target=false", "trainer.enable_progress_bar=false"]  # every epoch is run
 
 
@@ -144,19 +140,6 @@ def _judge(alive: List[Standing], round_: int, search: SearchConf) -> None:
 # --- running it: workers claim runs under a lock ----------------------------------------------------------
 
 
-def _claim_live(path: Path) -> bool:
-    from mnist_arch.search.study import _alive
-
-    try:
-        claim = json.loads((path / CLAIM).read_text())
-        heard = (path / CLAIM).stat().st_mtime
-    except (OSError, ValueError):
-        return False
-    if claim.get("host") == socket.gethostname() and not _alive(int(claim.get("pid", 0))):
-        return False
-    return time.time() - heard < STALE_AFTER_S
-
-
 def _next_run(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> Tuple[Optional[Tuple[Design, int]], bool]:
     """Under the lock: (a run to train now, claimed; whether the race is over)."""
     table, round_ = standings(designs, race_dir, search)
@@ -165,9 +148,8 @@ def _next_run(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> 
     for s in table:
         if s.dropped is None:
             path = run_dir(race_dir, s.design, round_)
-            if RunRecord.read(path).status != "completed" and not _claim_live(path):
-                path.mkdir(parents=True, exist_ok=True)
-                (path / CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+            if RunRecord.read(path).status != "completed" and not claimed(path):
+                claim(path)
                 return (s.design, round_), False
     return None, False
 
@@ -177,41 +159,22 @@ def work(designs: Sequence[Design], race_dir: Path, search: SearchConf, base: Se
     """One worker: claim a run, train it (resuming a run cut short), until the race is over."""
     from filelock import FileLock
 
-    from mnist_arch.config.schema import compose
-    from mnist_arch.search.study import quiet_worker
-    from mnist_arch.train.callbacks import Heartbeat
-    from mnist_arch.train.job import train
-
     quiet_worker()
     race_dir.mkdir(parents=True, exist_ok=True)
     while True:
         with FileLock(str(race_dir / LOCK)):
-            claimed, over = _next_run(designs, race_dir, search)
+            taken, over = _next_run(designs, race_dir, search)
         if over:
             return
-        if claimed is None:  # this round's other runs are with other workers
+        if taken is None:  # this round's other runs are with other workers
             time.sleep(5)
             continue
-        design, round_ = claimed
+        design, round_ = taken
         path = run_dir(race_dir, design, round_)
         overrides = merged(merged(base, design.overrides), [*unit(search, round_), *RACE_OVERRIDES])
-        resume = ["ckpt_path=last"] if (path / "checkpoints" / "last.ckpt").exists() else []
-        started = time.perf_counter()
-        try:
-            cfg = compose([*overrides, *resume, *([f"threads={threads}"] if threads else [])])
-            record = train(cfg, path, overrides, callbacks=[Heartbeat(path / CLAIM)], test=False)
-        finally:
-            (path / CLAIM).unlink(missing_ok=True)
-        acc = f"{record.final_val_acc:.4f}" if record.final_val_acc is not None else "-"
-        print(f"race round {round_}: {design.name} {record.status}, final val acc {acc} "
-              f"({time.perf_counter() - started:.0f} s; worker {worker})", flush=True)
-        if record.status != "completed":
-            raise ConfigError(f"race: {design.name} round {round_} did not complete ({record.status}: {record.error}); "
-                              f"its run dir: {path}")
-
-
-def _work_in_process(args) -> None:
-    work(*args)
+        record, seconds = train_claimed(path, overrides, threads, f"race: {design.name} round {round_}", test=False)
+        print(f"race round {round_}: {design.name} completed, final val acc {record.final_val_acc:.4f} "
+              f"({seconds:.0f} s; worker {worker})", flush=True)
 
 
 def run(designs: Sequence[Design], race_dir: Path, search: SearchConf, base: Sequence[str],
@@ -219,22 +182,9 @@ def run(designs: Sequence[Design], race_dir: Path, search: SearchConf, base: Seq
     """search.workers processes here (one: this process), each taking the race's runs as they come."""
     if search.workers == 1:
         return work(designs, race_dir, search, base, threads)
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_work_in_process, args=((designs, race_dir, search, base, threads, i),))
-               for i in range(search.workers)]
-    for w in workers:
-        w.start()
-    try:
-        for w in workers:
-            w.join()
-    except KeyboardInterrupt:
-        for w in workers:
-            w.join(timeout=60)
-        raise
-    if any(w.exitcode for w in workers):
-        raise ConfigError(f"race: {sum(bool(w.exitcode) for w in workers)} worker(s) failed (see above); run the same "
+    failed = in_processes(work, [(designs, race_dir, search, base, threads, i) for i in range(search.workers)])
+    if failed:
+        raise ConfigError(f"race: {failed} worker(s) failed (see above); run the same "
                           "command again to go on")
 
 

@@ -13,6 +13,7 @@ they run inside Study.optimize only (with ask and tell they do nothing, as Optun
 cannot keep the guarantee above: MaxTrialsCallback stops a worker after its trial ends, so N workers
 overshoot the count by up to N - 1. The journal storage has no heartbeats at all.
 """
+import json
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mnist_arch.config.schema import SearchConf, override_pairs
 from mnist_arch.errors import ConfigError
@@ -237,30 +238,84 @@ def set_attrs(trial, **attrs) -> None:
         trial.set_user_attr(key, value)
 
 
-def _work_in_process(args) -> None:  # a spawned worker's entry
-    job, objective, threads, worker = args
-    work(job, objective, threads, worker)
-
-
 def run_workers(job: Job, objective: Callable, threads: Optional[int]) -> None:
     """search.workers processes on this machine (one: this process), each with its share of the threads;
     `objective` (trial, job) -> values, a module-level function (a spawned worker imports it)."""
     if job.search.workers == 1:
         return work(job, objective, threads)
+    # staggered, so the workers' first asks (and so their first trials) differ from the start
+    in_processes(work, [(job, objective, threads, i) for i in range(job.search.workers)], stagger_s=1.0)
+
+
+def _call(target_and_args) -> None:  # a spawned process's entry
+    target, args = target_and_args
+    target(*args)
+
+
+def in_processes(target: Callable, per_process: Sequence[tuple], stagger_s: float = 0.0) -> int:
+    """target(*args) in one spawned process per entry of `per_process` (a fresh interpreter each: no forked
+    torch state), all waited for; how many failed. `target`: a module-level function (a spawned process
+    imports it)."""
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked torch state
-    workers = [context.Process(target=_work_in_process, args=((job, objective, threads, i),)) for i in range(job.search.workers)]
-    for w in workers:
-        w.start()
-        time.sleep(1.0)  # stagger the first asks, so the workers' first trials differ from the start
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_call, args=((target, args),)) for args in per_process]
+    for p in processes:
+        p.start()
+        time.sleep(stagger_s)
     try:
-        for w in workers:
-            w.join()
-    except KeyboardInterrupt:  # Ctrl-C reached every worker too: let each record its trial, then stop
-        for w in workers:
-            w.join(timeout=60)
+        for p in processes:
+            p.join()
+    except KeyboardInterrupt:  # Ctrl-C reached every process too: let each record its run, then stop
+        for p in processes:
+            p.join(timeout=60)
         raise
+    return sum(bool(p.exitcode) for p in processes)
+
+
+# --- runs that workers share (a race's, a confirm's): claimed under a lock --------------------------------
+
+CLAIM = "claim.json"  # in a run dir while a worker trains it: host, pid, and the time it was last heard from
+CLAIM_STALE_AFTER_S = 900  # a claim unheard of this long (no epoch ended) is taken over, as is one whose process is gone
+
+
+def claimed(path: Path) -> bool:
+    """Whether a live worker holds this run dir (call under the lock)."""
+    try:
+        claim = json.loads((path / CLAIM).read_text())
+        heard = (path / CLAIM).stat().st_mtime
+    except (OSError, ValueError):
+        return False
+    if claim.get("host") == socket.gethostname() and not _alive(int(claim.get("pid", 0))):
+        return False
+    return time.time() - heard < CLAIM_STALE_AFTER_S
+
+
+def claim(path: Path) -> None:
+    """This process takes the run dir (call under the lock); the run's Heartbeat keeps the claim fresh."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+
+
+def train_claimed(path: Path, overrides: Sequence[str], threads: Optional[int], what: str, test: bool = True,
+                  here: Sequence[str] = ()) -> Tuple[RunRecord, float]:
+    """Train the run dir this process claimed (resuming a run cut short from its last epoch), its claim kept
+    fresh while it trains and let go after; (its record, seconds). One that does not complete is a
+    ConfigError naming `what` and the dir. `here`: overrides for this process only, not recorded."""
+    from mnist_arch.config.schema import compose
+    from mnist_arch.train.callbacks import Heartbeat
+    from mnist_arch.train.job import train
+
+    resume = ["ckpt_path=last"] if (path / "checkpoints" / "last.ckpt").exists() else []
+    started = time.perf_counter()
+    try:
+        cfg = compose([*overrides, *here, *resume, *([f"threads={threads}"] if threads else [])])
+        record = train(cfg, path, list(overrides), callbacks=[Heartbeat(path / CLAIM)], test=test)
+    finally:
+        (path / CLAIM).unlink(missing_ok=True)
+    if record.status != "completed":
+        raise ConfigError(f"{what} did not complete ({record.status}: {record.error}); its run dir: {path}")
+    return record, time.perf_counter() - started
 
 
 def front(study, search: SearchConf, best: int = 5) -> List:

@@ -260,6 +260,7 @@ def _finish(record: RunRecord, callbacks: Sequence, trainer, started: float) -> 
         record.plots_time_s, record.plots = round(plots.seconds, 3), sorted(plots.written)
     record.wall_time_s = round(time.perf_counter() - started, 2)
     record.device = provenance.device_name(trainer.strategy.root_device)
+    record.precision = str(trainer.precision)
 
 
 def _keep_predictions(callbacks: Sequence, datamodule, run_dir: Path, trainer) -> Optional[str]:
