@@ -48,6 +48,10 @@ RECIPES = {
     "speedrun": ["experiment=speedrun", "callbacks.stop_at_target=false"],
     "speedrun_fp32": ["experiment=speedrun", "callbacks.stop_at_target=false", "trainer.precision=32-true"],
     "speedrun_bf16": ["experiment=speedrun", "callbacks.stop_at_target=false", "trainer.precision=bf16-mixed"],
+    # two one-thread processes (DDP on the CPU, 64 images each: the same 128 per step), each in bf16, whose
+    # kernels did not use a second thread (BENCHMARKS.md, "bf16 on the CPU")
+    "speedrun_ddp_bf16": ["experiment=speedrun", "callbacks.stop_at_target=false", "trainer=ddp_cpu",
+                          "data.batch_size=64", "trainer.precision=bf16-mixed"],
     "speedrun_torchvision": ["experiment=speedrun", "callbacks.stop_at_target=false", "data.pipeline=torchvision",
                              "callbacks.progress_refresh=1"],  # the usual pipeline on the fastest recipe
 }
