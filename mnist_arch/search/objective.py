@@ -16,8 +16,9 @@ from mnist_arch.config import space as search_space
 from mnist_arch.config.schema import ConfigError, SearchConf, compose, load, register_schema
 from mnist_arch.errors import Pruned, RunError
 from mnist_arch.results.record import RunRecord
+from mnist_arch.search.race import train_claimed
 from mnist_arch.search.study import (PRUNER_STARTUP, QUIET_OVERRIDES, Job, claim, claimed, counts, front, in_processes,
-                                     optuna_module, quiet_worker, run_overrides, set_attrs, train_claimed)
+                                     optuna_module, quiet_worker, run_overrides, set_attrs)
 
 register_schema()
 CONFIRM_LOCK = ".confirm.lock"  # in the study's confirm/ folder: held to claim a confirm run

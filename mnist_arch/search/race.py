@@ -27,7 +27,7 @@ from mnist_arch.config.schema import ConfigError, SearchConf, override_pairs
 from mnist_arch.errors import BadFile
 from mnist_arch.files import SAFE_NAME, check_file
 from mnist_arch.results.record import RunRecord
-from mnist_arch.search.study import claim, claimed, in_processes, quiet_worker, train_claimed
+from mnist_arch.search.study import CLAIM, claim, claimed, in_processes, quiet_worker
 
 LOCK = ".race.lock"
 RACE_OVERRIDES = ["callbacks.stop_at_target=false", "trainer.enable_progress_bar=false"]  # every epoch is run
@@ -152,6 +152,27 @@ def _next_run(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> 
                 claim(path)
                 return (s.design, round_), False
     return None, False
+
+
+def train_claimed(path: Path, overrides: Sequence[str], threads: Optional[int], what: str, test: bool = True,
+                  here: Sequence[str] = ()) -> Tuple[RunRecord, float]:
+    """Train the run dir this process claimed (resuming a run cut short from its last epoch), its claim kept
+    fresh while it trains and let go after; (its record, seconds). One that does not complete is a
+    ConfigError naming `what` and the dir. `here`: overrides for this process only, not recorded."""
+    from mnist_arch.config.schema import compose
+    from mnist_arch.train.callbacks import Heartbeat
+    from mnist_arch.train.job import train
+
+    resume = ["ckpt_path=last"] if (path / "checkpoints" / "last.ckpt").exists() else []
+    started = time.perf_counter()
+    try:
+        cfg = compose([*overrides, *here, *resume, *([f"threads={threads}"] if threads else [])])
+        record = train(cfg, path, list(overrides), callbacks=[Heartbeat(path / CLAIM)], test=test)
+    finally:
+        (path / CLAIM).unlink(missing_ok=True)
+    if record.status != "completed":
+        raise ConfigError(f"{what} did not complete ({record.status}: {record.error}); its run dir: {path}")
+    return record, time.perf_counter() - started
 
 
 def work(designs: Sequence[Design], race_dir: Path, search: SearchConf, base: Sequence[str],

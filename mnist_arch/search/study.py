@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 from mnist_arch.config.schema import SearchConf, override_pairs
 from mnist_arch.errors import ConfigError
@@ -295,27 +295,6 @@ def claim(path: Path) -> None:
     """This process takes the run dir (call under the lock); the run's Heartbeat keeps the claim fresh."""
     path.mkdir(parents=True, exist_ok=True)
     (path / CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
-
-
-def train_claimed(path: Path, overrides: Sequence[str], threads: Optional[int], what: str, test: bool = True,
-                  here: Sequence[str] = ()) -> Tuple[RunRecord, float]:
-    """Train the run dir this process claimed (resuming a run cut short from its last epoch), its claim kept
-    fresh while it trains and let go after; (its record, seconds). One that does not complete is a
-    ConfigError naming `what` and the dir. `here`: overrides for this process only, not recorded."""
-    from mnist_arch.config.schema import compose
-    from mnist_arch.train.callbacks import Heartbeat
-    from mnist_arch.train.job import train
-
-    resume = ["ckpt_path=last"] if (path / "checkpoints" / "last.ckpt").exists() else []
-    started = time.perf_counter()
-    try:
-        cfg = compose([*overrides, *here, *resume, *([f"threads={threads}"] if threads else [])])
-        record = train(cfg, path, list(overrides), callbacks=[Heartbeat(path / CLAIM)], test=test)
-    finally:
-        (path / CLAIM).unlink(missing_ok=True)
-    if record.status != "completed":
-        raise ConfigError(f"{what} did not complete ({record.status}: {record.error}); its run dir: {path}")
-    return record, time.perf_counter() - started
 
 
 def front(study, search: SearchConf, best: int = 5) -> List:
