@@ -66,9 +66,10 @@ def test_leaderboard_numbers_from_known_summaries(tmp_path, capsys):
         ("0.05", 1, [0.99] * 4 + [0.9950, 0.9944], 0.9944, 90.0),  # target at epoch 5
         ("0.05", 2, [0.99] * 6 + [0.9946], 0.9946, 96.0),  # target at epoch 7, also the final
     ]):
+        how = ["threads=1", "trainer.enable_progress_bar=false"] if i == 1 else []  # how it ran: not a setting
         RunRecord(status="completed", model="s4", params=17_120, budget=budget, seed=seed, val_acc=val_acc,
                   test_acc=test, wall_time_s=wall,
-                  overrides=[f"optimizer.lr={lr}", f"seed={seed}", "trainer.max_epochs=10"]).write(
+                  overrides=[*how, f"optimizer.lr={lr}", f"seed={seed}", "trainer.max_epochs=10"]).write(
                       tmp_path / "sweep" / str(i))
     RunRecord(status="over_budget", model="s6", seed=1, error="19,866 > 18,000",
               overrides=["optimizer.lr=0.05", "seed=1", "trainer.max_epochs=10"]).write(tmp_path / "sweep" / "4")

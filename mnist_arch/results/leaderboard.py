@@ -26,6 +26,9 @@ from mnist_arch.results import compare
 from mnist_arch.results.record import FILE_NAME, RunRecord
 
 NOT_SHOWN = {"seed", "data.fold"}  # averaged (seeds) or pooled (folds) over, not a setting
+# How a run was executed, not what it trained: seeds of one design run by a search's one-thread workers and
+# by hand with the default threads are one setting
+HOW_IT_RAN = {"threads", "trainer.enable_progress_bar", "callbacks.progress", "callbacks.progress_refresh"}
 
 
 def load(root: Path) -> List[RunRecord]:
@@ -34,7 +37,8 @@ def load(root: Path) -> List[RunRecord]:
 
 
 def _settings(record: RunRecord) -> Dict[str, str]:
-    return {key: value for key, value in override_pairs(record.overrides).items() if value is not None}
+    return {key: value for key, value in override_pairs(record.overrides).items()
+            if value is not None and key not in HOW_IT_RAN}
 
 
 def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any]], List[Dict[str, Any]]]:
