@@ -114,8 +114,8 @@ def confirm_designs(designs: Sequence[Tuple[str, str, Sequence[str]]], job: Job,
     from its last epoch. The table of confirm.md."""
     from mnist_arch.results.leaderboard import mean_std
 
-    units = [(folder, _confirm_overrides(overrides), seed) for _, folder, overrides in designs
-             for seed in job.search.confirm_seeds]
+    units = [(_confirm_dir(job.study_dir, folder, seed), _confirm_overrides(overrides), seed)
+             for _, folder, overrides in designs for seed in job.search.confirm_seeds]
     if job.search.workers == 1:
         _confirm_work(units, job.study_dir, threads)
     else:
@@ -150,7 +150,7 @@ def _confirm_dir(study_dir: Path, folder: str, seed: int) -> Path:
     return study_dir / "confirm" / folder / f"seed{seed}"
 
 
-def _confirm_work(units: Sequence[Tuple[str, List[str], int]], study_dir: Path, threads: Optional[int],
+def _confirm_work(units: Sequence[Tuple[Path, List[str], int]], study_dir: Path, threads: Optional[int],
                   worker: Optional[int] = None) -> None:
     """One worker: claim a confirm run not yet completed, train it (resuming one cut short), until none is left.
     Alone (worker None) it shows each run's epochs; one of several says a line per run."""
@@ -161,19 +161,16 @@ def _confirm_work(units: Sequence[Tuple[str, List[str], int]], study_dir: Path, 
     (study_dir / "confirm").mkdir(parents=True, exist_ok=True)
     while True:
         with FileLock(str(study_dir / "confirm" / CONFIRM_LOCK)):
-            unit = next((u for u in units if RunRecord.read(_confirm_dir(study_dir, u[0], u[2])).status != "completed"
-                         and not claimed(_confirm_dir(study_dir, u[0], u[2]))), None)
+            unit = next((u for u in units if RunRecord.read(u[0]).status != "completed" and not claimed(u[0])), None)
             if unit is None:
                 return
-            folder, overrides, seed = unit
-            path = _confirm_dir(study_dir, folder, seed)
+            path, overrides, seed = unit
             claim(path)
+        what = f"confirm: {path.parent.name} seed {seed}"
         quiet = ["trainer.enable_progress_bar=false"] if worker is not None else []
-        record, seconds = train_claimed(path, [*overrides, f"seed={seed}"], threads, f"confirm: {folder} seed {seed}",
-                                        here=quiet)
+        record, seconds = train_claimed(path, [*overrides, f"seed={seed}"], threads, what, here=quiet)
         if worker is not None:
-            print(f"confirm: {folder} seed {seed} completed, test acc {record.test_acc:.4f} "
-                  f"({seconds:.0f} s; worker {worker})", flush=True)
+            print(f"{what} completed, test acc {record.test_acc:.4f} ({seconds:.0f} s; worker {worker})", flush=True)
 
 
 # --- the command ----------------------------------------------------------------------------------------
