@@ -280,8 +280,8 @@ def loop(args) -> None:
         args.json.write_text(json.dumps(raw, indent=2) + "\n")
 
 
-PRECISION_NETS = {"s6": "s6_reference", "s4": "s4_reference", "frontier_8k": "frontier_8k",
-                  "speedrun": "speedrun"}
+PRECISION_NETS = {"s6": "s6_reference", "s4": "s4_reference", "frontier_4k": "frontier_4k",
+                  "frontier_8k": "frontier_8k", "speedrun": "speedrun"}
 
 
 def precision(args) -> None:
