@@ -129,6 +129,22 @@ def test_pareto_plot_of_known_summaries(tmp_path):
     assert imread(tmp_path / "pareto.png").shape[:2] == (500, 800)
 
 
+def test_pareto_labels_repeated_models_by_the_folder_their_seeds_share(tmp_path):
+    """Confirmed designs of one family (convnet) gathered from several studies: each is named by its design's
+    folder, not by the long list of settings in which they differ."""
+    for design, params, lr in [("trial23", 3_842, 0.1), ("frontier_4k", 3_670, 0.2)]:
+        for seed in (6, 7):
+            RunRecord(status="completed", model="convnet", params=params, seed=seed, val_acc=[0.991],
+                      test_acc=0.991, overrides=[f"seed={seed}", f"optimizer.lr={lr}", "data.rotation=5.0"]).write(
+                          tmp_path / "heldout" / design / f"seed{seed}")
+    RunRecord(status="completed", model="speedrun", params=18_482, seed=6, val_acc=[0.994], test_acc=0.994,
+              overrides=["seed=6"]).write(tmp_path / "heldout" / "speedrun" / "seed6")
+    differing, rows, _ = leaderboard.leaderboard(leaderboard.load(tmp_path / "heldout"))
+    ax = leaderboard.pareto(rows, differing).axes[0]
+    assert sorted(t.get_text() for t in ax.texts if "(n=" in t.get_text()) == [
+        "convnet frontier_4k (n=2)", "convnet trial23 (n=2)", "speedrun (n=1)"]
+
+
 def test_a_crowded_pareto_plot_labels_only_its_front(tmp_path):
     """A study's dozens of trials: every point drawn, only the front's labelled (the rest would overlap)."""
     n = leaderboard.CROWDED + 3

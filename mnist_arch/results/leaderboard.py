@@ -187,15 +187,23 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
     figure = Figure(figsize=(8, 5), layout="constrained")
     ax = figure.add_subplot()
     points = []
-    # A point is labelled by its model, plus its settings only where the model appears more than once:
-    # runs gathered from several sweeps differ in many keys that would otherwise crowd every label.
+    # A point is labelled by its model alone where that tells it apart. Where the model appears more than
+    # once (several convnet designs), by the folder its seeds share (a confirm's design, a sweep's name) when
+    # that folder is its own; else by its settings, which for runs gathered from several sweeps are many.
     x_label, limit_key, unit = X_AXES[x]
     shown = [r for r in rows if r[metric][0] is not None and isinstance(r.get(x), (int, float))]
     repeated = {m for m, n in Counter(r["model"] for r in shown).items() if n > 1}
+    folders = {id(r): {Path(d).parent.name for d in r["run_dirs"] if d} for r in shown}
+    folder = {key: names.pop() if len(names) == 1 else None for key, names in folders.items()}
+    own = {name for name, n in Counter(folder.values()).items() if name and n == 1}
     for r in shown:
         mean, std = r[metric]
-        settings = [f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items()
-                    if k != "experiment" and r["model"] in repeated]
+        if r["model"] not in repeated:
+            settings = []
+        elif folder[id(r)] in own:
+            settings = [folder[id(r)]]
+        else:
+            settings = [f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items() if k != "experiment"]
         name = label(r) if label else " ".join([str(r["model"]), *settings])
         points.append((r[x], mean, std or 0.0, name, len(r["seeds"])))
     front, best = [], -1.0
