@@ -52,12 +52,6 @@ RECIPES = {
     # kernels did not use a second thread (BENCHMARKS.md, "bf16 on the CPU")
     "speedrun_ddp_bf16": ["experiment=speedrun", "callbacks.stop_at_target=false", "trainer=ddp_cpu",
                           "data.batch_size=64", "trainer.precision=bf16-mixed"],
-    # the speedrun_sep study's trial 35 (issue 35): 8 / 16,16 / 24,24 (12,594 params), 4 epochs, batch 128, peak
-    # lr 0.354; the race's and the confirm's survivor (RESULTS.md, "Speedrun: searched with separable convs")
-    "speedrun_trial35": ["experiment=speedrun", "callbacks.stop_at_target=false", "model=convnet",
-                         "model.net.stages=[[8],[16,16],[24,24]]", "model.net.padding=[same,same,same]",
-                         "model.net.transitions=null", "model.net.conv=full", "model.net.head=gap_conv",
-                         "trainer.max_epochs=4", "data.batch_size=128", "optimizer.lr=0.35366612629216304"],
     "speedrun_torchvision": ["experiment=speedrun", "callbacks.stop_at_target=false", "data.pipeline=torchvision",
                              "callbacks.progress_refresh=1"],  # the usual pipeline on the fastest recipe
 }
