@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -42,6 +43,15 @@ def load(study: Path, name: str = "4k", storage: str = None):
     return optuna.load_study(study_name=name, storage=studies._storage(storage or f"sqlite:///{study / 'study.db'}"))
 
 
+def test_trials_take_precision_auto_unless_the_command_line_names_one():
+    conf = SimpleNamespace(experiment="frontier_4k")  # what base_overrides reads of a space
+    assert objective.base_overrides(conf, ["search=4k", "seed=3"]) == [
+        "experiment=frontier_4k", "seed=3", "trainer.precision=auto", "data.val=holdout",
+        "trainer.enable_progress_bar=false"]
+    assert objective.base_overrides(conf, ["trainer.precision=32-true"]) == [
+        "experiment=frontier_4k", "trainer.precision=32-true", "data.val=holdout", "trainer.enable_progress_bar=false"]
+
+
 def test_a_study_is_a_folder_of_runs_and_resumes(mnist_root, tmp_path, monkeypatch, capsys):
     study_dir = tmp_path / "study"
     assert search_main(small(mnist_root, study_dir, "search.n_trials=3"), monkeypatch) == 0
@@ -52,6 +62,7 @@ def test_a_study_is_a_folder_of_runs_and_resumes(mnist_root, tmp_path, monkeypat
     for t in study.trials:  # one run dir per trial, its summary.json a normal run record
         record = json.loads((study_dir / "trials" / f"{t.number:04d}" / "summary.json").read_text())
         assert record["overrides"] == t.user_attrs["overrides"] and "data.val=holdout" in record["overrides"]
+        assert "trainer.precision=auto" in record["overrides"]  # the trials' default: bf16 only where it pays
     for t in trained:
         record = json.loads((study_dir / "trials" / f"{t.number:04d}" / "summary.json").read_text())
         assert record["status"] == "completed" and record["val_split"] == "holdout" and record["test_acc"] is None
