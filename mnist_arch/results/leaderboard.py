@@ -193,15 +193,15 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
     x_label, limit_key, unit = X_AXES[x]
     shown = [r for r in rows if r[metric][0] is not None and isinstance(r.get(x), (int, float))]
     repeated = {m for m, n in Counter(r["model"] for r in shown).items() if n > 1}
-    folders = {id(r): {Path(d).parent.name for d in r["run_dirs"] if d} for r in shown}
-    folder = {key: names.pop() if len(names) == 1 else None for key, names in folders.items()}
-    own = {name for name, n in Counter(folder.values()).items() if name and n == 1}
-    for r in shown:
+    parents = [{Path(d).parent.name for d in r["run_dirs"] if d} for r in shown]
+    folders = [next(iter(names)) if len(names) == 1 else None for names in parents]
+    own = {name for name, n in Counter(folders).items() if name and n == 1}
+    for r, folder in zip(shown, folders):
         mean, std = r[metric]
         if r["model"] not in repeated:
             settings = []
-        elif folder[id(r)] in own:
-            settings = [folder[id(r)]]
+        elif folder in own:
+            settings = [folder]
         else:
             settings = [f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items() if k != "experiment"]
         name = label(r) if label else " ".join([str(r["model"]), *settings])
