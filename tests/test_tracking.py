@@ -85,6 +85,9 @@ def test_a_three_job_multirun_is_three_runs_of_one_sweep(mnist_root, tmp_path, m
     assert sorted(r.data.params["seed"] for r in runs) == ["1", "2", "3"]
     assert {r.data.tags["sweep"] for r in runs} == {str(tmp_path / "sweep")}
     assert len({r.data.tags["setting"] for r in runs}) == 1  # the seeds of one setting: one group
+    # the artifacts beside the database, not in ./mlruns of the folder the tests run in
+    assert all(r.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri()) for r in runs)
+    assert client.list_artifacts(runs[0].info.run_id, "checkpoints")
 
 
 def test_an_unreachable_server_is_one_line_before_training_in_seconds(make_cfg, mnist_root, tmp_path):
@@ -118,7 +121,9 @@ def test_the_environment_sets_the_store_and_the_command_line_wins(tmp_path, monk
     from mnist_arch.results import tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
-    assert tracking.prepare({}, tmp_path / "r", {})["tracking_uri"] == "sqlite:///from-env.db"
+    from_env = tracking.prepare({}, tmp_path / "r", {})
+    assert from_env["tracking_uri"] == "sqlite:///from-env.db"
+    assert from_env["artifact_location"] == (Path("from-env.db").resolve().parent / "mlartifacts").as_uri()
     assert tracking.prepare({"tracking_uri": "sqlite:///given.db"}, tmp_path / "r", {})["tracking_uri"] == \
         "sqlite:///given.db"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")

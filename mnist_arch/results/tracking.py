@@ -4,8 +4,8 @@ files as artifacts (summary.json, the layer table, the plots, the final checkpoi
 (conf/logger/mlflow.yaml) builds Lightning's MLFlowLogger; this module prepares its arguments and fills it in.
 
 Where runs go: `logger.mlflow.tracking_uri` on the command line, else $MLFLOW_TRACKING_URI, else a local store,
-sqlite:///outputs/mlflow.db with artifacts in outputs/mlartifacts (open it with
-`mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db`). A server that does not answer is one line before
+sqlite:///outputs/mlflow.db (open it with `mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db`). A SQLite
+store keeps a new experiment's artifacts in mlartifacts/ beside its database. A server that does not answer is one line before
 training, within ~10 s: MLflow's own HTTP retries (minutes) are bounded here unless you set them.
 
 W&B (`logger=wandb`, conf/logger/wandb.yaml) is offline by default: the run is written under
@@ -37,7 +37,11 @@ def prepare(entry: Dict[str, Any], run_dir: Path, group: Dict[str, str]) -> Dict
         store = LOCAL_STORE.resolve()
         store.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{store}"
-        entry.setdefault("artifact_location", (store.parent / "mlartifacts").as_uri())
+    if uri.startswith("sqlite:///"):
+        # MLflow puts a database store's artifacts in ./mlruns of whatever folder the command ran in (a checkout,
+        # once); beside the database they stay with the runs that name them
+        database = Path(uri[len("sqlite:///"):]).resolve()
+        entry.setdefault("artifact_location", (database.parent / "mlartifacts").as_uri())
     entry["tracking_uri"] = uri
     for key, value in BOUNDED.items():
         os.environ.setdefault(key, value)
