@@ -5,8 +5,8 @@ files as artifacts (summary.json, the layer table, the plots, the final checkpoi
 
 Where runs go: `logger.mlflow.tracking_uri` on the command line, else $MLFLOW_TRACKING_URI, else a local store,
 sqlite:///outputs/mlflow.db (open it with `mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db`). A SQLite
-store keeps a new experiment's artifacts in mlartifacts/ beside its database. A server that does not answer is one line before
-training, within ~10 s: MLflow's own HTTP retries (minutes) are bounded here unless you set them.
+store keeps a new experiment's artifacts in mlartifacts/ beside its database. A server that does not answer is
+one line before training, within ~10 s: MLflow's own HTTP retries (minutes) are bounded here unless you set them.
 
 W&B (`logger=wandb`, conf/logger/wandb.yaml) is offline by default: the run is written under
 <run dir>/wandb/offline-run-*, nothing leaves the machine, and `wandb sync <that folder>` uploads it later;
