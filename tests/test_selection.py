@@ -130,6 +130,20 @@ def test_report_compare_reads_two_sweeps_and_rows_of_one_board(tmp_path, capsys)
     assert "holds 2 settings" in capsys.readouterr().err
 
 
+def test_a_run_dir_moved_elsewhere_is_compared_from_where_it_is_now(tmp_path, capsys):
+    """A summary names the folder it was written in; copied elsewhere (off a cluster, out of a worktree that is
+    gone), its run dir is where it is now, or --compare would look for predictions that are no longer there."""
+    for name, accuracy in (("a", 0.995), ("b", 0.990)):
+        for kept in runs(accuracy, seeds=(1, 2)):
+            write_run(tmp_path / "then" / name / str(kept.seed), kept.seed, kept)
+    for name in ("a", "b"):
+        (tmp_path / "then" / name).rename(tmp_path / name)
+    assert json.loads((tmp_path / "a" / "1" / "summary.json").read_text())["run_dir"] == str(tmp_path / "then" / "a" / "1")
+    assert RunRecord.read(tmp_path / "a" / "1").run_dir == str(tmp_path / "a" / "1")
+    report.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json"])
+    assert json.loads(capsys.readouterr().out)["separated"] is True
+
+
 def test_the_board_folds_a_settings_folds_into_one_out_of_fold_row_with_a_ci(tmp_path):
     labels = np.random.default_rng(0).integers(0, 10, 1_000).astype(np.uint8)
     folds = [np.arange(i, 1_000, 4) for i in range(4)]

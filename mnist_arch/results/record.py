@@ -256,5 +256,7 @@ class RunRecord(Provenance, Result, Budgeted, Net, Run):
             record = cls(status="unreadable", error=str(e))
         except (OSError, ValueError, TypeError, RecursionError) as e:  # not JSON, not a record
             record = cls(status="unreadable", error=f"{path}: not a readable {FILE_NAME} ({str(e).splitlines()[0]})")
-        record.run_dir = record.run_dir or str(path.parent)
+        # where the file is now, not where it was written: a run dir moved or copied (off a cluster, out of a
+        # worktree) still finds its own predictions and checkpoints
+        record.run_dir = str(path.parent)
         return record
