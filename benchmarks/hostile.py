@@ -2,6 +2,7 @@
 
     python benchmarks/hostile.py files            # predict on each crafted file, under /usr/bin/time -v
     python benchmarks/hostile.py serve            # the serve page under load: bursts, half-open connections, bombs
+    python benchmarks/hostile.py programs         # predict on each hostile .pt2, untrusted and trusted by its sha256
 
 `files`: each crafted file (a .gz IDX bomb, 100,000 tiny digits, a 49 MP PNG, a 12 MP photo, a checkpoint
 record that deflates to 2 GB, a net_spec asking for a 1.5 GB net, ...) is handed to `python -m
@@ -15,6 +16,11 @@ predictions (status counts, seconds); 1,000 half-open connections (a request lin
 after; three upload bombs at once (a .gz IDX
 bomb, a 49 MP PNG, 100,000 digits); a POST from another origin. The server's peak RSS closes the report.
 Nothing leaves the machine: every connection is to 127.0.0.1.
+
+`programs`: the .pt2 attacks of issue 45, each made from a .pt2 that `export` wrote (edited as an attacker
+would, or exported from a module doing what an attacker wants), handed to predict twice: untrusted, then
+trusted by its sha256 (a user fooled into it); exit code, peak RSS, wall seconds, the first line, and whether
+the file the attack aims at was touched.
 """
 import argparse
 import gzip
@@ -221,16 +227,94 @@ def _closed(conn: socket.socket) -> bool:
         conn.setblocking(True)
 
 
+def programs(args) -> None:
+    import pickle
+
+    from torch import nn
+
+    from mnist_arch.inference.export import export_pt2, sha256
+
+    tmp = Path(tempfile.mkdtemp(prefix="hostile-pt2-"))
+    marker = tmp / "marker"
+    net = build_net(TINY).eval()
+    good = tmp / "good.pt2"
+    export_pt2(net, torch.zeros(2, 1, 28, 28), good)
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    def edited(name, change=lambda n, b: (n, b), add=()):
+        with zipfile.ZipFile(good) as old, zipfile.ZipFile(tmp / name, "w") as new:
+            for info in old.infolist():
+                new.writestr(*change(info.filename, old.read(info.filename)))
+            for member, data in add:
+                new.writestr(member, data)
+        return tmp / name
+
+    def renamed(n, b):
+        n = n.replace("models/model.json", "models/evil.json").replace("model_weights_config", "evil_weights_config") \
+            .replace("sample_inputs/model.pt", "sample_inputs/evil.pt").replace("model_constants", "evil_constants")
+        if n.endswith("evil_weights_config.json"):
+            config = json.loads(b)
+            config["config"][next(iter(config["config"]))]["use_pickle"] = True
+            b = json.dumps(config).encode()
+        return n, pickle.dumps(Payload()) if n.endswith("weights/weight_0") else b
+
+    class Module(nn.Module):
+        def __init__(self, forward):
+            super().__init__()
+            self.net, self.extra = net, forward
+
+        def forward(self, x):
+            return self.extra(self.net, x)
+
+    def exported(name, forward):
+        export_pt2(Module(forward), torch.zeros(2, 1, 28, 28), tmp / name)
+        return tmp / name
+
+    graph = lambda old, new: lambda n, b: (n, b.replace(old, new, 1) if n.endswith("model.json") else b)  # noqa: E731
+    cases = {
+        "a .pt2 export wrote": good,
+        "the model saved as `evil`, a weight marked use_pickle (pickled payload)": edited("renamed.pt2", renamed),
+        "a legacy data/weights/model.pt (pickled payload)": edited(
+            "legacy.pt2", add=[("archive/data/weights/model.pt", pickle.dumps(Payload()))]),
+        "a native library under data/aotinductor/": edited(
+            "native.pt2", add=[("archive/data/aotinductor/model/evil.so", b"\x7fELF" + bytes(64))]),
+        "a node aten.from_file (maps and writes a file)": edited(
+            "from_file.pt2", graph(b'"torch.ops.aten.relu.default"', b'"torch.ops.aten.from_file.default"')),
+        "a shape expression s77*9**9**9": edited(
+            "power.pt2", graph(b"Symbol('s77', positive=True, integer=True)", b"s77*9**9**9")),
+        "aten.ones of 750M elements (3 GB)": exported("ones.pt2", lambda m, x: m(x) + torch.ones(750_000_000)[:10]),
+        "an output of shape (N,)": exported("flat.pt2", lambda m, x: m(x).sum(dim=1)),
+    }
+    digits = tmp / "digits.npy"
+    strokes = np.zeros((3, 28, 28), np.uint8)
+    strokes[:, 6:22, 12:16] = 255  # three "1"s
+    np.save(digits, strokes)
+    print("| .pt2 | trusted | exit | peak RSS (MB) | wall (s) | marker touched | first line |\n"
+          "|---|---|---:|---:|---:|---|---|")
+    for name, path in cases.items():
+        for trust in ([], ["--trust-program", sha256(path.read_bytes())]):
+            marker.unlink(missing_ok=True)
+            code, rss, wall, text = timed([sys.executable, "-m", "mnist_arch.predict", str(path), str(digits), *trust])
+            first = (text.strip().splitlines() or [""])[0][:120].replace(str(tmp) + "/", "")
+            first = re.sub(r"[0-9a-f]{64}", "<sha256>", first)
+            print(f"| {name} | {'by sha256' if trust else 'no'} | {code} | {rss:,.0f} | {wall:.1f} | "
+                  f"{'YES' if marker.exists() else 'no'} | {first} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("files")
+    sub.add_parser("programs")
     load = sub.add_parser("serve")
     load.add_argument("--half-open", type=int, default=1000)
     load.add_argument("--hold", type=float, default=30)
     load.add_argument("--trickle", action="store_true", help="the half-open connections send a byte every 2 s")
     args = parser.parse_args()
-    {"files": files, "serve": serve}[args.what](args)
+    {"files": files, "serve": serve, "programs": programs}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ Exit codes, the same for every command:
     130  interrupted by Ctrl-C (143: by SIGTERM, a run only)
 
 Every error is one line on stderr, `error: ...`. An unexpected exception is one line too, naming the file
-its full traceback was written to; `MNIST_ARCH_DEBUG=1` (or Hydra's own `HYDRA_FULL_ERROR=1`) lets the
-traceback through instead.
+its full traceback was written to (in a folder of the system's temp dir that only this user can open);
+`MNIST_ARCH_DEBUG=1` (or Hydra's own `HYDRA_FULL_ERROR=1`) lets the traceback through instead. Control
+characters in a message (a record's error may carry an ANSI escape) are printed as escapes.
 """
 import argparse
 import dataclasses
@@ -20,6 +21,7 @@ import functools
 import logging
 import os
 import re
+import stat
 import sys
 import tempfile
 import time
@@ -27,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
-from mnist_arch.errors import ConfigError, RunError, did_you_mean
+from mnist_arch.errors import ConfigError, RunError, did_you_mean, from_tracker, printable, redact
 
 FAILED, USAGE, INTERRUPTED = 1, 2, 130
 # Library messages a user cannot act on: kept in run.log, never on the console (conf/hydra/job_logging/).
@@ -102,7 +104,7 @@ def command(main: Callable) -> Callable:
             module = getattr(sys.modules.get(main.__module__), "__spec__", None)  # `python -m` runs __main__
             name = (module.name if module else main.__module__).removesuffix(".__main__").removesuffix(".command")
             code, line = explain(e, name.rpartition(".")[2])
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {printable(line)}", file=sys.stderr)
             sys.exit(code)
         finally:
             _outer["depth"] -= 1
@@ -128,13 +130,15 @@ def explain(e: Exception, command: str = "mnist_arch") -> Tuple[int, str]:
         return USAGE, line
     if isinstance(e, OSError) and e.strerror:  # a file that cannot be written or read: the machine's, not a bug
         return FAILED, f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    if from_tracker(e):  # a tracking server failing mid-run (an HTTP 500): the machine's, not a bug
+        return FAILED, f"the tracker failed: {redact(one_line(str(e)))[:300] or type(e).__name__}"
     where = _write_traceback(e, command)
     return FAILED, (f"unexpected {type(e).__name__}: {one_line(str(e)) or '(no message)'} (a bug; the full "
                     f"traceback is in {where}, or run again with {DEBUG}=1 to see it)")
 
 
 def one_line(text: str) -> str:
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return printable(" ".join(line.strip() for line in str(text).splitlines() if line.strip()))
 
 
 def hydra_error(e: Exception) -> Optional[str]:
@@ -191,11 +195,25 @@ def _write_traceback(e: Exception, command: str) -> str:
     """The full traceback into a file of its own, for the bug report; its path."""
     text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     try:
-        folder = Path(tempfile.gettempdir()) / "mnist_arch"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-        path.write_text(text)
+        path = crash_folder() / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
         return str(path)
     except OSError:  # nowhere to write it: show it, rather than lose it
         print(text, file=sys.stderr)
         return "the lines above"
+
+
+def crash_folder() -> Path:
+    """<temp dir>/mnist_arch-<uid>, this user's alone (mode 0700, owned by us, not a link): made if missing; one
+    that someone else made first, or opened to others, is not used: a fresh private folder is made instead."""
+    folder = Path(tempfile.gettempdir()) / f"mnist_arch-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(folder)
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077:
+        return folder
+    return Path(tempfile.mkdtemp(prefix="mnist_arch-"))

@@ -3,6 +3,8 @@ summary.json records, so the entry points (mnist_arch/cli.py) and a sweep's lead
 this one base. A ConfigError is the user's input refused (exit 2); any other RunError is a run that failed
 (exit 1)."""
 import difflib
+import re
+import unicodedata
 from typing import Iterable
 
 
@@ -55,3 +57,23 @@ def did_you_mean(name: str, known: Iterable[str], prefix: str = "", listing: str
     known = list(known)
     close = difflib.get_close_matches(name, known, n=1)
     return f"did you mean {prefix}{close[0]}?" if close else f"{listing}: {', '.join(known)}"
+
+
+def printable(text: str) -> str:
+    """`text` with control and format characters (an ANSI escape, a carriage return, a bidi override) shown as
+    escapes: a record or a file from elsewhere may hold them, and a terminal would obey them."""
+    return "".join(c if c == "\n" or not unicodedata.category(c).startswith("C") else
+                   ascii(c)[1:-1] for c in str(text))
+
+
+PASSWORD_IN_URL = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/\s:@]*:)[^/\s@]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of any URL in it masked: scheme://user:***@host."""
+    return PASSWORD_IN_URL.sub(lambda m: m.group("head") + "***@", text)
+
+
+def from_tracker(e: BaseException) -> bool:
+    """An exception raised by MLflow's or W&B's client (a server's refusal, an HTTP error), not by our code."""
+    return type(e).__module__.split(".")[0] in ("mlflow", "wandb", "requests", "urllib3")

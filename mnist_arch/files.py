@@ -9,7 +9,10 @@ that any file, accepted or refused, costs at most a few hundred MB (docs/trust.m
 
 Writing: `replacing` / `write_atomic` write beside the target and rename over it. A rename replaces the
 path itself, so a symlink planted where a command writes (a run dir from elsewhere whose evaluate.json
-points at ~/.bashrc) is replaced, never followed; and a reader never sees half a file.
+points at ~/.bashrc) is replaced, never followed; and a reader never sees half a file. Not every writer can
+rename (Hydra's own .hydra/*.yaml and run.log, Lightning's checkpoints and event files), so a run refuses to
+start in a folder that holds a link anywhere it writes (`refuse_links`, called by a Hydra callback before
+Hydra writes a byte: mnist_arch/train/job.py, `NoLinksInRunDir`).
 """
 import os
 import re
@@ -36,6 +39,8 @@ MAX_RECORD_BYTES = 16 * MiB  # a summary.json
 MAX_CONFIG_BYTES = 1 * MiB  # a run dir's config.yaml
 # A name that becomes one file or folder name (a model's, a study's): no separator, no leading dot, no "..".
 SAFE_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+MAX_RUN_DIR_ENTRIES = 100_000  # looked at for links before a run writes into an existing folder
+OWN_LINKS = ("wandb",)  # W&B links its run's files into its own folder, and re-links them on resume
 
 
 def check_file(path: Union[str, Path], what: str, max_bytes: int) -> int:
@@ -94,3 +99,27 @@ def write_atomic(path: Union[str, Path], content: Union[str, bytes, Iterable[byt
         for chunk in chunks:
             f.write(chunk)
     return Path(path)
+
+
+def refuse_links(folder: Union[str, Path]) -> None:
+    """ConfigError, one line, if `folder` holds a symbolic link at any depth (W&B's own folder aside, whose links
+    W&B makes itself; the folder itself must not be a link). A run writes by plain opens in many places
+    (Hydra's files, run.log, checkpoints, events): in a folder handed over from elsewhere, a link planted at
+    any of them would have the run write through it."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise ConfigError(f"{folder}: the run dir is a symbolic link; a run writes only into a real folder")
+    if not folder.is_dir():
+        return
+    seen = 0
+    for top, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            seen += 1
+            path = Path(top) / name
+            if path.is_symlink():
+                raise ConfigError(f"{path}: a symbolic link in the run dir, where the run would write through it; "
+                                  "remove it (or start a new run dir) to run there")
+            if seen > MAX_RUN_DIR_ENTRIES:
+                raise ConfigError(f"{folder}: over {MAX_RUN_DIR_ENTRIES:,} entries; not a run dir")
+        if Path(top) == folder:
+            dirs[:] = [d for d in dirs if d not in OWN_LINKS]

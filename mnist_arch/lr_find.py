@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from mnist_arch.cli import command
 from mnist_arch.config.schema import register_schema
 from mnist_arch.errors import RunError
+from mnist_arch.files import replacing, write_atomic
 
 MIN_LR, MAX_LR, NUM_TRAINING = 1e-5, 1.0, 100
 log = logging.getLogger("mnist_arch")
@@ -46,8 +47,9 @@ def find(cfg: DictConfig, run_dir: Path) -> float:
     figure = finder.plot(suggest=True)
     figure.axes[0].set_title(f"{conf.model.name}, {conf.optimizer.name}, batch {conf.data.batch_size}: "
                              f"suggested lr {suggestion:.3g}", fontsize=9)
-    figure.savefig(run_dir / "lr_find.png", dpi=90)
-    (run_dir / "lr_find.json").write_text(json.dumps(
+    with replacing(run_dir / "lr_find.png") as tmp:  # by a rename: a link planted at a name is not followed
+        figure.savefig(tmp, dpi=90, format="png")
+    write_atomic(run_dir / "lr_find.json", json.dumps(
         {"suggestion": suggestion, "lr": finder.results["lr"], "loss": finder.results["loss"]}, indent=2) + "\n")
     return suggestion
 

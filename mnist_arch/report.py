@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from mnist_arch.cli import Parser, command
-from mnist_arch.errors import ConfigError
+from mnist_arch.errors import ConfigError, printable
 from mnist_arch.results.leaderboard import METRICS, X_AXES, leaderboard, load, write
 from mnist_arch.results.record import FILE_NAME, RunRecord
 
@@ -46,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.compare:
         if args.root is not None:
             raise ConfigError("--compare A B takes no other folder (see python -m mnist_arch.report --help)")
-        print(compare_command(*args.compare, split=args.split, as_json=args.json))
+        print(printable(compare_command(*args.compare, split=args.split, as_json=args.json)))
         return
     if args.root is None:
         raise ConfigError("a folder is needed: python -m mnist_arch.report <folder> (or --compare A B)")
@@ -56,10 +56,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not records:
         raise ConfigError(f"{args.root}: no {FILE_NAME} beneath it")
     text, _ = write(args.root, args.csv, args.plot, args.metric, args.ymin, args.x)
-    print(text + (f"\n\nplot: {args.plot}" if args.plot else ""))
+    print(printable(text) + (f"\n\nplot: {args.plot}" if args.plot else ""))  # a record's text may hold escapes
     unreadable = [r for r in records if r.status == "unreadable"]
     for record in unreadable:  # listed on the board too; here each is one line, and the exit says so
-        print(f"error: {record.error}", file=sys.stderr)
+        print(f"error: {printable(record.error)}", file=sys.stderr)
     if unreadable:
         sys.exit(1)
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_arch.cli import command
 from mnist_arch.config.schema import register_schema
-from mnist_arch.errors import RunError
+from mnist_arch.errors import RunError, printable
 from mnist_arch.results import provenance
 from mnist_arch.results.record import RunRecord
 from mnist_arch.train.job import train
@@ -61,7 +61,7 @@ def main(cfg: DictConfig) -> Optional[float]:
         print(f"interrupted ({record.signal}) after {record.epochs_run} epoch(s); summary in "
               f"{record.run_dir}\nresume: python -m mnist_arch.run {again}", file=sys.stderr)
         sys.exit(143 if record.signal == "SIGTERM" else 130)  # the shell's codes; a sweep stops too
-    print(record.headline())
+    print(printable(record.headline()))
     return record.best_val_acc
 
 

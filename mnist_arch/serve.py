@@ -35,7 +35,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--port", type=port_number, default=0, help="the port, 0-65535 (default 0: a free one)")
     trained_nets.add_trust_option(parser)
     args = parser.parse_args(argv)
-    nets = load_nets(args.runs, args.trust_target)  # a bad run dir or checkpoint: one line, before serving
+    nets = load_nets(args.runs, trained_nets.trust_of(args))  # a bad run dir or checkpoint: one line, before serving
     server = PageServer(nets, args.host, args.port)  # an address it cannot listen on: one line
     host, port = server.address[:2]
     reach = "this machine only" if is_loopback(args.host) else f"open to the network on {host}: anyone who can reach it"

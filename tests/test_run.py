@@ -376,7 +376,7 @@ def test_bf16_mixed_trains_on_the_cpu_and_its_checkpoint_stays_fp32(make_cfg, mn
     assert RunRecord.read(tmp_path / "run").precision == "bf16-mixed"  # the record says what ran
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float32}
-    net = trained.load(str(tmp_path / "run"), [])
+    net = trained.load(str(tmp_path / "run"))
     scored = evaluate.score(net, validate(make_cfg(overrides)).data)
     assert abs(scored["accuracy"] - record.test_acc) <= 3 / scored["images"]
 

@@ -202,6 +202,8 @@ def test_a_race_drops_the_design_worse_by_construction_and_resumes_running_nothi
     from tests.conftest import hydra_command
 
     candidates = tmp_path / "finalists.yaml"
+    # a candidates file is data: the custom classes it names are trusted by name first, as a checkpoint's are
+    monkeypatch.setenv("MNIST_ARCH_TRUST_TARGETS", "tests.nets.RowReader,tests.nets.ConstantScores")
     candidates.write_text("- {name: learns, overrides: [model=custom, model.net._target_=tests.nets.RowReader]}\n"
                           "- {name: constant, overrides: [model=custom, model.net._target_=tests.nets.ConstantScores]}\n")
     study = tmp_path / "study"
@@ -233,6 +235,8 @@ def test_a_confirm_shares_its_runs_between_workers_and_resumes_one_cut_short(mni
     from tests.conftest import hydra_command
 
     candidates = tmp_path / "finalists.yaml"
+    # a candidates file is data: the custom classes it names are trusted by name first, as a checkpoint's are
+    monkeypatch.setenv("MNIST_ARCH_TRUST_TARGETS", "tests.nets.RowReader,tests.nets.ConstantScores")
     candidates.write_text("- {name: learns, overrides: [model=custom, model.net._target_=tests.nets.RowReader]}\n"
                           "- {name: constant, overrides: [model=custom, model.net._target_=tests.nets.ConstantScores]}\n")
     study = tmp_path / "study"
@@ -263,6 +267,7 @@ def test_a_race_of_equals_separates_nothing_and_says_so(mnist_root, tmp_path, mo
     from tests.conftest import hydra_command
 
     candidates = tmp_path / "finalists.yaml"
+    monkeypatch.setenv("MNIST_ARCH_TRUST_TARGETS", "tests.nets.ConstantScores")
     same = "[model=custom, model.net._target_=tests.nets.ConstantScores]"
     candidates.write_text(f"- {{name: one, overrides: {same}}}\n- {{name: other, overrides: {same}}}\n")
     study = tmp_path / "study"
@@ -276,6 +281,21 @@ def test_a_race_of_equals_separates_nothing_and_says_so(mnist_root, tmp_path, mo
     ("- {name: a, overrides: [seed=1]}\n", "a race needs a list of two designs or more"),
     ("- {name: a, overrides: []}\n- {name: a, overrides: []}\n", "two designs share a name (a, a)"),
     ("- {name: ../x, overrides: []}\n- {name: b, overrides: []}\n", "entry 0 must be {name:"),
+    # a candidates file is data: its overrides set values only (mnist_arch/config/foreign.py)
+    ("- {name: a, overrides: ['logger.csv.name={_target_: pathlib.Path.write_text, self: x, data: y}']}\n"
+     "- {name: b, overrides: []}\n", "sets logger.csv.name, which names code or a place to write"),
+    ("- {name: a, overrides: [hydra.run.dir=/tmp/elsewhere]}\n- {name: b, overrides: []}\n",
+     "sets hydra.run.dir, which names code or a place to write"),
+    ("- {name: a, overrides: ['optimizer.lr=${oc.env:AWS_SECRET_ACCESS_KEY}']}\n- {name: b, overrides: []}\n",
+     "holds an interpolation"),
+    ("- {name: a, overrides: ['model.net.stages=[[4],{_target_: os.system}]']}\n- {name: b, overrides: []}\n",
+     "or a _target_, which a value from a file may not"),
+    ("- {name: a, overrides: [+trainer.default_root_dir=/tmp]}\n- {name: b, overrides: []}\n",
+     "adds or deletes a key"),
+    ("- {name: a, overrides: [model=custom, model.net._target_=os.system]}\n- {name: b, overrides: []}\n",
+     "names a class to import; trust it by name first (MNIST_ARCH_TRUST_TARGETS=os.system"),
+    ("- {name: a, overrides: [data.root=/etc]}\n- {name: b, overrides: []}\n", "sets data.root"),
+    ("- {name: a, overrides: ['seed=choice(1,2)']}\n- {name: b, overrides: []}\n", "is a sweep"),
 ])
 def test_bad_race_candidates_are_one_line(tmp_path, text, message):
     from mnist_arch.search import race

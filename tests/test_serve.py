@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from mnist_arch import predict
 from mnist_arch import serve as serve_command
 from mnist_arch.inference import serve
+from mnist_arch.inference.trained import Trust
 from mnist_arch.train import job as training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def two_runs(tmp_path_factory, make_cfg):
 
 @pytest.fixture
 def server(two_runs):
-    nets = serve.load_nets([str(p) for p in two_runs], [])
+    nets = serve.load_nets([str(p) for p in two_runs], Trust())
     running = serve.PageServer(nets)
     thread = threading.Thread(target=running.serve_forever, daemon=True)
     thread.start()
@@ -182,7 +183,7 @@ def test_slow_clients_are_dropped_and_a_broken_pipe_is_no_traceback(two_runs, tm
 
     monkeypatch.setitem(serve.WAITRESS, "channel_timeout", 1)
     monkeypatch.setitem(serve.WAITRESS, "cleanup_interval", 1)
-    running = serve.PageServer(serve.load_nets([str(two_runs[0])], []))
+    running = serve.PageServer(serve.load_nets([str(two_runs[0])], Trust()))
     threading.Thread(target=running.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{running.address[1]}"
     try:
@@ -210,7 +211,7 @@ def test_past_the_queue_a_prediction_gets_503(two_runs, tmp_path, monkeypatch):
     release = threading.Event()
     real_answer = serve.answer
     monkeypatch.setattr(serve, "answer", lambda *args: (release.wait(30), real_answer(*args))[1])
-    running = serve.PageServer(serve.load_nets([str(two_runs[0])], []))
+    running = serve.PageServer(serve.load_nets([str(two_runs[0])], Trust()))
     threading.Thread(target=running.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{running.address[1]}"
     picture = _seven(tmp_path / "seven.png").read_bytes()
@@ -352,7 +353,7 @@ def test_drawing_in_a_real_browser_shows_what_predict_answers(server, two_runs, 
                                                  "IDX file")
         if os.environ.get("MNIST_ARCH_SCREENSHOT"):  # the README's picture: of the runs named, else of these
             runs = os.environ.get("MNIST_ARCH_SCREENSHOT_RUNS", os.pathsep.join(map(str, two_runs)))
-            shown = serve.PageServer(serve.load_nets(runs.split(os.pathsep), []))
+            shown = serve.PageServer(serve.load_nets(runs.split(os.pathsep), Trust()))
             threading.Thread(target=shown.serve_forever, daemon=True).start()
             page.goto(f"http://127.0.0.1:{shown.address[1]}")
             page.wait_for_selector(".net .layer")

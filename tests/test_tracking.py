@@ -1,5 +1,5 @@
-"""logger=mlflow against a real tracking server (started here on a free loopback port, SQLite backend, local
-artifact root) and read back with MlflowClient; a local store for a multirun; bad tracker input in one line."""
+"""logger=mlflow against a real tracking server (started here on a free loopback port, SQLite backend, artifacts
+served by it) and read back with MlflowClient; a local store for a multirun; bad tracker input in one line."""
 import os
 import socket
 import subprocess
@@ -31,7 +31,9 @@ def server(tmp_path_factory):
     uri = f"http://127.0.0.1:{port}"
     process = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                                 "--backend-store-uri", f"sqlite:///{folder / 'db.sqlite'}",
-                                "--default-artifact-root", (folder / "artifacts").as_uri(), "--workers", "1"],
+                                # the server keeps the artifacts (mlflow-artifacts:/): a remote server may not have the
+                                # client write into its own files (mnist_arch/results/tracking.py)
+                                "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -69,6 +71,18 @@ def test_a_run_logs_params_every_epochs_metrics_tags_and_artifacts_to_a_server(m
     assert {"summary.json", "layers.txt", "config.yaml", "plots", "checkpoints"} <= artifacts
     assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")] == ["checkpoints/last.ckpt"]
     assert (tmp_path / "run" / "tensorboard").is_dir()  # both loggers
+
+
+def test_a_server_that_points_artifacts_at_local_files_is_refused(make_cfg, mnist_root, tmp_path, server):
+    from mlflow.tracking import MlflowClient
+
+    elsewhere = tmp_path / "elsewhere"
+    MlflowClient(server).create_experiment("hostile", artifact_location=elsewhere.as_uri())
+    overrides = fast_overrides(mnist_root) + ["logger=mlflow", f"logger.mlflow.tracking_uri={server}",
+                                              "logger.mlflow.experiment_name=hostile"]
+    with pytest.raises(ConfigError, match=r"sends artifacts to 'file:.*', a place on this machine"):
+        training.train(make_cfg(overrides), tmp_path / "run")
+    assert not elsewhere.exists() and not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_a_three_job_multirun_is_three_runs_of_one_sweep(mnist_root, tmp_path, monkeypatch):

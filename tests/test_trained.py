@@ -182,7 +182,8 @@ def test_onnx_export_matches_the_net(trained_run, tmp_path, capsys):
 
 def test_a_pt2_export_matches_the_net_and_evaluate_and_predict_read_it(trained_run, tmp_path, capsys):
     """export --format pt2: a torch.export program with a free batch size, checked against the net; evaluate and
-    predict take the .pt2 as they take a checkpoint, with the same accuracy."""
+    predict take the .pt2, trusted by the sha256 export printed, with the same accuracy (tests/test_programs.py:
+    an untrusted or hostile one)."""
     import numpy as np
 
     from mnist_arch import predict
@@ -192,16 +193,18 @@ def test_a_pt2_export_matches_the_net_and_evaluate_and_predict_read_it(trained_r
         export.main([str(tmp / "run"), "--format", "pt2", "--out", str(tmp_path / "net.pt2")])
     out = capsys.readouterr().out
     assert done.value.code == 0 and "pt2, max |exported - pytorch|" in out and "within 0.0001" in out
+    digest = re.search(r"--trust-program ([0-9a-f]{64})", out).group(1)
     program = torch.export.load(str(tmp_path / "net.pt2")).module()
     assert program(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
-    evaluate.main([str(tmp_path / "net.pt2"), f"data.root={tmp / 'data'}"])
+    evaluate.main([str(tmp_path / "net.pt2"), f"data.root={tmp / 'data'}", "--trust-program", digest])
     result = json.loads((tmp_path / "evaluate.json").read_text())
     assert result["accuracy"] == pytest.approx(record.test_acc, abs=1e-6) and result["model"] == "net"
     images = synthetic_split(3, 7)[0]
     np.save(tmp_path / "digits.npy", images)
     capsys.readouterr()
     with pytest.raises(SystemExit) as done:
-        predict.main([str(tmp_path / "net.pt2"), str(tmp_path / "digits.npy")])
+        predict.main([str(tmp_path / "net.pt2"), str(tmp_path / "digits.npy"), "--trust-program",
+                      str(tmp_path / "net.pt2")])
     assert done.value.code == 0 and capsys.readouterr().out.count("digits.npy[") == 3
 
 
@@ -226,15 +229,16 @@ def _rewritten(source, target, change):
      "refused: a shape expression"),
     (lambda n, b: b[:40] if n.endswith("model.json") else b, "not a readable .pt2 (JSONDecodeError"),
 ])
-def test_a_pt2_from_elsewhere_is_read_as_data(trained_run, tmp_path, capsys, change, message):
-    """What torch.export.load would run or unpickle (guards code, any torch attribute as a node's target, pickled
-    weights, shape strings through sympify) is refused before it sees the file; nothing is executed."""
+def test_a_trusted_pt2_is_still_refused_what_torch_would_unpickle_or_evaluate(trained_run, tmp_path, capsys, change,
+                                                                              message):
+    """Trusted by its digest, an edited .pt2 is still checked before torch.export.load sees it: guards code, any
+    torch attribute as a node's target, pickled weights, shape strings through sympify are refused in one line."""
     tmp, _ = trained_run
     with pytest.raises(SystemExit):
         export.main([str(tmp / "run"), "--format", "pt2", "--out", str(tmp_path / "good.pt2")])
     bad = _rewritten(tmp_path / "good.pt2", tmp_path / "bad.pt2", change)
     with pytest.raises(SystemExit) as done:
-        evaluate.main([str(bad)])
+        evaluate.main([str(bad), "--trust-program", str(bad)])
     err = capsys.readouterr().err
     assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
@@ -280,7 +284,8 @@ def test_an_export_off_beyond_its_tolerance_exits_1(trained_run, tmp_path, capsy
     """The check is real: an exported file whose logits drift past the tolerance fails the command."""
     tmp, _ = trained_run
     suffix, write, run_file = export.FORMATS["torchscript"]
-    monkeypatch.setitem(export.FORMATS, "torchscript", (suffix, write, lambda path, x: run_file(path, x) + 1e-3))
+    monkeypatch.setitem(export.FORMATS, "torchscript", (suffix, write,
+                                                        lambda path, x, digest: run_file(path, x, digest) + 1e-3))
     with pytest.raises(SystemExit) as done:
         export.main([str(tmp / "run"), "--format", "torchscript", "--out", str(tmp_path / "net.pt")])
     assert done.value.code == 1 and "(OVER 0.0001)" in capsys.readouterr().out
@@ -307,4 +312,4 @@ def test_a_run_dir_from_elsewhere_cannot_make_evaluate_or_export_write_through_a
     assert done.value.code == 0 and victim.read_text() == "keep me\n"
     assert not (run / "evaluate.json").is_symlink() and json.loads((run / "evaluate.json").read_text())["images"] == N_TEST
     assert not (run / "convnet.pt").is_symlink()
-    assert export_formats.run_torchscript(run / "convnet.pt", torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    assert export_formats.run_torchscript(run / "convnet.pt", torch.zeros(1, 1, 28, 28), "").shape == (1, 10)

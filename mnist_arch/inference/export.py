@@ -1,29 +1,37 @@
 """Ship a trained net: a torch.export program (.pt2), ONNX or TorchScript, checked against the PyTorch net
-before it is called done; and a .pt2 read back as data.
+before it is called done; and a .pt2 read back, when it is trusted.
 
 The command is mnist_arch/export.py (python -m mnist_arch.export); this is what it calls.
 
-A .pt2 from elsewhere is not safe to hand to `torch.export.load` as it is (torch 2.14): it unpickles weights
-and constants marked `use_pickle` (torch.load with weights_only=False, or pickle.loads), retries the sample
-inputs with weights_only=False when the safe load fails, turns the graph's symbolic-shape strings into
-expressions with sympy.sympify (which evaluates Python), keeps `guards_code` (Python source run as guards) and
-resolves a node's target as any attribute path under `torch`, `math` or `operator`. `read_pt2` therefore
-reads the archive's JSON first and refuses, in one line, any of those it would not write itself: a pickled
-payload, a custom or opaque object, sample inputs that need more than weights_only=True, guards code, a shape
-expression beyond symbols, integers and arithmetic, or a node whose target is not an aten/prims op or an
-`operator` function; only then does torch.export.load see it. The checkpoints' limits apply (size on disk,
-zip records and what they declare: mnist_arch/models/build.py).
+A .pt2 is a program, not data. `torch.export.load` unpickles what the archive marks for pickling (under any
+model name), retries legacy weights with weights_only=False, dlopens native code under data/aotinductor/,
+turns shape strings into expressions with sympy (which evaluates Python) and runs whatever aten ops the graph
+names, file-writing ones included. Four allowlists of the archive's contents were each got round (issue
+45), so the rule is trust, as for a checkpoint's custom class: `read_pt2` opens a .pt2 only when the user
+names it, by path or by sha256 (`--trust-program`; `export` prints the sha256 of each .pt2 it writes), and
+refuses any other in one line before torch or zipfile sees the file. The bytes that were hashed are the
+bytes loaded (read once into memory), so the file cannot be swapped in between.
+
+A trusted program is still checked where a mistake costs the machine rather than the user's judgement: the
+checkpoints' limits (size on disk, zip records), a pickled payload or guards code refused, every shape
+expression only symbols, small integers and arithmetic (no powers: `9**9**9` never reaches sympy), every
+integer size in the graph at most MAX_PROGRAM_ELEMENTS before anything runs, and its output on two blank
+digits a (2, 10) tensor of logits.
 """
+import hashlib
 import io
 import json
+import math
 import re
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Collection
 
 import torch
 
 from mnist_arch.errors import BadFile, RunError
+from mnist_arch.files import MAX_CHECKPOINT_BYTES, check_file
 
 TOLERANCE = 1e-4  # max |exported - pytorch| on logits, float32
 CHECK_BATCH = 64
@@ -44,7 +52,7 @@ def export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
     program.save(str(out))
 
 
-def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+def run_onnx(path: Path, x: torch.Tensor, digest: str) -> torch.Tensor:
     try:
         import onnxruntime
     except ImportError as e:
@@ -59,7 +67,7 @@ def export_torchscript(net: torch.nn.Module, example: torch.Tensor, out: Path) -
         torch.jit.trace(net, example).save(str(out))
 
 
-def run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
+def run_torchscript(path: Path, x: torch.Tensor, digest: str) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path))(x)
@@ -74,51 +82,87 @@ def export_pt2(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
     Path(out).write_bytes(buffer.getvalue())
 
 
-def run_pt2(path: Path, x: torch.Tensor) -> torch.Tensor:
-    return read_pt2(path)(x)
+def run_pt2(path: Path, x: torch.Tensor, digest: str) -> torch.Tensor:
+    """The file export just wrote, trusted by the digest of the bytes it wrote."""
+    return read_pt2(path, trust=[digest])(x)
 
 
+TRUST_OPTION = "--trust-program"
+MAX_PROGRAM_ELEMENTS = 1 << 24  # any integer size in a trusted program's graph: 16M elements (64 MB of float32)
 SAFE_TARGET = re.compile(r"(torch\.ops\.(aten|prims)\.\w+\.\w+|_operator\.\w+)")
-SAFE_EXPR = re.compile(r"[\w\s+\-*/%(),=<>.']*")  # symbols, integers, arithmetic: sympy parses, nothing to call
+UNSAFE_TARGET = re.compile(r"torch\.ops\.aten\.from_file\.\w+")  # maps (and writes) any file
+SAFE_EXPR = re.compile(r"[\w\s+\-/%(),=<>.']*")  # symbols, integers, arithmetic; no `*` here (see _check_program)
 SAFE_WORDS = {"Symbol", "Integer", "positive", "integer", "True", "False", "Mod", "FloorDiv", "Max", "Min"}
 
 
-def read_pt2(path: Path) -> torch.nn.Module:
-    """A .pt2 file's program as a module, read as data (see the module's docstring); BadFile, one line."""
-    from mnist_arch.files import check_file
-    from mnist_arch.models.build import MAX_CHECKPOINT_BYTES, check_records
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
+
+def read_pt2(path: Path, trust: Collection[str] = ()) -> torch.nn.Module:
+    """A .pt2 file's program as a module, when `trust` names it (its path or its sha256; see the module's
+    docstring); BadFile, one line, for one that is not trusted or not a program this project would run."""
     path = Path(path)
     check_file(path, "torch.export program (.pt2)", MAX_CHECKPOINT_BYTES)
-    check_records(path)
+    data = path.read_bytes()  # hashed and loaded from these bytes alone
+    digest = sha256(data)
+    named = {str(Path(t).expanduser().resolve()) for t in trust if not _is_digest(t)}
+    if digest not in {t.lower() for t in trust if _is_digest(t)} and str(path.resolve()) not in named:
+        raise BadFile(f"{path}: a .pt2 is a program (torch.export runs the code it holds), read only when you trust "
+                      f"it: add {TRUST_OPTION} {path} if you made it or trust who did (its sha256: {digest})")
+    from mnist_arch.models.build import check_records
+
+    check_records(io.BytesIO(data), path)
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = archive.namelist()
             models = [n for n in names if re.fullmatch(r"[^/]+/models/[^/]+\.json", n)]
             if len(models) != 1:
                 raise BadFile(f"{path}: not a .pt2 of one program ({len(models)} models in it)")
-            root, model = models[0].split("/")[0], Path(models[0]).stem
             _check_program(path, json.loads(archive.read(models[0])))
-            for kind in ("weights", "constants"):
-                config = f"{root}/data/{kind}/model_{kind}_config.json"
-                if config in names:
-                    for key, payload in json.loads(archive.read(config)).get("config", {}).items():
-                        if payload.get("use_pickle") or not str(payload.get("path_name", "")).startswith(
-                                ("weight_", "tensor_")):
-                            raise BadFile(f"{path}: refused: its {kind[:-1]} {key!r} is a pickled Python object, not "
-                                          "a tensor")
-            inputs = f"{root}/data/sample_inputs/{model}.pt"
-            if inputs in names:
-                torch.load(io.BytesIO(archive.read(inputs)), weights_only=True)  # never the unsafe retry
+            for name in names:
+                if re.fullmatch(r"[^/]+/data/(weights|constants)/[^/]+_config\.json", name):
+                    _check_payloads(path, json.loads(archive.read(name)))
+                elif re.search(r"/data/aotinductor/|\.(so|dll|dylib)$", name):
+                    raise BadFile(f"{path}: refused: it carries native code ({name[:80]})")
+                elif re.fullmatch(r"[^/]+/data/(weights|constants)/[^/]+\.pt", name):
+                    raise BadFile(f"{path}: refused: a legacy pickled record ({name[:80]}), which torch would "
+                                  "unpickle unsafely")
+                elif re.fullmatch(r"[^/]+/data/sample_inputs/[^/]+\.pt", name):  # torch retries these unsafely
+                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
     except BadFile:
         raise
-    except Exception as e:  # noqa: BLE001 - not a zip, bad JSON, a pickled object in the sample inputs: one line
-        raise BadFile(f"{path}: not a readable .pt2 ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # noqa: BLE001 - not a zip, bad JSON: one line
+        raise BadFile(f"{path}: not a readable .pt2 ({type(e).__name__}: {_first_line(e)})") from None
     try:
-        return torch.export.load(str(path)).module()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on the archive's versions: nothing a user can act on
+            net = torch.export.load(io.BytesIO(data)).module()
+        with torch.no_grad():
+            out = net(torch.zeros(2, 1, 28, 28))
     except Exception as e:  # noqa: BLE001
-        raise BadFile(f"{path}: torch.export could not load it ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:200]})") from None
+        raise BadFile(f"{path}: torch.export could not load and run it ({type(e).__name__}: {_first_line(e)})") \
+            from None
+    if not (isinstance(out, torch.Tensor) and tuple(out.shape) == (2, 10) and out.is_floating_point()):
+        what = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BadFile(f"{path}: its program gives {what} for 2 digits, not (2, 10) logits")
+    return net
+
+
+def _is_digest(text: str) -> bool:
+    return bool(re.fullmatch(r"[0-9a-fA-F]{64}", text))
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [""])[0][:200]
+
+
+def _check_payloads(path: Path, config: dict) -> None:
+    """A weights or constants config: every payload a raw tensor file, none pickled."""
+    for key, payload in (config.get("config") or {}).items():
+        if not isinstance(payload, dict) or payload.get("use_pickle") or not re.fullmatch(
+                r"(weight|tensor)_\d+", str(payload.get("path_name", ""))):
+            raise BadFile(f"{path}: refused: its payload {str(key)[:60]!r} is a pickled Python object, not a tensor")
 
 
 def _check_program(path: Path, program: dict) -> None:
@@ -128,12 +172,38 @@ def _check_program(path: Path, program: dict) -> None:
     if graph.get("custom_obj_values"):
         raise BadFile(f"{path}: refused: it holds custom objects, not only tensors")
     for node in graph["nodes"]:
-        if not SAFE_TARGET.fullmatch(str(node.get("target", ""))):
-            raise BadFile(f"{path}: refused: a node calls {str(node.get('target'))[:80]!r}, not an aten op")
-    for expr in re.findall(r'"expr_str":\s*"((?:[^"\\]|\\.)*)"', json.dumps(program)):
+        target = str(node.get("target", ""))
+        if not SAFE_TARGET.fullmatch(target) or UNSAFE_TARGET.fullmatch(target):
+            raise BadFile(f"{path}: refused: a node calls {target[:80]!r}, not an aten op this project runs")
+    text = json.dumps(program)
+    for expr in re.findall(r'"expr_str":\s*"((?:[^"\\]|\\.)*)"', text):
         words = set(re.findall(r"[A-Za-z_]\w*", expr)) - SAFE_WORDS
-        if not SAFE_EXPR.fullmatch(expr) or any(not re.fullmatch(r"[su]\d+", w) for w in words):
+        # a product is written `a*b`; a power `**` is refused, and so is any integer of over 12 digits: sympy
+        # would evaluate 9**9**9 for ever
+        if not SAFE_EXPR.fullmatch(expr.replace("*", "")) or "**" in expr or re.search(r"\d{13}", expr) \
+                or any(not re.fullmatch(r"[su]\d+", w) for w in words) or len(expr) > 500:
             raise BadFile(f"{path}: refused: a shape expression {expr[:60]!r} is more than symbols and arithmetic")
+    for size in _sizes(program):
+        if size > MAX_PROGRAM_ELEMENTS:
+            raise BadFile(f"{path}: refused: it asks for a size of {size:,} elements, over the "
+                          f"{MAX_PROGRAM_ELEMENTS:,} a program from a file may use")
+
+
+def _sizes(node, depth: int = 0):
+    """Every integer size the program names (as_int, and the product of each as_ints list), before it runs."""
+    if depth > 64:
+        raise BadFile("a .pt2 nested deeper than a program is")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "as_int" and isinstance(value, int):
+                yield abs(value)
+            elif key == "as_ints" and isinstance(value, list):
+                yield math.prod(abs(v) for v in value if isinstance(v, int))
+            else:
+                yield from _sizes(value, depth + 1)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _sizes(value, depth + 1)
 
 
 def why_not_exported(e: Exception) -> str:

@@ -53,9 +53,9 @@ class Net:
     lock: threading.Lock
 
 
-def load_nets(paths: List[str], trust: List[str]) -> List[Net]:
+def load_nets(paths: List[str], trust) -> List[Net]:
     """Each run dir or checkpoint's net, with its conv layers' rows of the layer table; BadFile (one line)
-    for one that cannot be used."""
+    for one that cannot be used. `trust`: mnist_arch.inference.trained.Trust."""
     from torch import nn
 
     from mnist_arch.inference import trained as trained_nets

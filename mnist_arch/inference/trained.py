@@ -4,8 +4,8 @@ A run dir gives the checkpoint its test scored (`checkpoints/best.ckpt` when sum
 weights were tested, else `checkpoints/last.ckpt`); a `.ckpt` file is taken as it is. The net is rebuilt
 from the checkpoint alone (`net_from_checkpoint`: read as data, registered nets only unless a custom class
 is trusted by name; mnist_arch/models/build.py). A `.pt2` file (`export --format pt2`) is a torch.export
-program, read as data too (mnist_arch/inference/export.py, `read_pt2`): evaluate and predict take it as they
-take a checkpoint.
+program: code, so evaluate, predict and serve run it only when the user names it with --trust-program (its
+path or sha256; mnist_arch/inference/export.py, `read_pt2`).
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from torch import nn
 
 from mnist_arch.data.device_loader import MEAN, STD
 from mnist_arch.errors import BadFile
+from mnist_arch.inference.export import TRUST_OPTION, read_pt2
 from mnist_arch.models import TRUST_ENV, net_from_checkpoint
 from mnist_arch.results.record import FILE_NAME, RunRecord
 
@@ -43,12 +44,27 @@ class Trained:
         return torch.cat([self.net(x[i:i + batch_size]).softmax(dim=1) for i in range(0, len(x), batch_size)])
 
 
+@dataclass(frozen=True)
+class Trust:
+    """What the user said may run: custom net classes a checkpoint may name, .pt2 programs (paths or sha256s)."""
+
+    targets: Collection[str] = ()
+    programs: Collection[str] = ()
+
+
 def add_trust_option(parser) -> None:
-    """`--trust-target CLASS` on a command that loads a checkpoint (mnist_arch/models/build.py, "What is
-    trusted"): args.trust_target is the list of classes named."""
+    """`--trust-target CLASS` and `--trust-program FILE|SHA256` on a command that loads a trained net
+    (docs/trust.md); `trust_of(args)` reads them back."""
     parser.add_argument("--trust-target", action="append", default=[], metavar="CLASS",
                         help=f"a custom net class the checkpoint may name (repeatable; or {TRUST_ENV}=a.B,c.D); "
                              "without it only registered nets are built from a checkpoint")
+    parser.add_argument(TRUST_OPTION, action="append", default=[], metavar="FILE|SHA256",
+                        help="a .pt2 program you trust to run, by its path or its sha256 (repeatable; export prints "
+                             "the sha256 of what it writes); without it a .pt2 is refused unopened")
+
+
+def trust_of(args) -> Trust:
+    return Trust(args.trust_target, args.trust_program)
 
 
 def checkpoint_of(path: Union[str, Path]) -> Path:
@@ -71,16 +87,14 @@ def checkpoint_of(path: Union[str, Path]) -> Path:
     return found
 
 
-def load(path: Union[str, Path], trust: Collection[str] = ()) -> Trained:
-    """The trained net of a run dir, .ckpt or .pt2 file; `trust`: custom classes its checkpoint may name."""
+def load(path: Union[str, Path], trust: Trust = Trust()) -> Trained:
+    """The trained net of a run dir, .ckpt or .pt2 file; `trust`: what the user allows to run (see Trust)."""
     if Path(path).suffix == ".pt2" and not Path(path).is_dir():
-        from mnist_arch.inference.export import read_pt2
-
         if not Path(path).exists():
             raise BadFile(f"{path}: no such run dir or checkpoint file")
-        net = read_pt2(Path(path))
+        net = read_pt2(Path(path), trust.programs)
         return Trained(net, {"net_spec": {"name": Path(path).stem, "exported": "pt2"}}, Path(path), None)
     ckpt = checkpoint_of(path)
-    net, checkpoint = net_from_checkpoint(ckpt, trust)
+    net, checkpoint = net_from_checkpoint(ckpt, trust.targets)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
     return Trained(net, checkpoint, ckpt, run_dir)

@@ -13,13 +13,14 @@ registered architectures and presets are built from its spec, and a custom class
 before anything is imported, unless you name that class yourself: `--trust-target pkg.nets.Tiny` on the
 command, or MNIST_ARCH_TRUST_TARGETS=pkg.nets.Tiny,other.Net in the environment.
 """
+import contextlib
 import os
 import pickle
 import re
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Collection, Dict, Optional, Tuple, Union
+from typing import Any, BinaryIO, Collection, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -112,11 +113,13 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     return checkpoint
 
 
-def check_records(path: Union[str, Path]) -> None:
+def check_records(source: Union[str, Path, BinaryIO], path: Union[str, Path, None] = None) -> None:
     """A checkpoint is the zip archive torch.save writes; what its records declare they hold (what torch.load
     allocates for them) is judged before it is read: BadFile for anything else, or for more than the limits.
-    torch.load's reader refuses a record that expands past its declared size."""
-    count, directory = zip_directory(path)
+    torch.load's reader refuses a record that expands past its declared size. `source`: the file, or its bytes
+    already read (then `path` names it in the message)."""
+    path = source if path is None else path
+    count, directory = zip_directory(source)
     if count is None:
         raise BadFile(f"{path}: not a checkpoint: it has no zip directory (truncated, or not the zip archive torch.save "
                       "writes)")
@@ -124,7 +127,9 @@ def check_records(path: Union[str, Path]) -> None:
         raise BadFile(f"{path}: a zip archive of {count:,} records ({directory:,} bytes of directory), over the "
                       f"{MAX_RECORDS:,} a checkpoint may hold")
     try:
-        with zipfile.ZipFile(path) as archive:
+        if not isinstance(source, (str, Path)):
+            source.seek(0)
+        with zipfile.ZipFile(source) as archive:
             records = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise BadFile(f"{path}: not a checkpoint: a damaged zip archive ({e})") from None
@@ -138,10 +143,10 @@ def check_records(path: Union[str, Path]) -> None:
                       "MiB a checkpoint's structure may be (its tensors are records of their own)")
 
 
-def zip_directory(path: Union[str, Path]) -> Tuple[Optional[int], int]:
+def zip_directory(source: Union[str, Path, BinaryIO]) -> Tuple[Optional[int], int]:
     """(records, bytes of central directory) from a zip file's end records (zip64 where it has them), read
     before zipfile parses the directory into memory; (None, 0) when it has none (not a zip file)."""
-    with open(path, "rb") as f:
+    with (open(source, "rb") if isinstance(source, (str, Path)) else contextlib.nullcontext(source)) as f:
         size = f.seek(0, os.SEEK_END)
         f.seek(max(0, size - (1 << 16) - 22))  # the end record, behind a comment of up to 64 KiB
         tail = f.read()

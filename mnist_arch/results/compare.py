@@ -16,6 +16,8 @@ Koehn 2004, "Statistical significance tests for machine translation evaluation",
 too, as Bouthillier et al. 2021, "Accounting for variance in machine learning benchmarks", ask). The data
 separate A and B when the CI excludes zero.
 """
+import math
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -29,6 +31,8 @@ FILE_NAME = "predictions.npz"
 RESAMPLES = 4000
 BOOTSTRAP_SEED = 0  # the same data give the same interval, every time
 MAX_PREDICTIONS_BYTES = 1 << 20  # a run's file is ~10-30 KB; one from elsewhere is read as data, never pickled
+MAX_PREDICTIONS_EXPANDED = 16 << 20  # its arrays inflated: 60k validation + 10k test images are ~0.6 MB
+MAX_PREDICTIONS_RECORDS = 64  # four arrays per split
 
 
 @dataclass
@@ -59,20 +63,53 @@ def save(path: Path, splits: Dict[str, Tuple[str, np.ndarray, np.ndarray, np.nda
 
 
 def load(path: Path, seed: Optional[int] = None) -> Predictions:
-    """A run's predictions.npz, read as data (allow_pickle=False): every split's four arrays, of one length."""
+    """A run's predictions.npz, read as data: every split's four arrays, of one length. What it expands to is
+    judged before it is read (the zip's records and each array's header: MAX_PREDICTIONS_EXPANDED in all, plain
+    numbers and one string per split, never a pickled or structured array)."""
     check_file(path, FILE_NAME, MAX_PREDICTIONS_BYTES)
     splits = {}
     try:
-        with np.load(path, allow_pickle=False) as data:
-            for split in sorted({key.rsplit("_", 1)[0] for key in data.files}):
-                source, index, label, predicted = (data[f"{split}_{part}"] for part in
-                                                   ("source", "index", "label", "predicted"))
-                if not (index.ndim == label.ndim == predicted.ndim == 1 and len(index) == len(label) == len(predicted)):
-                    raise ValueError(f"the {split} arrays differ in length")
-                splits[split] = (str(source), index, label, predicted)
-    except (OSError, ValueError, KeyError) as e:
-        raise BadFile(f"{path}: not a run's {FILE_NAME} ({str(e).splitlines()[0]})") from None
+        arrays = _arrays(path)
+        for split in sorted({key.rsplit("_", 1)[0] for key in arrays}):
+            source, index, label, predicted = (arrays[f"{split}_{part}"] for part in
+                                               ("source", "index", "label", "predicted"))
+            if not (index.ndim == label.ndim == predicted.ndim == 1 and len(index) == len(label) == len(predicted)):
+                raise ValueError(f"the {split} arrays differ in length")
+            if source.dtype.kind != "U" or source.size != 1 or index.dtype.kind not in "iu" or \
+                    label.dtype.kind not in "iu" or predicted.dtype.kind not in "iu":
+                raise ValueError(f"the {split} arrays are not a source name and three integer arrays")
+            splits[split] = (str(source), index, label, predicted)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise BadFile(f"{path}: not a run's {FILE_NAME} ({(str(e).splitlines() or [type(e).__name__])[0][:200]})") \
+            from None
     return Predictions(seed, splits)
+
+
+def _arrays(path: Path) -> Dict[str, np.ndarray]:
+    """The .npz's arrays, each checked from its zip record and its .npy header before it is read."""
+    arrays, total = {}, 0
+    with zipfile.ZipFile(path) as archive:
+        records = archive.infolist()
+        if len(records) > MAX_PREDICTIONS_RECORDS:
+            raise ValueError(f"{len(records)} records, over the {MAX_PREDICTIONS_RECORDS} it may hold")
+        for record in records:
+            total += record.file_size  # zipfile never inflates a record past its declared size
+            if total > MAX_PREDICTIONS_EXPANDED or not record.filename.endswith(".npy"):
+                raise ValueError(f"{record.filename[:60]!r}: more than the {MAX_PREDICTIONS_EXPANDED >> 20} MiB of .npy "
+                                 "arrays a run's predictions expand to")
+            with archive.open(record) as f:
+                version = np.lib.format.read_magic(f)
+                header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in header:
+                    raise ValueError(f"{record.filename[:60]!r}: .npy format {version}, not 1.0 or 2.0")
+                shape, fortran, dtype = header[version](f)
+                if dtype.hasobject or dtype.fields is not None or dtype.kind not in "iuU":
+                    raise ValueError(f"{record.filename[:60]!r}: an array of {dtype}, not plain integers or text")
+                if math.prod(shape) * dtype.itemsize > record.file_size:
+                    raise ValueError(f"{record.filename[:60]!r}: its header declares {shape}, more than the record holds")
+            with archive.open(record) as f:
+                arrays[record.filename[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
+    return arrays
 
 
 @dataclass
@@ -138,7 +175,7 @@ def compare(a: Sequence[Predictions], b: Sequence[Predictions], split: str) -> C
         if missing:
             raise ConfigError(f"{name}'s run(s) of seed {', '.join(map(str, missing))} kept no {split} predictions "
                               f"(the test split exists only where the run tested; try --split val)")
-    a, b = sorted(a, key=lambda r: (r.seed is None, r.seed)), sorted(b, key=lambda r: (r.seed is None, r.seed))
+    a, b = sorted(a, key=lambda r: (r.seed is None, r.seed or 0)), sorted(b, key=lambda r: (r.seed is None, r.seed or 0))
     if len(a) != len(b):
         raise ConfigError(f"A has {len(a)} run(s), B {len(b)}: a paired comparison needs as many runs on each "
                           "side (the same seeds, ideally)")
@@ -177,7 +214,7 @@ def runs_of(records, partial_folds: bool = False) -> Tuple[List[Predictions], Li
             continue
         by_seed.setdefault(record.seed, []).append((record, kept))
     runs = []
-    for seed, members in sorted(by_seed.items(), key=lambda item: (item[0] is None, item[0])):
+    for seed, members in sorted(by_seed.items(), key=lambda item: (item[0] is None, item[0] or 0)):
         folds = {record.folds for record, _ in members}
         if folds == {None}:
             runs += [kept for _, kept in members]

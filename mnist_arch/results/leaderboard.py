@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from hydra.experimental.callback import Callback
 
 from mnist_arch.config.schema import override_pairs
+from mnist_arch.errors import printable
 from mnist_arch.files import replacing, write_atomic
 from mnist_arch.results import compare
 from mnist_arch.results.record import FILE_NAME, RunRecord
@@ -72,7 +73,7 @@ def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any
             "model": model, "params": jobs[0].params, "macs": jobs[0].macs_per_image,
             "train_seconds": mean_std([sum(j.epoch_time_s) for j in jobs])[0], "run_dirs": [j.run_dir for j in jobs],
             "setting": dict(zip(differing, values)),
-            "seeds": sorted({j.seed for j in jobs}) if folds else sorted(j.seed for j in jobs), "folds": folds,
+            "seeds": sorted({j.seed for j in jobs} if folds else [j.seed for j in jobs], key=seed_order), "folds": folds,
             "best": mean_std(best) if not folds else (None, None), "final": mean_std(final),
             "final_ci": compare.interval(correct) if correct is not None else None,
             "test": mean_std(test), "target": (len(hits), len(jobs), hits), "target_acc": jobs[0].target_acc,
@@ -82,6 +83,11 @@ def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any
         })
     rows.sort(key=lambda r: -(r["best"][0] if r["best"][0] is not None else -1))
     return differing, rows, failed
+
+
+def seed_order(seed: Optional[int]) -> Tuple[bool, int]:
+    """Seeds in order, a run without one (seed=null: drawn at random) last."""
+    return seed is None, seed or 0
 
 
 def mean_std(values: List[float]) -> Tuple[Optional[float], Optional[float]]:
@@ -217,12 +223,13 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
         if ymin is not None and 100 * mean < ymin:
             ax.plot(params, ymin, "v", markersize=7, clip_on=False)
             ax.annotate(f"{label} (n={n}): {100 * mean:.2f}% ± {100 * std:.2f}, below the axis", (params, ymin),
-                        textcoords="offset points", xytext=(-60, 8), fontsize=7)
+                        textcoords="offset points", xytext=(-60, 8), fontsize=7, parse_math=False)
             continue
         ax.errorbar(params, 100 * mean, yerr=100 * std, fmt="o", capsize=3, markersize=4)
         if not crowded or (params, 100 * mean) in front:
+            # a label is a name from a record: text, never mathtext ("$\\frac{$" would not parse)
             ax.annotate(f"{label} (n={n})", (params, 100 * mean), textcoords="offset points", xytext=(5, 4),
-                        fontsize=7)
+                        fontsize=7, parse_math=False)
     if len(front) > 1:
         ax.plot(*zip(*front), "-", color="gray", linewidth=1, alpha=0.6, label="Pareto front")
     for limit in sorted({r[limit_key] for r in rows if limit_key and r.get(limit_key)}):
@@ -257,6 +264,6 @@ class Leaderboard(Callback):
         if not sweep_dir.is_dir():
             return
         text, failed = write(sweep_dir)
-        print(f"\nleaderboard ({sweep_dir / 'leaderboard.md'}):\n{text}")
+        print(f"\nleaderboard ({sweep_dir / 'leaderboard.md'}):\n{printable(text)}")
         if failed:
             sys.exit(f"{len(failed)} job(s) of the sweep did not complete (see the leaderboard)")

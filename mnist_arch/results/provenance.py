@@ -1,9 +1,17 @@
 """Where a result came from: the code's commit (and its uncommitted diff), library versions, device,
-and the command-line overrides, so every summary.json can be traced and re-run."""
+and the command-line overrides, so every summary.json can be traced and re-run.
+
+What a record keeps is what was written, never a secret it reached: an interpolation that calls a resolver
+(`${oc.env:TOKEN}` reads the environment) is kept as written in the overrides, config.yaml and every tracker,
+and so is any value that refers to one; a password in a URL (`https://user:pass@host`) is masked.
+"""
 import platform
+import re
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+from mnist_arch.errors import redact
 
 PACKAGES = ["mnist-arch", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core"]
 DIFF_FILE = "git.diff"  # in the run dir, when the checkout had uncommitted changes
@@ -30,8 +38,10 @@ def git_state(run_dir: Optional[Path] = None, repo: Path = HERE) -> Tuple[Option
         return commit, None
     if run_dir is None:
         return commit + "-dirty", None
+    from mnist_arch.files import write_atomic
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / DIFF_FILE).write_text(diff)
+    write_atomic(run_dir / DIFF_FILE, diff)
     return commit + "-dirty", DIFF_FILE
 
 
@@ -56,7 +66,55 @@ def device_name(device) -> str:
 
 
 def overrides() -> List[str]:
-    """The command line's overrides of this Hydra job; [] outside Hydra (tests, notebooks)."""
+    """The command line's overrides of this Hydra job as written (unresolved, passwords masked); [] outside
+    Hydra (tests, notebooks)."""
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    if not HydraConfig.initialized():
+        return []
+    return [redact(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]
+
+
+RESOLVER_CALL = re.compile(r"\$\{\s*[\w.]+\s*:")  # ${name:...}: a resolver (oc.env, oc.decode, ...), not a key
+REFERENCE = re.compile(r"\$\{\s*([^${}:]+?)\s*\}")  # ${a.b}: another key's value
+
+
+def recorded(cfg) -> Dict[str, Any]:
+    """The config as a record keeps it (config.yaml, a tracker's params): resolved, but a value whose
+    interpolation calls a resolver, itself or through the keys it refers to, is kept as written, and every
+    URL's password is masked."""
+    from omegaconf import OmegaConf
+
+    raw = dict(_leaves(OmegaConf.to_container(cfg, resolve=False)))
+
+    def as_written(key: str, depth: int = 0) -> bool:
+        value = raw.get(key)
+        if not isinstance(value, str) or "${" not in value:
+            return False
+        if RESOLVER_CALL.search(value) or depth > 20:
+            return True
+        # a reference to a key that is not a leaf here (relative, or a whole group) is kept as written too
+        return any(ref not in raw or as_written(ref, depth + 1) for ref in REFERENCE.findall(value))
+
+    def rebuild(node, path=()):
+        if isinstance(node, dict):
+            return {k: rebuild(v, (*path, str(k))) for k, v in node.items()}
+        if isinstance(node, list):
+            return [rebuild(v, (*path, str(i))) for i, v in enumerate(node)]
+        key = ".".join(path)
+        value = raw[key] if as_written(key) else node
+        return redact(value) if isinstance(value, str) else value
+
+    return rebuild(OmegaConf.to_container(cfg, resolve=True))
+
+
+def _leaves(node, path=()):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, (*path, str(key)))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _leaves(value, (*path, str(i)))
+    else:
+        yield ".".join(path), node

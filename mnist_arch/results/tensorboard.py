@@ -2,6 +2,7 @@
 (GRAPHS) and one HPARAMS row with the recipe and the results, read from the run record."""
 import logging
 import warnings
+from typing import Any, Dict
 
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -26,18 +27,20 @@ def add_model(logger: TensorBoardLogger, net: torch.nn.Module, layers: str, grap
         log.warning("TensorBoard graph not written: the net could not be traced (%s: %s)", type(e).__name__, e)
 
 
-def add_hparams(logger: TensorBoardLogger, conf, record: RunRecord) -> None:
-    """The HPARAMS tab: one row per run with its recipe and results, so a sweep compares there.
-    Metrics that do not exist (no test, target never reached) are NaN, shown blank/NaN there."""
-    data, opt = conf.data, conf.optimizer
-    aug = {"rotation": data.rotation, "translate": data.translate, "scale": data.scale,
-           "brightness": data.brightness, "contrast": data.contrast, "erasing": data.erasing}
-    hparams = {"model": record.model, "params": record.params, "optimizer": opt.name, "lr": opt.lr,
-               "momentum": opt.momentum if opt.momentum is not None else float("nan"),
-               "weight_decay": opt.weight_decay, "scheduler": conf.scheduler.name, "batch_size": data.batch_size,
-               "max_epochs": conf.trainer.max_epochs,
-               "augmentation": ", ".join(f"{k} {v:g}" for k, v in aug.items() if v) or "none",
-               "val_split": data.val, "seed": record.seed, "status": record.status}
+def add_hparams(logger: TensorBoardLogger, config: Dict[str, Any], record: RunRecord) -> None:
+    """The HPARAMS tab: one row per run with its recipe and results, so a sweep compares there. `config`: the
+    config as recorded (mnist_arch/results/provenance.py: an interpolation that reads the environment as
+    written, never its value). Metrics that do not exist (no test, target never reached) are NaN, shown
+    blank/NaN there."""
+    data, opt = config["data"], config["optimizer"]
+    aug = {key: data[key] for key in ("rotation", "translate", "scale", "brightness", "contrast", "erasing")}
+    hparams = {"model": record.model, "params": record.params, "optimizer": opt["name"], "lr": opt["lr"],
+               "momentum": opt["momentum"] if opt.get("momentum") is not None else float("nan"),
+               "weight_decay": opt["weight_decay"], "scheduler": config["scheduler"]["name"],
+               "batch_size": data["batch_size"], "max_epochs": config["trainer"]["max_epochs"],
+               "augmentation": ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                                         for k, v in aug.items() if v) or "none",
+               "val_split": data["val"], "seed": record.seed, "status": record.status}
     metrics = {"hp/best_val_acc": record.best_val_acc, "hp/final_val_acc": record.final_val_acc,
                "hp/target_epoch": record.target_epoch, "hp/test_acc": record.test_acc,
                "hp/epochs_run": record.epochs_run}

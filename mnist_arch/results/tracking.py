@@ -12,6 +12,11 @@ W&B (`logger=wandb`, conf/logger/wandb.yaml) is offline by default: the run is w
 <run dir>/wandb/offline-run-*, nothing leaves the machine, and `wandb sync <that folder>` uploads it later;
 `logger.wandb.offline=false` logs online (after `wandb login`), its start bounded by WANDB_INIT_TIMEOUT (30 s
 unless set). The W&B group is the sweep or study, the setting and seed are in the run's config.
+
+What reaches a tracker is what config.yaml records (mnist_arch/results/provenance.py, `recorded`): a
+`${oc.env:...}` as written, never its value; a URL's password masked, in params and in every message. A
+remote (http/https) tracking server may not send the run's artifacts to a `file:` location: that would have
+this machine write where the server says, so it is refused in one line before training.
 """
 import os
 import urllib.error
@@ -19,7 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from mnist_arch.errors import ConfigError
+from mnist_arch.errors import ConfigError, redact
+from mnist_arch.results.provenance import recorded
 
 LOCAL_STORE = Path("outputs") / "mlflow.db"
 REACH_TIMEOUT_S = 10
@@ -69,15 +75,38 @@ def check_reachable(uri: str) -> None:
         e.close()
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise ConfigError(f"logger.mlflow.tracking_uri={uri}: no MLflow server answers there ({reason}); start "
-                          "it, or unset MLFLOW_TRACKING_URI for the local store under outputs/") from None
+        raise ConfigError(f"logger.mlflow.tracking_uri={redact(uri)}: no MLflow server answers there ({reason}); "
+                          "start it, or unset MLFLOW_TRACKING_URI for the local store under outputs/") from None
+
+
+def names_code(value: Any, depth: int = 0) -> bool:
+    """Whether a config value holds a `_target_` key at any depth (what hydra.utils.instantiate would build)."""
+    if depth > 20:
+        return True
+    if isinstance(value, dict):
+        return "_target_" in value or any(names_code(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(names_code(v, depth + 1) for v in value)
+    return False
+
+
+def check_artifact_store(logger) -> None:
+    """A remote MLflow server names where the run's artifacts go; a `file:` (or bare path) location would have
+    this machine write into its own filesystem wherever the server says: refused."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    if not isinstance(logger, MLFlowLogger) or not str(logger._tracking_uri).startswith(("http://", "https://")):
+        return
+    where = logger.experiment.get_run(logger.run_id).info.artifact_uri or ""
+    if where.startswith("file:") or "://" not in where and ":" not in where.split("/")[0]:
+        raise ConfigError(f"logger.mlflow: the tracking server at {redact(logger._tracking_uri)} sends artifacts to "
+                          f"{where[:120]!r}, a place on this machine; a remote server must keep them itself "
+                          "(mlflow server --serve-artifacts)")
 
 
 def log_config(logger, cfg, group: Dict[str, str]) -> None:
-    """The resolved config, flattened to dotted keys, as the run's params (W&B: its config, with the group's keys
-    too, since W&B has one group where MLflow has tags)."""
-    from omegaconf import OmegaConf
-
+    """The config as recorded, flattened to dotted keys, as the run's params (W&B: its config, with the group's
+    keys too, since W&B has one group where MLflow has tags)."""
     def flat(node, prefix=""):
         for key, value in node.items():
             if isinstance(value, dict) and value:
@@ -87,7 +116,7 @@ def log_config(logger, cfg, group: Dict[str, str]) -> None:
 
     from pytorch_lightning.loggers import WandbLogger
 
-    params = dict(flat(OmegaConf.to_container(cfg, resolve=True)))
+    params = dict(flat(recorded(cfg)))
     if isinstance(logger, WandbLogger):
         params.update({f"group.{key}": value for key, value in group.items()})
     logger.log_hyperparams(params)

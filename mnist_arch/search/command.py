@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_arch.cli import command
 from mnist_arch.config import space as search_space
 from mnist_arch.config.schema import Config, ConfigError, SearchConf, load, override_pairs, register_schema
+from mnist_arch.errors import printable
 from mnist_arch.files import write_atomic
 from mnist_arch.search import race
 from mnist_arch.search.objective import base_overrides, confirm, confirm_designs, objective
@@ -78,13 +79,14 @@ def main(cfg: DictConfig) -> None:
         sys.exit(130)
     fail_stale(study)  # a worker killed meanwhile leaves its trial RUNNING: fail it (and queue it again) now
     summary = summarize(study, job)
-    (study_dir / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(study_dir / "study.json", json.dumps(summary, indent=2) + "\n")
     table = front_table(summary)
-    (study_dir / "front.md").write_text(table + "\n")
-    print("\n" + table)
+    write_atomic(study_dir / "front.md", table + "\n")
+    print("\n" + printable(table))
     _plot(study_dir, search)
     if search.race:
-        designs = [race.Design(f"trial{t.number}", tuple(o for o in run_overrides(t) if not o.startswith("seed=")))
+        designs = [race.Design(f"trial{t.number}", tuple(o for o in run_overrides(t, overrides)
+                                                         if not o.startswith("seed=")))
                    for t in front(study, search, best=search.race)]
         if len(designs) < 2:
             raise ConfigError(f"search.race={search.race}: the study holds {len(designs)} complete trial(s); a race "
@@ -93,8 +95,8 @@ def main(cfg: DictConfig) -> None:
         return
     if search.confirm:
         result = confirm(study, job, threads, base.budget.target_acc)
-        (study_dir / "confirm.md").write_text(result + "\n")
-        print(f"\nconfirmed on the 60k, 10k test, final epoch ({study_dir / 'confirm.md'}):\n{result}")
+        write_atomic(study_dir / "confirm.md", result + "\n")
+        print(f"\nconfirmed on the 60k, 10k test, final epoch ({study_dir / 'confirm.md'}):\n{printable(result)}")
 
 
 def _race(designs, study_dir: Path, search: SearchConf, overrides, threads, job: Job) -> None:
@@ -112,13 +114,13 @@ def _race(designs, study_dir: Path, search: SearchConf, overrides, threads, job:
     text = race.table(standings, pending, search)
     write_atomic(study_dir / "race.md", text + "\n")
     write_atomic(study_dir / "race.json", json.dumps(race.as_json(standings, pending), indent=2) + "\n")
-    print(f"\n{text}")
+    print(f"\n{printable(text)}")
     if search.confirm:
         picked = race.survivors(standings)[:search.confirm]
         result = confirm_designs([(d.name, d.name, race.merged(base, d.overrides)) for d in picked], job, threads)
         write_atomic(study_dir / "confirm.md", result + "\n")
         print(f"\nthe race's pick(s) confirmed on the 60k, 10k test, final epoch, seeds "
-              f"{','.join(map(str, search.confirm_seeds))} ({study_dir / 'confirm.md'}):\n{result}")
+              f"{','.join(map(str, search.confirm_seeds))} ({study_dir / 'confirm.md'}):\n{printable(result)}")
 
 
 def _plot(study_dir: Path, search: SearchConf) -> None:

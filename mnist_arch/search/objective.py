@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 from omegaconf import OmegaConf
 
 from mnist_arch.config import space as search_space
+from mnist_arch.config.foreign import check_foreign
 from mnist_arch.config.schema import ConfigError, SearchConf, compose, load, register_schema
 from mnist_arch.errors import Pruned, RunError
 from mnist_arch.results.record import RunRecord
@@ -32,7 +33,8 @@ def objective(trial, job: Job) -> Sequence[float]:
     from mnist_arch.train.callbacks import Pruning
     from mnist_arch.train.job import train
 
-    overrides = [*job.overrides, *search_space.sample(trial, job.search.space)]
+    # the sampled values may come from the storage (a trial queued again, or by another worker): values only
+    overrides = [*job.overrides, *check_foreign(search_space.sample(trial, job.search.space), f"trial {trial.number}")]
     trial.set_user_attr("overrides", overrides)
     run_dir = job.study_dir / "trials" / f"{trial.number:04d}"
     cfg = compose(overrides)
@@ -104,7 +106,8 @@ def confirm(study, job: Job, threads: Optional[int], target: float) -> str:
     """search.confirm trials retrained on the 60k, the 10k test scored with the final weights, once per
     confirm seed; the table RESULTS.md uses. Which trials: to_confirm."""
     picked = to_confirm(study, job.search, target)
-    return confirm_designs([(str(t.number), f"{t.number:04d}", run_overrides(t)) for t in picked], job, threads)
+    return confirm_designs([(str(t.number), f"{t.number:04d}", run_overrides(t, job.overrides)) for t in picked], job,
+                           threads)
 
 
 def confirm_designs(designs: Sequence[Tuple[str, str, Sequence[str]]], job: Job, threads: Optional[int]) -> str:

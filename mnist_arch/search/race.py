@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from mnist_arch.config.foreign import check_foreign
 from mnist_arch.config.schema import ConfigError, SearchConf, override_pairs
 from mnist_arch.errors import BadFile
 from mnist_arch.files import SAFE_NAME, check_file
 from mnist_arch.results.record import RunRecord
-from mnist_arch.search.study import CLAIM, claim, claimed, in_processes, quiet_worker
+from mnist_arch.search.study import CLAIM, claim, claimed, heartbeat, in_processes, quiet_worker
 
 LOCK = ".race.lock"
 RACE_OVERRIDES = ["callbacks.stop_at_target=false", "trainer.enable_progress_bar=false"]  # every epoch is run
@@ -40,7 +41,8 @@ class Design:
 
 
 def designs_from_file(path: str) -> List[Design]:
-    """A YAML list of {name, overrides: [...]}: designs that need not be trials of one study."""
+    """A YAML list of {name, overrides: [...]}: designs that need not be trials of one study. The file is data:
+    its overrides set values only (mnist_arch/config/foreign.py)."""
     import yaml
 
     file = Path(path).expanduser()
@@ -58,7 +60,7 @@ def designs_from_file(path: str) -> List[Design]:
                 and all(isinstance(o, str) for o in entry["overrides"])):
             raise ConfigError(f"{file}: entry {i} must be {{name: <letters, digits, ._->, overrides: [<key=value>, "
                               f"...]}}, not {str(entry)[:80]}")
-        designs.append(Design(entry["name"], tuple(entry["overrides"])))
+        designs.append(Design(entry["name"], tuple(check_foreign(entry["overrides"], f"{file}: {entry['name']}"))))
     names = [d.name for d in designs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{file}: two designs share a name ({', '.join(sorted(n for n in names if names.count(n) > 1))})")
@@ -160,14 +162,14 @@ def train_claimed(path: Path, overrides: Sequence[str], threads: Optional[int], 
     fresh while it trains and let go after; (its record, seconds). One that does not complete is a
     ConfigError naming `what` and the dir. `here`: overrides for this process only, not recorded."""
     from mnist_arch.config.schema import compose
-    from mnist_arch.train.callbacks import Heartbeat
     from mnist_arch.train.job import train
 
     resume = ["ckpt_path=last"] if (path / "checkpoints" / "last.ckpt").exists() else []
     started = time.perf_counter()
     try:
         cfg = compose([*overrides, *here, *resume, *([f"threads={threads}"] if threads else [])])
-        record = train(cfg, path, list(overrides), callbacks=[Heartbeat(path / CLAIM)], test=test)
+        with heartbeat(path / CLAIM):
+            record = train(cfg, path, list(overrides), test=test)
     finally:
         (path / CLAIM).unlink(missing_ok=True)
     if record.status != "completed":

@@ -18,14 +18,18 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
+from mnist_arch.config.foreign import check_foreign
 from mnist_arch.config.schema import SearchConf, override_pairs
-from mnist_arch.errors import ConfigError
+from mnist_arch.errors import ConfigError, printable, redact
+from mnist_arch.files import write_atomic
 from mnist_arch.results.record import RunRecord
 
 STALE_AFTER_S = 3600  # a RUNNING trial whose worker is gone, or silent for this long, is failed and retried
@@ -111,11 +115,11 @@ def _storage(url: str):
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except ImportError:  # SQLAlchemy knows the dialect; its driver is not installed
-        raise ConfigError(f"search.storage={url}: the driver for {url.split(':', 1)[0]} is not installed (MySQL: pip "
+        raise ConfigError(f"search.storage={redact(url)}: the driver for {url.split(':', 1)[0]} is not installed (MySQL: pip "
                           "install pymysql; PostgreSQL: pip install psycopg2-binary)") from None
     except Exception as e:  # noqa: BLE001 - a folder that is not there, a file that is no database, a bad URL
         reason = re.sub(r"\s*\(Background on this error.*|\s*\[SQL:.*", "", str(e).splitlines()[0] if str(e) else "")
-        raise ConfigError(f"search.storage={url}: cannot be opened ({type(e).__name__}: {reason}); give a "
+        raise ConfigError(f"search.storage={redact(url)}: cannot be opened ({type(e).__name__}: {redact(reason)}); give a "
                           "sqlite:///<file> in a folder that exists, journal:///<file>, or a reachable database URL") \
             from None
 
@@ -230,7 +234,7 @@ def _progress(study, number: int, job: Job) -> None:
         what = f"val acc {t.values[0]:.4f} · {attrs['params']:,} params · {attrs.get('train_seconds', 0):.0f} s"
     else:
         what = f"failed: {attrs.get('error', t.state.name.lower())}"
-    print(f"[{c['complete'] + c['pruned']}/{job.search.n_trials}] trial {number}: {what}", flush=True)
+    print(f"[{c['complete'] + c['pruned']}/{job.search.n_trials}] trial {number}: {printable(what)}", flush=True)
 
 
 def set_attrs(trial, **attrs) -> None:
@@ -275,26 +279,58 @@ def in_processes(target: Callable, per_process: Sequence[tuple], stagger_s: floa
 
 # --- runs that workers share (a race's, a confirm's): claimed under a lock --------------------------------
 
-CLAIM = "claim.json"  # in a run dir while a worker trains it: host, pid, and the time it was last heard from
-CLAIM_STALE_AFTER_S = 900  # a claim unheard of this long (no epoch ended) is taken over, as is one whose process is gone
+CLAIM = "claim.json"  # in a run dir while a worker trains it: host, pid, and how often it beats
+HEARTBEAT_S = 30  # a claim's file is touched this often by its worker's heartbeat thread, whatever an epoch takes
+STALE_BEATS = 4  # a claim unheard of for this many of its own beats is taken over (its worker stopped or hung)
+LEGACY_HEARTBEAT_S = 225  # a claim.json that states no beat (written before it did): 4 beats = the old 15 minutes
 
 
 def claimed(path: Path) -> bool:
-    """Whether a live worker holds this run dir (call under the lock)."""
+    """Whether a live worker holds this run dir (call under the lock): its claim's file was touched within
+    STALE_BEATS of the beats the claim itself states, and, on this host, its process still runs. A claim.json
+    that is not what a worker writes (damaged, or someone else's) is judged by its file's time alone."""
     try:
-        claim = json.loads((path / CLAIM).read_text())
         heard = (path / CLAIM).stat().st_mtime
+        claim_ = json.loads((path / CLAIM).read_text()[:4096]) if (path / CLAIM).stat().st_size <= 4096 else {}
     except (OSError, ValueError):
         return False
-    if claim.get("host") == socket.gethostname() and not _alive(int(claim.get("pid", 0))):
+    claim_ = claim_ if isinstance(claim_, dict) else {}
+    pid, beat = claim_.get("pid"), claim_.get("heartbeat_s")
+    beat = beat if isinstance(beat, (int, float)) and not isinstance(beat, bool) and 0 < beat <= 3600 else \
+        LEGACY_HEARTBEAT_S
+    if claim_.get("host") == socket.gethostname() and isinstance(pid, int) and not isinstance(pid, bool) and \
+            pid > 0 and not _alive(pid):
         return False
-    return time.time() - heard < CLAIM_STALE_AFTER_S
+    return time.time() - heard < STALE_BEATS * beat
 
 
 def claim(path: Path) -> None:
-    """This process takes the run dir (call under the lock); the run's Heartbeat keeps the claim fresh."""
+    """This process takes the run dir (call under the lock); `heartbeat` keeps the claim fresh while it trains."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    write_atomic(path / CLAIM, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                           "heartbeat_s": HEARTBEAT_S}))
+
+
+@contextmanager
+def heartbeat(path: Path, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+    """A thread touching the claim at `path` every `every_s` while the block runs (an epoch of a 20k net can
+    take longer than a claim may be silent); it stops with the block, or when the claim is gone."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            try:
+                os.utime(path)
+            except OSError:  # the claim was let go (or taken over and removed): nothing left to keep fresh
+                return
+
+    thread = threading.Thread(target=beat, name="claim-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def front(study, search: SearchConf, best: int = 5) -> List:
@@ -316,12 +352,18 @@ def planned_epochs(record: RunRecord, job: Job) -> int:
     if record.status != "pruned":
         return record.epochs_run
     given = override_pairs(record.overrides).get("trainer.max_epochs")
-    return int(given) if given else job.max_epochs
+    return int(given) if given and given.isdigit() else job.max_epochs  # a record is data: a bad value is ignored
 
 
-def run_overrides(trial) -> List[str]:
-    """A trial's overrides as a run takes them: without the switches that keep a trial's console quiet."""
-    return [o for o in trial.user_attrs.get("overrides", []) if o not in QUIET_OVERRIDES]
+def run_overrides(trial, base: Optional[Sequence[str]] = None) -> List[str]:
+    """A trial's overrides as a run takes them: without the switches that keep a trial's console quiet. With
+    `base` (this command's own overrides), for a run to train: read from the study's storage, which need not be
+    the user's, so every override not in `base` must set values only (mnist_arch/config/foreign.py)."""
+    given = trial.user_attrs.get("overrides", [])
+    overrides = [o for o in given if o not in QUIET_OVERRIDES] if isinstance(given, list) else [given]
+    if base is not None:
+        check_foreign([o for o in overrides if o not in base], f"study trial {trial.number}")
+    return overrides
 
 
 def summarize(study, job: Job) -> Dict:
@@ -333,7 +375,7 @@ def summarize(study, job: Job) -> Dict:
     # a pruned trial, had it run on, would have cost its own mean epoch time for each epoch it did not run
     unpruned = sum(seconds + (planned - run) * seconds / max(1, run) for run, seconds, planned in trained)
     shown = front(study, job.search)
-    return {"study": job.search.study_name, "storage": job.storage, "objectives": job.search.objectives,
+    return {"study": job.search.study_name, "storage": redact(job.storage), "objectives": job.search.objectives,
             "pruner": pruner_name(job.search), "counts": counts(study),
             "pruning": {"epochs_trained": sum(run for run, _, _ in trained),
                         "epochs_unpruned": sum(planned for _, _, planned in trained),

@@ -79,17 +79,6 @@ class Pruning(pl.Callback):
             raise Pruned(self.verdict)
 
 
-class Heartbeat(pl.Callback):
-    """A race's run (mnist_arch/search/race.py): the claim file's time moves each epoch, so that other workers
-    know the run is alive."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.path.touch()
-
-
 def interrupting_signal(e: BaseException) -> Optional[str]:
     """'SIGINT' or 'SIGTERM' when `e` is how Lightning ends a run stopped by Ctrl-C or SIGTERM."""
     if isinstance(e, SIGTERMException):

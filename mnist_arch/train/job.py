@@ -6,16 +6,19 @@ decide what to do when it fails.
 """
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_arch.config.schema import Config, ConfigError, validate
-from mnist_arch.errors import BadFile, RunError
+from mnist_arch.errors import BadFile, RunError, from_tracker, redact
+from mnist_arch.files import refuse_links, write_atomic
 from mnist_arch.results import provenance
 from mnist_arch.results.record import RunRecord
 
@@ -55,8 +58,11 @@ def setup(cfg: DictConfig, scheduler: Optional[Dict[str, Any]] = None) -> Setup:
     net = build_net(spec)
     layers, totals, verdict = describe(net, conf.budget)  # before any compile
     datamodule.check_net(net)  # a net that cannot take data.progressive_size is refused here, not mid-fit
+    kept = provenance.recorded(cfg)
     model = Classifier(net, asdict(conf.optimizer), scheduler or asdict(conf.scheduler), spec, conf.channels_last,
-                       conf.compile and scheduler is None, conf.label_smoothing)
+                       conf.compile and scheduler is None, conf.label_smoothing,
+                       recorded={"optimizer": kept["optimizer"], "scheduler": kept["scheduler"],
+                                 "label_smoothing": kept["label_smoothing"]} if scheduler is None else None)
     return Setup(conf, datamodule, spec, net, layers, totals, verdict, model)
 
 
@@ -102,9 +108,33 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
         if writer:
             record.predictions = _keep_predictions(callbacks, run.datamodule, run_dir, trainer)
             record.write(run_dir)
-            _tensorboard_hparams(loggers, conf, record)
+            _tensorboard_hparams(loggers, cfg, record)
             _tracking_finish(loggers, record, run_dir)
     return record
+
+
+class NoLinksInRunDir(Callback):
+    """Hydra callback (conf/config.yaml): before Hydra writes .hydra/ and run.log into the run dir, and so
+    before anything of the run does, refuse a folder that holds a link (mnist_arch/files.py, `refuse_links`).
+    A folder handed over from elsewhere is where this matters: resuming in it (`hydra.run.dir=<dir>
+    ckpt_path=last`) would otherwise write through a link planted at config.yaml or .hydra/config.yaml."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._refuse(OmegaConf.select(config, "hydra.run.dir"))
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._refuse(OmegaConf.select(config, "hydra.sweep.dir"))
+
+    @staticmethod
+    def _refuse(folder: str) -> None:
+        # Hydra 1.3 turns a callback's exception into a warning and goes on: the refusal is said and ends here
+        from mnist_arch.cli import USAGE, one_line
+
+        try:
+            refuse_links(folder)
+        except ConfigError as e:
+            print(f"error: {one_line(str(e))}", file=sys.stderr)
+            sys.exit(USAGE)
 
 
 # --- the steps of train(), in the order it takes them -----------------------------------------------
@@ -172,17 +202,17 @@ def _set_threads(conf: Config) -> None:
 
 def build_loggers(conf: Config, run_dir: Path, net, layers: str, cfg: Optional[DictConfig] = None,
                   overrides: Optional[List[str]] = None) -> list:
-    """Each entry of the logger group, instantiated with the run dir as its save_dir: `_target_` a Lightning
-    logger class, every other key one of its arguments (checked against the class, with a did-you-mean, before
-    any step), except a TensorBoard logger's `graph` (ours: the net in the GRAPHS tab). An MLflow logger gets its
-    store checked and the run's group (mnist_arch/results/tracking.py), and the resolved config `cfg` as params.
-    A tracker whose package is missing is one line naming the extra to install."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    """Each entry of the logger group, built with the run dir as its save_dir: `_target_` a Lightning logger
+    class, every other key one of its arguments (checked against the class, with a did-you-mean, before any
+    step) and a plain value (a `_target_` nested in one is refused, never built), except a TensorBoard logger's
+    `graph` (ours: the net in the GRAPHS tab). An MLflow logger gets its store checked and the run's group
+    (mnist_arch/results/tracking.py), and the config `cfg` as recorded (interpolations as written) as params. A
+    tracker whose package is missing, or whose server refuses, is one line naming what to do."""
     from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
     from mnist_arch.cli import one_line
     from mnist_arch.locate import check_arguments, locate
+    from mnist_arch.models.build import is_plain
     from mnist_arch.results import tensorboard as tensorboard_tabs
     from mnist_arch.results import tracking
 
@@ -191,26 +221,36 @@ def build_loggers(conf: Config, run_dir: Path, net, layers: str, cfg: Optional[D
         if not isinstance(entry, dict) or "_target_" not in entry:
             raise ConfigError(f"logger.{name} is not a logger: an entry needs _target_ (a Lightning logger class) "
                               "and that class's arguments, e.g. conf/logger/csv.yaml")
-        entry = dict(entry)
-        cls = locate(entry["_target_"], f"logger.{name}._target_", Logger)
-        graph = entry.pop("graph", False) if issubclass(cls, TensorBoardLogger) else False
-        check_arguments(f"logger.{name}.", cls, [key for key in entry if key != "_target_"], entry["_target_"],
-                        supplied=["save_dir"])
+        arguments = dict(entry)
+        target = arguments.pop("_target_")
+        cls = locate(target, f"logger.{name}._target_", Logger)
+        graph = arguments.pop("graph", False) if issubclass(cls, TensorBoardLogger) else False
+        for key, value in arguments.items():
+            if not is_plain(value) or tracking.names_code(value):
+                raise ConfigError(f"logger.{name}.{key}: a logger's arguments are plain values (numbers, strings, "
+                                  "lists and mappings of them); a nested _target_ is not built")
+        check_arguments(f"logger.{name}.", cls, arguments, target, supplied=["save_dir"])
         if issubclass(cls, MLFlowLogger):
-            entry = tracking.prepare(entry, run_dir, group)
+            arguments = tracking.prepare(arguments, run_dir, group)
         if issubclass(cls, WandbLogger):
-            entry = tracking.prepare_wandb(entry, run_dir, group)
+            arguments = tracking.prepare_wandb(arguments, run_dir, group)
         try:  # a class taking **kwargs (TensorBoardLogger passes them to its SummaryWriter) refuses them here
-            logger = instantiate(entry, save_dir=str(run_dir))
+            logger = cls(**arguments, save_dir=str(run_dir))
             if isinstance(logger, TensorBoardLogger):
                 tensorboard_tabs.add_model(logger, net, layers, graph)
             if isinstance(logger, (MLFlowLogger, WandbLogger)) and cfg is not None:
+                tracking.check_artifact_store(logger)
                 tracking.log_config(logger, cfg, group)
-        except (InstantiationException, TypeError, ModuleNotFoundError) as e:
-            if "No module named" in str(e) or isinstance(e.__cause__, ModuleNotFoundError):
+        except (TypeError, ImportError) as e:
+            if isinstance(e, ImportError) or "No module named" in str(e):
                 raise ConfigError(f"logger={name} needs its package: pip install 'mnist-arch[{name}]' "
-                                  f"({one_line(str(e.__cause__ or e))})") from None
-            raise ConfigError(f"logger.{name}: {entry['_target_']} refused its arguments ({one_line(str(e))})") from None
+                                  f"({one_line(str(e))})") from None
+            raise ConfigError(f"logger.{name}: {target} refused its arguments ({one_line(str(e))})") from None
+        except Exception as e:  # noqa: BLE001 - a tracking server's refusal (an HTTP 500, a bad experiment)
+            if not from_tracker(e):
+                raise
+            raise ConfigError(f"logger.{name}: the tracker refused: {redact(one_line(str(e)))[:300]}") \
+                from None
         loggers.append(logger)
     return loggers
 
@@ -228,10 +268,12 @@ def _group(run_dir: Path, conf: Config, overrides: Optional[List[str]]) -> Dict[
 
 
 def _write_inputs(cfg: DictConfig, run_dir: Path, record: RunRecord, layers: str) -> None:
-    """What the run starts from: the resolved config, the layer table, the code's commit (and diff)."""
+    """What the run starts from: the config as recorded (mnist_arch/results/provenance.py: resolved, but an
+    interpolation that reads the environment kept as written), the layer table, the code's commit (and diff).
+    Written by a rename: a link planted at a name is replaced, never followed."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    (run_dir / "layers.txt").write_text(layers + "\n")
+    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(provenance.recorded(cfg)))
+    write_atomic(run_dir / "layers.txt", layers + "\n")
     log.info("%s\n%s", record.model, layers)
     record.git_commit, record.git_diff = provenance.git_state(run_dir)
     record.versions = provenance.versions()
@@ -305,14 +347,20 @@ def _tracking_finish(loggers: list, record: RunRecord, run_dir: Path) -> None:
     for logger in loggers:
         if isinstance(logger, (MLFlowLogger, WandbLogger)):
             last = run_dir / "checkpoints" / "last.ckpt"
-            tracking.finish(logger, record, run_dir, last if last.is_file() else None)
+            try:
+                tracking.finish(logger, record, run_dir, last if last.is_file() else None)
+            except Exception as e:  # noqa: BLE001 - the run and its record are done; the tracker's copy is not
+                if not from_tracker(e):
+                    raise
+                log.warning("the tracker did not take the run's tags and files (%s); the run dir has them all",
+                            redact(str(e).splitlines()[0] if str(e) else type(e).__name__)[:300])
 
 
-def _tensorboard_hparams(loggers: list, conf: Config, record: RunRecord) -> None:
+def _tensorboard_hparams(loggers: list, cfg: DictConfig, record: RunRecord) -> None:
     from pytorch_lightning.loggers import TensorBoardLogger
 
     from mnist_arch.results import tensorboard as tensorboard_tabs
 
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger) and record.epochs_run:
-            tensorboard_tabs.add_hparams(logger, conf, record)
+            tensorboard_tabs.add_hparams(logger, provenance.recorded(cfg), record)

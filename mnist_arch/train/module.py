@@ -9,7 +9,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mnist_arch.config.recipe import build_optimizer, build_scheduler
-from mnist_arch.errors import NonFiniteLoss
+from mnist_arch.errors import ConfigError, NonFiniteLoss
 
 
 class Classifier(pl.LightningModule):
@@ -22,16 +22,20 @@ class Classifier(pl.LightningModule):
     `optimizer` and `scheduler` are the plain dicts of the `optimizer` and `scheduler` config groups
     (mnist_arch/config/recipe.py builds them); `net_spec` is the `model` group's (name and constructor
     arguments), saved in every checkpoint so the net can be rebuilt from the file alone
-    (`mnist_arch.models.net_from_checkpoint`). What is not training lives in callbacks: the per-epoch
+    (`mnist_arch.models.net_from_checkpoint`); `recorded`: the same hyperparameters as the record keeps them,
+    for the checkpoint's copy. What is not training lives in callbacks: the per-epoch
     history `summary.json` is written from (mnist_arch/results/history.py), the random streams in
     checkpoints (RandomState in mnist_arch/train/callbacks.py), the plots.
     """
 
     def __init__(self, net: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any],
                  net_spec: Optional[Dict[str, Any]] = None, channels_last: bool = False, compile: bool = False,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, recorded: Optional[Dict[str, Any]] = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        # logger=False: the trackers get the config as recorded (mnist_arch/results/provenance.py) from the run,
+        # not these resolved values, which may hold what an ${oc.env:...} read
+        self.save_hyperparameters(ignore=["net", "recorded"], logger=False)
+        self.recorded = recorded or {}
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)
         if compile:
@@ -126,6 +130,23 @@ class Classifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["net_spec"] = self.hparams.net_spec
+        # a checkpoint travels (a tracker's artifact): its copy of the recipe is the one the record keeps
+        given = checkpoint.get("hyper_parameters") or {}
+        checkpoint["hyper_parameters"] = {**given, **{k: v for k, v in self.recorded.items() if k in given}}
+
+    def on_train_start(self) -> None:
+        """A resumed run keeps the schedule its checkpoint holds. One planned over another length (trainer.max_epochs
+        changed since) would step past its end mid-run: refused here, before the first step."""
+        if self.trainer.ckpt_path is None:  # a fresh run: the schedule is this run's own (total_steps may be given)
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            planned = getattr(config.scheduler, "total_steps", None)
+            expected = self.hparams.scheduler.get("total_steps") or (
+                self.trainer.estimated_stepping_batches if config.interval == "step" else self.trainer.max_epochs)
+            if isinstance(planned, int) and planned != expected:
+                raise ConfigError(f"ckpt_path: the checkpoint's {type(config.scheduler).__name__} was planned over "
+                                  f"{planned} {config.interval}s and this run would take {expected}; resume with the "
+                                  "trainer.max_epochs the run started with, or start a new run")
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.hparams.optimizer, self.net)
