@@ -121,7 +121,7 @@ def markdown(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict
     text = "\n".join(lines)
     if rows:
         text += ("\n\nbest/final val acc: mean ± std (percentage points) over the seeds; final 95% CI: of the final "
-                 "val acc, by a bootstrap over the seeds and the validation images (docs/selection.md), where the "
+                 "val acc, seeds and validation images as crossed random effects (docs/selection.md), where the "
                  "runs kept their predictions; a row of folds: each seed's out-of-fold accuracy over the 60k "
                  "training images; target epoch: seeds that reached the target, and the first epoch each did.")
     pruned = [f for f in failed if f["status"] == "pruned"]

@@ -7,9 +7,11 @@ each round, the ones the data show worse than the leader dropped, until one is l
 
 Round r gives every survivor seed r on the holdout (search.race_val=holdout) or fold r-1 of
 search.race_folds (race_val=fold, seed 1). From round search.race_min_rounds on, the leader (the best mean
-val acc) is compared with each other survivor by the paired bootstrap of mnist_arch/results/compare.py over
-every round so far (the same images, the same seeds); those it beats with Holm-adjusted p < search.race_alpha
-are dropped. The test set is never read: the runs do not test (train(test=False)), and the confirm that may
+val acc) is compared with each other survivor by the paired test of mnist_arch/results/compare.py over every
+round so far (the same images and seeds; folds as clusters); those it beats at the race's level, Holm-adjusted,
+are dropped. The level is not search.race_alpha itself: a race looks once a round and its leader is the data's
+pick, so the level is the one that keeps a race of equal designs from dropping one in more than race_alpha of
+races (compare.race_level, by simulation). The test set is never read: the runs do not test (train(test=False)), and the confirm that may
 follow uses search.confirm_seeds, which may not share a seed with the race.
 
 Resumable and shared like the study: each run is a run dir, race/<design>/round<r>/, claimed by one worker
@@ -110,33 +112,34 @@ def standings(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> 
             return table, round_
         for s, r in zip(alive, records):
             s.records.append(r)
-        _judge(alive, round_, search)
+        _judge(alive, round_, search, len(designs))
     return table, 0
 
 
-def _judge(alive: List[Standing], round_: int, search: SearchConf) -> None:
-    """Means and CIs; from race_min_rounds on, drop those the leader beats (Holm over the round's comparisons)."""
+def _judge(alive: List[Standing], round_: int, search: SearchConf, designs: int) -> None:
+    """Means and CIs; from race_min_rounds on, drop those the leader beats: each comparison at the level that keeps
+    a race of `designs` equal designs from dropping one in more than search.race_alpha of races, over its looks
+    and its data-chosen leader (compare.race_level), Holm over the round's comparisons."""
     from mnist_arch.results import compare
 
-    pooled = {}
+    tested = {}
     for s in alive:
         runs, problems = compare.runs_of(s.records, partial_folds=True)
         if problems or not runs:
             raise BadFile(f"race: {s.design.name}: " + "; ".join(problems or ["no predictions kept"]))
-        pooled[s.design.name] = runs
+        tested[s.design.name] = compare.runs_of(s.records, partial_folds=True, pooled=False)[0]  # folds: clusters
         correct = compare.stack(runs)
         s.mean, s.ci = float(correct.mean()), compare.interval(correct)
     if round_ < search.race_min_rounds:
         return
-    leader = max(alive, key=lambda s: s.mean)
-    tests = sorted(((compare.compare(pooled[leader.design.name], pooled[s.design.name], "val"), s)
-                    for s in alive if s is not leader), key=lambda pair: pair[0].p)
-    for k, (result, s) in enumerate(tests):  # Holm: the k-th smallest p against alpha / (m - k)
-        if result.p >= search.race_alpha / (len(tests) - k) or result.difference <= 0:
-            break
-        s.dropped = (f"round {round_}: worse than {leader.design.name} by {100 * result.difference:.3f} points "
-                     f"(95% CI {100 * result.ci_low:.3f} to {100 * result.ci_high:.3f}, p = {result.p:.3g}, "
-                     f"Holm-adjusted over {len(tests)} comparisons)")
+    level = compare.race_level(designs, search.race_rounds, search.race_min_rounds, search.race_alpha)
+    leader, dropped = compare.race_drops(tested, level)
+    for s in alive:
+        if s.design.name in dropped:
+            result, threshold = dropped[s.design.name]
+            s.dropped = (f"round {round_}: worse than {leader} by {100 * result.difference:.3f} points (95% CI "
+                         f"{100 * result.ci_low:.3f} to {100 * result.ci_high:.3f}, p = {result.p:.3g} < {threshold:.3g}: "
+                         f"the race's level {level:.3g}, Holm over {len(alive) - 1} comparisons)")
 
 
 # --- running it: workers claim runs under a lock ----------------------------------------------------------
@@ -214,7 +217,13 @@ def run(designs: Sequence[Design], race_dir: Path, search: SearchConf, base: Seq
 # --- what it found ---------------------------------------------------------------------------------------
 
 
-# Each takes what standings() replayed once: the replay reads every run dir and bootstraps every round.
+# Each takes what standings() replayed once: the replay reads every run dir and tests every round.
+
+
+def _level(standings_: List[Standing], search: SearchConf) -> float:
+    from mnist_arch.results import compare
+
+    return compare.race_level(len(standings_), search.race_rounds, search.race_min_rounds, search.race_alpha)
 
 
 def survivors(standings_: List[Standing]) -> List[Design]:
@@ -227,8 +236,9 @@ def table(standings_: List[Standing], pending: int, search: SearchConf) -> str:
     what = (f"seeds 1..{search.race_rounds} on the holdout" if search.race_val == "holdout" else
             f"folds 0..{search.race_rounds - 1} of {search.race_folds} (seed 1)")
     lines = [f"Race of {len(standings_)} designs on the validation side ({what}; final-epoch val acc; the test set "
-             "never read). Mean and 95% CI over every round each design ran: a bootstrap over seeds and images "
-             "(docs/selection.md).", "",
+             "never read). Mean and 95% CI over every round each design ran: seeds and images as crossed random "
+             f"effects (docs/selection.md). Each comparison at level {_level(standings_, search):.3g}: an equal "
+             f"design is dropped in at most {search.race_alpha:g} of races.", "",
              "| design | rounds | final val acc (mean) | 95% CI | result | train s |", "|---|---:|---:|---|---|---:|"]
     ranked = sorted(standings_, key=lambda s: (s.dropped is not None, -(s.mean or 0)))
     for s in ranked:
