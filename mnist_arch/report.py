@@ -21,7 +21,7 @@ from typing import List, Optional
 
 from mnist_arch.cli import Parser, command
 from mnist_arch.errors import ConfigError, printable
-from mnist_arch.results.leaderboard import METRICS, X_AXES, leaderboard, load, write
+from mnist_arch.results.leaderboard import METRICS, X_AXES, leaderboard, load, protocol, write
 from mnist_arch.results.record import FILE_NAME, RunRecord
 
 
@@ -87,18 +87,24 @@ def design(given: str) -> List[RunRecord]:
 
 
 def compare_command(a: str, b: str, split: str, as_json: bool) -> str:
+    """The comparison's sentence (or JSON), after each side's protocol is checked: a side whose compared images
+    chose its stopping epoch or its weights is refused in one line (leaderboard.protocol)."""
     from mnist_arch.results import compare
 
-    sides = []
+    sides, said = [], {}
     for name, given in (("A", a), ("B", b)):
-        runs, problems = compare.runs_of(design(given))
+        records = design(given)
+        said[name], biased = protocol(records, split)
+        if biased:
+            raise ConfigError(f"{name} ({given}): {biased}")
+        runs, problems = compare.runs_of(records, pooled=False)
         if problems:
             raise ConfigError(f"{name} ({given}): " + "; ".join(problems))
         sides.append(runs)
     result = compare.compare(*sides, split=split)
     if as_json:
-        return json.dumps({"a": a, "b": b, **result.as_dict()})
-    return result.sentence(a, b)
+        return json.dumps({"a": a, "b": b, "protocol": said, **result.as_dict()})
+    return f"{result.sentence(a, b)}\nA: {said['A']}.\nB: {said['B']}."
 
 
 if __name__ == "__main__":

@@ -109,8 +109,8 @@ def write_run(folder, seed: int, kept: compare.Predictions, **record) -> None:
     source, index, labels, predicted = kept.splits["val"]
     acc = float((labels == predicted).mean())
     RunRecord(status="completed", model="tiny", params=100, budget=BUDGET, output_shape=[2, 10], seed=seed,
-              val_acc=[acc], val_split="holdout", predictions=compare.FILE_NAME, run_dir=str(folder),
-              overrides=[f"seed={seed}", *record.pop("overrides", [])], **record).write(folder)
+              val_acc=[acc], val_split=record.pop("val_split", "holdout"), predictions=compare.FILE_NAME,
+              run_dir=str(folder), overrides=[f"seed={seed}", *record.pop("overrides", [])], **record).write(folder)
 
 
 def test_report_compare_reads_two_sweeps_and_rows_of_one_board(tmp_path, capsys):
@@ -309,3 +309,26 @@ def test_bad_race_candidates_are_one_line(tmp_path, text, message):
 def test_a_confirm_may_not_reuse_the_races_seeds(make_cfg):
     with pytest.raises(ConfigError, match=r"search.confirm_seeds share seed\(s\) \[1, 2\] with the race"):
         validate(make_cfg(["search=8k", "search.race=3", "search.confirm_seeds=[1,2,6]"]))
+
+
+def test_a_comparison_on_the_images_that_chose_the_stopping_epoch_is_refused(tmp_path, capsys):
+    """issue 46: with data.val=test and stop_at_target, each run stopped where the test set said; comparing the
+    runs on it (either split: val is the test set) measures that choice, and is one line. The same runs with the
+    target off compare, and the sentence and the JSON say how each side was scored."""
+    for name, accuracy in (("a", 0.995), ("b", 0.990)):
+        for kept in runs(accuracy, seeds=(1, 2, 3)):
+            write_run(tmp_path / name / str(kept.seed), kept.seed, kept, val_split="test", stopped_at_target=1,
+                      test_acc=accuracy, test_ckpt="final")
+            write_run(tmp_path / f"{name}_full" / str(kept.seed), kept.seed, kept, val_split="test", test_acc=accuracy,
+                      test_ckpt="final")
+    for split in ("val", "test"):
+        with pytest.raises(SystemExit) as done:
+            report.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", split])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert done.value.code == 2 and len(err) == 1 and "the 10k test set chose when 3 of these 3 runs stopped" in err[0]
+    report.main(["--compare", str(tmp_path / "a_full"), str(tmp_path / "b_full"), "--json"])
+    said = json.loads(capsys.readouterr().out)["protocol"]
+    assert said["A"] == "val split (test-set images), final-epoch weights, validated on test-set"
+    board = leaderboard.markdown(*leaderboard.leaderboard(leaderboard.load(tmp_path / "a_full"))[:2], [])
+    assert "best-epoch test-set acc (ranked by)" in board and "**val = the 10k test set in 1 of 1 row(s)**" in board
+

@@ -37,6 +37,39 @@ def load(root: Path) -> List[RunRecord]:
     return [RunRecord.read(path) for path in sorted(Path(root).rglob(FILE_NAME))]
 
 
+VAL_NAMES = {"test": "test-set", "holdout": "holdout", "fold": "fold"}  # what a run's validation images were
+
+
+def stopped_at_target(record: RunRecord) -> bool:
+    """Whether callbacks.stop_at_target ended the run before its planned last epoch. A record before version 4
+    does not say: a run whose last epoch is the first to reach its target is taken as stopped there, the cautious
+    way."""
+    if record.version >= 4:
+        return record.stopped_at_target is not None
+    return record.target_epoch is not None and record.target_epoch == record.epochs_run
+
+
+def protocol(records: List[RunRecord], split: str) -> Tuple[str, Optional[str]]:
+    """(how these runs were scored on `split`, in words; why a comparison on `split` would be biased, or None).
+    `split` val: each run's final-epoch predictions on its validation images; test: its test's. Biased when the
+    compared images chose the stopping epoch (stop_at_target on them) or the weights (best-epoch weights tested
+    on the images that picked them)."""
+    vals = sorted({r.val_split or "?" for r in records})
+    weights = sorted({r.test_ckpt or "final" for r in records}) if split == "test" else ["final"]
+    stopped = [r for r in records if stopped_at_target(r)]
+    said = (f"{split} split ({'the 10k test set' if split == 'test' else '/'.join(VAL_NAMES.get(v, v) for v in vals)}"
+            f" images), {'/'.join(weights)}-epoch weights, validated on {'/'.join(VAL_NAMES.get(v, v) for v in vals)}"
+            + (f", {len(stopped)} of {len(records)} stopped at the target by the validation score" if stopped else ""))
+    on_val_images = split == "val" or vals == ["test"]  # the images compared are the ones that validated
+    if on_val_images and stopped:
+        chose = "the 10k test set" if vals == ["test"] else "these validation images"
+        return said, (f"{chose} chose when {len(stopped)} of these {len(records)} runs stopped (callbacks.stop_at_target:"
+                      f" each ended at the first epoch its score reached the target), so comparing them on it measures "
+                      f"that choice; run them with callbacks.stop_at_target=false, or compare on a split that chose "
+                      f"nothing")
+    return said, None
+
+
 def _settings(record: RunRecord) -> Dict[str, str]:
     return {key: value for key, value in override_pairs(record.overrides).items()
             if value is not None and key not in HOW_IT_RAN}
@@ -80,6 +113,8 @@ def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any
             "max_params": (jobs[0].budget or {}).get("max_params"), "max_macs": (jobs[0].budget or {}).get("max_macs"),
             "wall_time_s": mean_std([j.wall_time_s or 0 for j in jobs]),
             "status": ", ".join(f"{statuses.count(x)} {x}" for x in sorted(set(statuses))),
+            "val_splits": sorted({j.val_split or "?" for j in jobs}),
+            "test_weights": sorted({j.test_ckpt for j in jobs if j.test_ckpt}),
         })
     rows.sort(key=lambda r: -(r["best"][0] if r["best"][0] is not None else -1))
     return differing, rows, failed
@@ -105,8 +140,11 @@ def _pct(mean_std) -> str:
 
 
 def markdown(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict[str, Any]]) -> str:
-    header = ["#", "model", "params", *differing, "seeds", "best val acc", "final val acc", "final 95% CI",
-              "target epoch", "test acc", "wall s", "status"]
+    val = "/".join(VAL_NAMES.get(v, v) for v in sorted({v for r in rows for v in r["val_splits"]})) or "val"
+    tested = "/".join(sorted({w for r in rows for w in r["test_weights"]})) or "final"
+    header = ["#", "model", "params", *differing, "seeds", f"best-epoch {val} acc (ranked by)",
+              f"final-epoch {val} acc", f"final {val} 95% CI", "target epoch", f"test acc ({tested} weights)",
+              "wall s", "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, r in enumerate(rows, 1):
         reached, total, epochs = r["target"]
@@ -119,6 +157,12 @@ def markdown(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict
                  f"{r['wall_time_s'][0]:.0f}" if r["wall_time_s"][0] is not None else "-", r["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines)
+    on_test = sum("test" in r["val_splits"] for r in rows)
+    if on_test:  # said loudly: a board ranked by the test set is not a held-out choice
+        text += (f"\n\n**val = the 10k test set in {on_test} of {len(rows)} row(s)**: their best-epoch column is the "
+                 "test set's own choice of epoch, the order of this board is chosen on the test set, and a run that "
+                 "stopped at its target stopped where the test said; select on data.val=holdout, keep the test for "
+                 "last.")
     if rows:
         text += ("\n\nbest/final val acc: mean ± std (percentage points) over the seeds; final 95% CI: of the final "
                  "val acc, seeds and validation images as crossed random effects (docs/selection.md), where the "

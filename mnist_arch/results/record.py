@@ -20,7 +20,7 @@ from mnist_arch.errors import RunError
 from mnist_arch.files import MAX_RECORD_BYTES, check_file, write_atomic
 from mnist_arch.rules import Verdict, best_epoch, judge
 
-RECORD_VERSION = 3
+RECORD_VERSION = 4  # 4: stopped_at_target
 FILE_NAME = "summary.json"
 # The per-epoch lists of one number each, recorded by the run's History callback (results/history.py, which
 # imports this module: the record must not import Lightning, or Lightning would set up its logging before Hydra).
@@ -61,6 +61,7 @@ class Run(_Part):
     folds: Optional[int] = None  # val=fold: K, and which fold validated
     fold: Optional[int] = None
     overrides: List[str] = []
+    stopped_at_target: Optional[int] = None  # the epoch (1-based) callbacks.stop_at_target ended the run at
     run_dir: Optional[str] = None
     resumed_from: Optional[str] = None
     data_verified: Optional[bool] = None

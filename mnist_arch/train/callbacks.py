@@ -48,11 +48,13 @@ class StopAtTarget(pl.Callback):
 
     def __init__(self, target_acc: float):
         self.target_acc = target_acc
+        self.stopped_at: Optional[int] = None  # the record says so: the validation images chose this epoch
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         acc = trainer.callback_metrics.get("val/acc")  # logged by the module as the epoch's validation ends
         if not trainer.sanity_checking and acc is not None and reached(acc.item(), self.target_acc):
             trainer.should_stop = True
+            self.stopped_at = trainer.current_epoch + 1
 
 
 class Pruning(pl.Callback):

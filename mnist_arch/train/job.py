@@ -292,11 +292,14 @@ def _finish(record: RunRecord, callbacks: Sequence, trainer, started: float) -> 
     """What the run did, whatever ended it: the per-epoch history, the plots, the time, the device."""
     from mnist_arch.results.history import History
     from mnist_arch.results.plots import RunPlots
-    from mnist_arch.train.callbacks import find
+    from mnist_arch.train.callbacks import StopAtTarget, find
 
     history = find(callbacks, History)
     if history:
         record.add_history(history.epochs)
+    stop = find(callbacks, StopAtTarget)
+    if stop is not None and stop.stopped_at is not None and stop.stopped_at < (trainer.max_epochs or 0):
+        record.stopped_at_target = stop.stopped_at  # before its planned last epoch: the target chose it
     plots = find(callbacks, RunPlots)
     if plots:
         record.plots_time_s, record.plots = round(plots.seconds, 3), sorted(plots.written)
