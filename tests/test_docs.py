@@ -153,3 +153,17 @@ def test_every_benchmark_script_still_imports_and_parses_its_arguments(script):
     done = subprocess.run([sys.executable, str(script), "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
     assert "usage:" in done.stdout
+
+
+def test_the_readmes_numbers_are_results_numbers():
+    """Every accuracy the README's front table states (mean ± std) is one RESULTS.md states, with its seeds: a
+    number measured once is written once, and the front door cannot drift from it (issue 46, ask 8)."""
+    import re
+
+    readme, results = (REPO / "README.md").read_text(), (REPO / "RESULTS.md").read_text()
+    table = readme.split("| model | params |")[1].split("\n\n")[0]
+    stated = re.findall(r"(\d\d\.\d\d% ± \d\.\d\d)(?: \([^)]*seeds ([0-9-]+))?", table)
+    assert len(stated) >= 5
+    for number, seeds in stated:
+        assert number in results, f"README states {number}, which RESULTS.md does not"
+    assert "seeds 6-10" in table and "seeds 1-5" in table  # each row says which seeds

@@ -25,6 +25,7 @@ PIPELINES = ("tensor", "torchvision")
 TEST_WEIGHTS = ("auto", "best", "final")
 INTERVALS = ("epoch", "step")
 PROGRESS = ("auto", "bar", "lines")
+TTA = ("none", "shifts")
 MNIST_TRAIN_SIZE = 60_000
 
 
@@ -389,6 +390,27 @@ class SearchConf:
 
 
 @dataclass
+class DistillConf:
+    """Knowledge distillation (Hinton et al. 2015, "Distilling the knowledge in a neural network"): the student's
+    loss is alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * cross-entropy with the labels,
+    the teacher's outputs taken on the same augmented batch. `teacher`: a run dir (or its checkpoint) of a net
+    this project trained, any size, or a list of them (their softened outputs averaged)."""
+
+    teacher: Any = None  # null: no teacher; a run dir; or a list of run dirs
+    alpha: float = MISSING
+    temperature: float = MISSING
+
+    def __post_init__(self):
+        if isinstance(self.teacher, str):
+            self.teacher = [self.teacher]
+        _check(self.teacher is None or (isinstance(self.teacher, list) and self.teacher and
+                                        all(isinstance(t, str) and t for t in self.teacher)),
+               f"distill.teacher={self.teacher!r} must be a run dir, a list of them, or null")
+        _check(0 < self.alpha <= 1, f"distill.alpha={self.alpha} must be in (0, 1]")
+        _check(self.temperature > 0, f"distill.temperature={self.temperature} must be > 0")
+
+
+@dataclass
 class Config:
     model: ModelConf = MISSING
     data: DataConf = MISSING
@@ -402,11 +424,13 @@ class Config:
     channels_last: bool = MISSING
     compile: bool = MISSING
     label_smoothing: float = MISSING
+    tta: str = MISSING  # none | shifts: also score val and test with test-time augmentation (beside the plain score)
     threads: Optional[int] = None  # torch CPU threads; None: shared out between parallel jobs / DDP ranks
     ckpt_path: Optional[str] = None  # resume: "last" (<run dir>/checkpoints/last.ckpt) or a checkpoint file
     test_weights: str = MISSING
     save: bool = MISSING  # false: no files but the log (debug=fdr)
     search: Optional[SearchConf] = None  # python -m mnist_arch.search search=<space>; a run ignores it
+    distill: DistillConf = MISSING
 
     def __post_init__(self):
         _one_of("test_weights", self.test_weights, TEST_WEIGHTS)
@@ -417,6 +441,7 @@ class Config:
         _check(self.test_weights != "best" or self.data.val != "test",
                "test_weights=best needs data.val=holdout or fold: with val=test the best epoch is chosen on the test set")
         _check(0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        _one_of("tta", self.tta, TTA)
         _check(self.threads is None or self.threads >= 1, f"threads={self.threads} must be >= 1 (or null)")
         self.budget.check_epochs(self.trainer.max_epochs)
         _check(self.data.progressive_epochs < self.trainer.max_epochs,

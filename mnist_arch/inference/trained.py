@@ -9,13 +9,13 @@ path or sha256; mnist_arch/inference/export.py, `read_pt2`).
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Dict, Optional, Union
+from typing import Any, Collection, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from mnist_arch.data.device_loader import MEAN, STD
-from mnist_arch.errors import BadFile
+from mnist_arch.errors import BadFile, ConfigError
 from mnist_arch.inference.export import TRUST_OPTION, read_pt2
 from mnist_arch.models import TRUST_ENV, net_from_checkpoint
 from mnist_arch.results.record import FILE_NAME, RunRecord
@@ -98,3 +98,40 @@ def load(path: Union[str, Path], trust: Trust = Trust()) -> Trained:
     net, checkpoint = net_from_checkpoint(ckpt, trust.targets)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
     return Trained(net, checkpoint, ckpt, run_dir)
+
+
+def load_teachers(paths: Collection[str], data) -> Tuple[List[nn.Module], Dict[str, Any]]:
+    """The nets of `distill.teacher` (run dirs, or checkpoints inside one), each checked to have trained on no
+    image the student validates on: a holdout student's teacher kept the same holdout out (data.holdout_size), a
+    fold student's the same fold; a student validating on the test set may have any teacher (none trains on the
+    test set). `data`: the student's DataConf. (the nets, in eval mode; what the student's record says of them)."""
+    from omegaconf import OmegaConf
+
+    from mnist_arch.files import MAX_CONFIG_BYTES, check_file
+
+    nets, named = [], []
+    for given in paths:
+        trained = load(given)  # read as data, as every checkpoint: a custom class only if trusted by name
+        if trained.run_dir is None or not (trained.run_dir / FILE_NAME).is_file():
+            raise ConfigError(f"distill.teacher={given}: a teacher is a run dir (or a checkpoint in one): its "
+                              f"{FILE_NAME} says which images it trained on")
+        record = RunRecord.read(trained.run_dir)
+        if record.status != "completed":
+            raise ConfigError(f"distill.teacher={given}: its run did not complete ({record.status})")
+        theirs = {}
+        if (trained.run_dir / "config.yaml").is_file():
+            check_file(trained.run_dir / "config.yaml", "run config", MAX_CONFIG_BYTES)
+            theirs = OmegaConf.to_container(OmegaConf.load(trained.run_dir / "config.yaml"), resolve=False).get("data") or {}
+        same = {"holdout": record.val_split == "holdout" and theirs.get("holdout_size") == data.holdout_size,
+                "fold": record.val_split == "fold" and (record.folds, record.fold) == (data.folds, data.fold),
+                "test": True}[data.val]
+        if not same:
+            raise ConfigError(f"distill.teacher={given}: it validated on {record.val_split} "
+                              f"(holdout_size {theirs.get('holdout_size')}, fold {record.fold} of {record.folds}) and so "
+                              f"trained on images this run validates on (data.val={data.val}); a teacher for a "
+                              f"{data.val} run is trained with the same data.val{' and holdout_size' * (data.val == 'holdout')}")
+        nets.append(trained.net)
+        named.append({"run_dir": str(trained.run_dir), "model": record.model, "params": record.params,
+                      "val_split": record.val_split, "final_val_acc": record.final_val_acc,
+                      "train_seconds": round(sum(record.epoch_time_s), 1)})
+    return nets, {"teachers": named, "train_seconds": round(sum(t["train_seconds"] for t in named), 1)}

@@ -49,6 +49,8 @@ class History(pl.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self.epochs["val_acc"].append(trainer.callback_metrics["val/acc"].item())
+            if "val/acc_tta" in trainer.callback_metrics:  # tta=shifts
+                self.epochs["val_acc_tta"].append(trainer.callback_metrics["val/acc_tta"].item())
             self.epochs["val_loss"].append(trainer.callback_metrics["val/loss"].item())
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -102,8 +102,11 @@ def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any
         correct = compare.stack(runs)
         if folds:  # a seed's final val acc is its out-of-fold accuracy over the whole training set
             final = [float(c.mean()) for c in correct] if correct is not None else []
+        taught = jobs[0].distilled_from  # a distilled design is never one row with a plain one: its setting differs
         rows.append({
-            "model": model, "params": jobs[0].params, "macs": jobs[0].macs_per_image,
+            "model": model if not taught else
+            f"{model} (distilled from {', '.join(str(t.get('model')) for t in taught.get('teachers', []))})",
+            "params": jobs[0].params, "macs": jobs[0].macs_per_image,
             "train_seconds": mean_std([sum(j.epoch_time_s) for j in jobs])[0], "run_dirs": [j.run_dir for j in jobs],
             "setting": dict(zip(differing, values)),
             "seeds": sorted({j.seed for j in jobs} if folds else [j.seed for j in jobs], key=seed_order), "folds": folds,
@@ -113,6 +116,8 @@ def leaderboard(records: List[RunRecord]) -> Tuple[List[str], List[Dict[str, Any
             "max_params": (jobs[0].budget or {}).get("max_params"), "max_macs": (jobs[0].budget or {}).get("max_macs"),
             "wall_time_s": mean_std([j.wall_time_s or 0 for j in jobs]),
             "status": ", ".join(f"{statuses.count(x)} {x}" for x in sorted(set(statuses))),
+            "final_tta": mean_std([j.val_acc_tta[-1] for j in jobs if j.val_acc_tta]),
+            "test_tta": mean_std([j.test_acc_tta for j in jobs if j.test_acc_tta is not None]),
             "val_splits": sorted({j.val_split or "?" for j in jobs}),
             "test_weights": sorted({j.test_ckpt for j in jobs if j.test_ckpt}),
         })
@@ -145,6 +150,10 @@ def markdown(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict
     header = ["#", "model", "params", *differing, "seeds", f"best-epoch {val} acc (ranked by)",
               f"final-epoch {val} acc", f"final {val} 95% CI", "target epoch", f"test acc ({tested} weights)",
               "wall s", "status"]
+    tta = any(r["final_tta"][0] is not None or r["test_tta"][0] is not None for r in rows)
+    if tta:  # test-time augmentation: its own columns, beside the plain ones it never replaces
+        header[header.index(f"final {val} 95% CI"):header.index(f"final {val} 95% CI")] = [f"final-epoch {val} acc, TTA"]
+        header[header.index("wall s"):header.index("wall s")] = ["test acc, TTA"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, r in enumerate(rows, 1):
         reached, total, epochs = r["target"]
@@ -153,7 +162,8 @@ def markdown(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict
         seeds = ",".join(map(str, r["seeds"])) + (f" × {r['folds']} folds" if r.get("folds") else "")
         ci = f"{r['final_ci'][0]:.2%} to {r['final_ci'][1]:.2%}" if r.get("final_ci") else "-"
         cells = [str(rank), str(r["model"]), params, *(str(r["setting"][k]) for k in differing),
-                 seeds, _pct(r["best"]), _pct(r["final"]), ci, target, _pct(r["test"]),
+                 seeds, _pct(r["best"]), _pct(r["final"]), *([_pct(r["final_tta"])] if tta else []), ci, target,
+                 _pct(r["test"]), *([_pct(r["test_tta"])] if tta else []),
                  f"{r['wall_time_s'][0]:.0f}" if r["wall_time_s"][0] is not None else "-", r["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines)

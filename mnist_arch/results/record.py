@@ -24,7 +24,7 @@ RECORD_VERSION = 4  # 4: stopped_at_target
 FILE_NAME = "summary.json"
 # The per-epoch lists of one number each, recorded by the run's History callback (results/history.py, which
 # imports this module: the record must not import Lightning, or Lightning would set up its logging before Hydra).
-SCALARS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "epoch_time_s")
+SCALARS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "epoch_time_s", "val_acc_tta")
 
 
 def _an_accuracy(value: float) -> float:
@@ -62,6 +62,7 @@ class Run(_Part):
     fold: Optional[int] = None
     overrides: List[str] = []
     stopped_at_target: Optional[int] = None  # the epoch (1-based) callbacks.stop_at_target ended the run at
+    distilled_from: Optional[Dict[str, Any]] = None  # distill.teacher: the teachers (run dir, model, params, train s)
     run_dir: Optional[str] = None
     resumed_from: Optional[str] = None
     data_verified: Optional[bool] = None
@@ -115,7 +116,9 @@ class Result(_Part):
     epoch_time_s: List[Number] = []  # train + val
     val_acc_per_class: List[Accuracy] = []  # the last epoch's, digit 0 to 9
     unpredicted: List[List[int]] = []  # per epoch: classes no val image was predicted as
+    val_acc_tta: List[Accuracy] = []  # tta=shifts: each epoch's val acc with test-time augmentation (beside val_acc)
     test_acc: Optional[Accuracy] = None
+    test_acc_tta: Optional[Accuracy] = None  # tta=shifts: the test's, with test-time augmentation
     test_ckpt: Optional[str] = None  # best | final: which weights the test saw
     plots: List[str] = []
     plots_time_s: Optional[Number] = None
@@ -200,6 +203,8 @@ class RunRecord(Provenance, Result, Budgeted, Net, Run):
         if verdict is None:
             return f"{self.model} · {self.status}: {self.error}"
         test = f" · test acc {self.test_acc:.2%} ({self.test_ckpt} weights)" if self.test_acc is not None else ""
+        if self.test_acc_tta is not None:  # beside the plain score, never instead of it
+            test += f" · with TTA {self.test_acc_tta:.2%}"
         dead = ""
         if self.never_predicted:  # e.g. "class 9 never predicted since epoch 1", grouped by that epoch
             by_epoch: Dict[int, List[int]] = {}

@@ -37,6 +37,7 @@ class Setup:
     totals: Dict[str, Any]  # MACs and receptive field, for summary.json
     verdict: Any  # the rules' judgement of the net (mnist_arch.rules.Verdict)
     model: Any  # the Classifier
+    distilled_from: Optional[Dict[str, Any]] = None  # distill.teacher: which nets taught it (their record's words)
 
 
 def setup(cfg: DictConfig, scheduler: Optional[Dict[str, Any]] = None) -> Setup:
@@ -58,12 +59,19 @@ def setup(cfg: DictConfig, scheduler: Optional[Dict[str, Any]] = None) -> Setup:
     net = build_net(spec)
     layers, totals, verdict = describe(net, conf.budget)  # before any compile
     datamodule.check_net(net)  # a net that cannot take data.progressive_size is refused here, not mid-fit
+    teachers, distilled_from = [], None
+    if conf.distill.teacher:  # before training: a teacher that saw the student's validation images is refused
+        from mnist_arch.inference.trained import load_teachers
+
+        teachers, distilled_from = load_teachers(conf.distill.teacher, conf.data)
     kept = provenance.recorded(cfg)
     model = Classifier(net, asdict(conf.optimizer), scheduler or asdict(conf.scheduler), spec, conf.channels_last,
                        conf.compile and scheduler is None, conf.label_smoothing,
                        recorded={"optimizer": kept["optimizer"], "scheduler": kept["scheduler"],
-                                 "label_smoothing": kept["label_smoothing"]} if scheduler is None else None)
-    return Setup(conf, datamodule, spec, net, layers, totals, verdict, model)
+                                 "label_smoothing": kept["label_smoothing"]} if scheduler is None else None,
+                       teachers=teachers, distill_alpha=conf.distill.alpha, temperature=conf.distill.temperature,
+                       tta=conf.tta)
+    return Setup(conf, datamodule, spec, net, layers, totals, verdict, model, distilled_from)
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None, callbacks: Sequence = (),
@@ -98,6 +106,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
             results = trainer.test(run.model, datamodule=run.datamodule, ckpt_path=best, weights_only=True,
                                    verbose=False)
             record.test_ckpt, record.test_acc = "best" if best else "final", results[0]["test/acc"] if results else None
+            record.test_acc_tta = results[0].get("test/acc_tta") if results else None
         record.status = "completed"
     except BaseException as e:
         record.status, record.error, record.signal = _outcome(e)
@@ -175,7 +184,9 @@ def _record(run: Setup, trainer, run_dir: Path, resume: Optional[Path], override
                      fold=conf.data.fold if conf.data.val == "fold" else None,
                      data_verified=conf.data.verify, run_dir=str(run_dir), rank=trainer.global_rank,
                      overrides=provenance.overrides() if overrides is None else list(overrides),
-                     world_size=trainer.world_size, overfit_batches=conf.trainer.overfit_batches or None)
+                     world_size=trainer.world_size, overfit_batches=conf.trainer.overfit_batches or None,
+                     distilled_from=run.distilled_from and {**run.distilled_from, "alpha": conf.distill.alpha,
+                                                            "temperature": conf.distill.temperature})
 
 
 def _set_threads(conf: Config) -> None:

@@ -1,5 +1,5 @@
 """One LightningModule for every architecture: the net is injected, the recipe comes from the config."""
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -10,6 +10,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from mnist_arch.config.recipe import build_optimizer, build_scheduler
 from mnist_arch.errors import ConfigError, NonFiniteLoss
+
+
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (rows, columns): tta=shifts's five views
 
 
 class Classifier(pl.LightningModule):
@@ -30,12 +33,17 @@ class Classifier(pl.LightningModule):
 
     def __init__(self, net: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any],
                  net_spec: Optional[Dict[str, Any]] = None, channels_last: bool = False, compile: bool = False,
-                 label_smoothing: float = 0.0, recorded: Optional[Dict[str, Any]] = None):
+                 label_smoothing: float = 0.0, recorded: Optional[Dict[str, Any]] = None,
+                 teachers: Sequence[nn.Module] = (), distill_alpha: float = 0.5, temperature: float = 4.0,
+                 tta: str = "none"):
         super().__init__()
         # logger=False: the trackers get the config as recorded (mnist_arch/results/provenance.py) from the run,
         # not these resolved values, which may hold what an ${oc.env:...} read
-        self.save_hyperparameters(ignore=["net", "recorded"], logger=False)
+        self.save_hyperparameters(ignore=["net", "recorded", "teachers"], logger=False)
         self.recorded = recorded or {}
+        # The teachers are not submodules: their weights are not the student's (not counted by the rules, not
+        # trained, not in its checkpoints), so they are kept in a plain list
+        self.teachers = list(teachers)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)
         if compile:
@@ -49,6 +57,9 @@ class Classifier(pl.LightningModule):
         # [true, predicted]: read each epoch by the history callback (mnist_arch/results/history.py)
         self.val_confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)
         self.val_acc_best = MaxMetric()
+        # tta=shifts: also scored with test-time augmentation, beside (never instead of) the plain score
+        self.val_acc_tta = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
+        self.test_acc_tta = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
         self._epoch_means: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,6 +81,8 @@ class Classifier(pl.LightningModule):
         y = batch[1]
         # Label smoothing shapes the training loss only: val and test losses stay the plain cross-entropy.
         logits, loss = self._logits_and_loss(batch, self.hparams.label_smoothing)
+        if self.teachers:
+            loss = self._distilled(batch[0], logits, loss)
         with torch.no_grad():
             self.train_sums[0] += loss * len(y)
             self.train_sums[1] += (logits.argmax(dim=1) == y).sum()
@@ -82,6 +95,20 @@ class Classifier(pl.LightningModule):
         if batch_idx % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss, prog_bar=True)
         return loss
+
+    def _distilled(self, x: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """alpha * T^2 * KL(teachers || student) at temperature T + (1 - alpha) * the labels' loss; the teachers see
+        the student's own (augmented) batch, their softened outputs averaged (Hinton et al. 2015: T^2 keeps the
+        soft term's gradients on the scale of the hard term's as T changes)."""
+        t, alpha = self.hparams.temperature, self.hparams.distill_alpha
+        with torch.no_grad():
+            soft = torch.stack([F.softmax(teacher(x).float() / t, dim=1) for teacher in self.teachers]).mean(dim=0)
+        kl = F.kl_div(F.log_softmax(logits.float() / t, dim=1), soft, reduction="batchmean")
+        return alpha * t * t * kl + (1 - alpha) * loss
+
+    def on_fit_start(self) -> None:
+        for teacher in self.teachers:
+            teacher.to(self.device).eval()
 
     def train_means(self, sums: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Mean training loss and accuracy over the epoch's batches so far (this process's, unless the
@@ -102,8 +129,17 @@ class Classifier(pl.LightningModule):
         self.train_sums.zero_()
         self._epoch_means = None
 
+    @torch.no_grad()
+    def tta_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean class probabilities over TTA_SHIFTS: the image and its four one-pixel shifts. A roll wraps
+        pixels round the border, which on MNIST is background only (each digit sits in the middle 20x20)."""
+        return torch.stack([F.softmax(self(torch.roll(x, shifts=shift, dims=(2, 3))), dim=1)
+                            for shift in TTA_SHIFTS]).mean(dim=0)
+
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         _, logits = self._step(batch, self.val_loss, self.val_acc)
+        if self.hparams.tta != "none":
+            self.val_acc_tta.update(self.tta_probabilities(batch[0]), batch[1])
         predicted = logits.argmax(dim=1)
         self.val_confusion.update(predicted, batch[1])
         return predicted  # for callbacks (plots: confusion, mistakes)
@@ -118,13 +154,21 @@ class Classifier(pl.LightningModule):
         self.val_acc_best.update(acc)
         self.log_dict({"val/loss": loss, "val/acc": acc, "val/acc_best": self.val_acc_best.compute()},
                       prog_bar=True)
+        if self.hparams.tta != "none":
+            self.log("val/acc_tta", self.val_acc_tta.compute())
+            self.val_acc_tta.reset()
 
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
         _, logits = self._step(batch, self.test_loss, self.test_acc)
+        if self.hparams.tta != "none":
+            self.test_acc_tta.update(self.tta_probabilities(batch[0]), batch[1])
         return logits.argmax(dim=1)  # for the predictions a run keeps (mnist_arch/results/history.py)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({"test/loss": self.test_loss.compute(), "test/acc": self.test_acc.compute()})
+        if self.hparams.tta != "none":
+            self.log("test/acc_tta", self.test_acc_tta.compute())
+            self.test_acc_tta.reset()
         self.test_loss.reset()
         self.test_acc.reset()
 
