@@ -118,8 +118,10 @@ def test_every_option_of_every_group_composes_validates_and_builds(make_cfg, gro
             from mnist_arch.train.job import build_loggers
 
             with tempfile.TemporaryDirectory() as run_dir:
-                assert [type(logger).__name__.lower() for logger in build_loggers(conf, Path(run_dir), net, "")] == \
-                    [f"{option}logger"]
+                loggers = build_loggers(conf, Path(run_dir), net, "")
+                assert [type(logger).__name__.lower() for logger in loggers] == [f"{option}logger"]
+                for logger in loggers:  # closed before the folder goes: TensorBoard's writer thread writes on
+                    logger.finalize("success")
 
 
 def test_schema_yaml_and_classes_agree():
