@@ -197,27 +197,29 @@ def test_a_seed_null_beside_seed_1_and_a_mathtext_model_name_make_a_board_and_a_
     ("[1, 2]", True),
 ])
 def test_a_claim_is_judged_by_its_own_heartbeat(tmp_path, claim, alive):
-    from mnist_arch.search import study
+    from mnist_arch.search import claims
 
     text = json.dumps(claim).replace('"HOST"', json.dumps(socket.gethostname())).replace('"PID"', str(os.getpid())) \
         if isinstance(claim, dict) else claim
-    (tmp_path / study.CLAIM).write_text(text)
-    assert study.claimed(tmp_path) is alive
-    beats = (claim.get("heartbeat_s") if isinstance(claim, dict) else None) or study.LEGACY_HEARTBEAT_S
-    old = time.time() - study.STALE_BEATS * beats - 1  # silent for longer than its own beats allow: taken over
-    os.utime(tmp_path / study.CLAIM, (old, old))
-    assert study.claimed(tmp_path) is False
+    (tmp_path / claims.CLAIM).write_text(text)
+    files = claims.FileClaims(tmp_path)
+    assert files.claimed(tmp_path) is alive
+    beats = (claim.get("heartbeat_s") if isinstance(claim, dict) else None) or claims.LEGACY_HEARTBEAT_S
+    old = time.time() - claims.STALE_BEATS * beats - 1  # silent for longer than its own beats allow: taken over
+    os.utime(tmp_path / claims.CLAIM, (old, old))
+    assert files.claimed(tmp_path) is False
 
 
 def test_a_live_claim_is_kept_fresh_by_its_heartbeat_however_long_the_epoch(tmp_path):
-    from mnist_arch.search import study
+    from mnist_arch.search import claims
 
-    study.claim(tmp_path)
+    files = claims.FileClaims(tmp_path)
+    files.claim(tmp_path)
     old = time.time() - 3600
-    os.utime(tmp_path / study.CLAIM, (old, old))
-    with study.heartbeat(tmp_path / study.CLAIM, every_s=0.05):
+    os.utime(tmp_path / claims.CLAIM, (old, old))
+    with files.heartbeat(tmp_path, every_s=0.05):
         time.sleep(0.3)  # an "epoch" with no epoch end: the thread beats anyway
-        assert study.claimed(tmp_path)
+        assert files.claimed(tmp_path)
 
 
 def test_a_crash_report_goes_to_a_folder_only_this_user_can_open(tmp_path, monkeypatch):

@@ -130,13 +130,23 @@ def test_preempted_by_sigterm_and_resumed_to_the_same_numbers(cluster, mnist_roo
     assert after.test_acc == before.test_acc
 
 
-def test_two_search_workers_as_slurm_jobs_share_one_study(cluster, mnist_root, tmp_path):
-    """Two sbatch jobs run the same search command on one study folder (a shared disk): together they train
-    exactly search.n_trials trials, each once, and leave none RUNNING."""
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_two_search_workers_as_slurm_jobs_share_one_study(cluster, mnist_root, tmp_path, database):
+    """Two sbatch jobs run the same search command on one study (its folder on a shared disk; its storage SQLite
+    there, or a PostgreSQL server with the locks in the database: scripts/local_postgres.sh up, and the
+    MNIST_ARCH_TEST_POSTGRES and PGPASSWORD it prints): together they train exactly search.n_trials trials, each
+    once, and leave none RUNNING."""
+    import uuid
+
     from tests.test_search import load, small
 
-    study_dir = tmp_path / "study"
-    argv = [a for a in small(mnist_root, study_dir, "search.n_trials=4") if a != "trainer=cpu"]
+    study_dir, more = tmp_path / "study", []
+    if database == "postgresql":
+        if not (os.environ.get("MNIST_ARCH_TEST_POSTGRES") and os.environ.get("PGPASSWORD")):
+            pytest.skip("no PostgreSQL (scripts/local_postgres.sh up, and export what it prints)")
+        name = f"slurm_{uuid.uuid4().hex[:8]}"
+        more = [f"search.storage={os.environ['MNIST_ARCH_TEST_POSTGRES']}", f"search.study_name={name}"]
+    argv = [a for a in small(mnist_root, study_dir, "search.n_trials=4", *more) if a != "trainer=cpu"]
     command = " ".join([sys.executable, "-m", "mnist_arch.search", *(f"'{a}'" for a in argv)])
     jobs = [subprocess.run(["sbatch", "-p", cluster, "--parsable", "-c", "1", "--mem=1G", "-o",
                             str(tmp_path / f"worker{i}_%j.out"), "--wrap", f"cd {Path.cwd()} && {command}"],
@@ -145,7 +155,7 @@ def test_two_search_workers_as_slurm_jobs_share_one_study(cluster, mnist_root, t
     while time.monotonic() < deadline and subprocess.run(["squeue", "-h", "-j", ",".join(jobs)], capture_output=True,
                                                          text=True).stdout.strip():
         time.sleep(2)
-    study = load(study_dir)
+    study = load(study_dir) if not more else load(study_dir, name, os.environ["MNIST_ARCH_TEST_POSTGRES"])
     trained = [t for t in study.trials if t.state.name == "COMPLETE" and not t.user_attrs.get("infeasible")]
     logs = "".join(p.read_text() for p in tmp_path.glob("worker*.out"))
     assert len(trained) == 4 and not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")], logs[-3000:]

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_arch.cli import command
 from mnist_arch.config import space as search_space
 from mnist_arch.config.schema import Config, ConfigError, SearchConf, load, override_pairs, register_schema
-from mnist_arch.errors import printable
+from mnist_arch.errors import printable, redact
 from mnist_arch.files import write_atomic
 from mnist_arch.search import race
 from mnist_arch.search.objective import base_overrides, confirm, confirm_designs, objective
@@ -48,9 +48,10 @@ def main(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "search") is None:
         raise ConfigError("pick a search space: search=<name> (conf/search/: 4k, 8k, 20k, recipe, speedrun)")
     optuna_module()
+    study_dir = Path(HydraConfig.get().runtime.output_dir)
+    _mask_passwords(study_dir / ".hydra")  # Hydra wrote the command line there: a storage URL's password goes
     conf: Config = load(HydraConfig.get().overrides.task)  # the search group, checked
     search = conf.search
-    study_dir = Path(HydraConfig.get().runtime.output_dir)
     overrides = base_overrides(search, HydraConfig.get().overrides.task)
     given = override_pairs(overrides)
     fixed = {k: v for k, v in search_space.specs(search.space).items() if k not in given}  # given: fixed
@@ -97,6 +98,16 @@ def main(cfg: DictConfig) -> None:
         result = confirm(study, job, threads, base.budget.target_acc)
         write_atomic(study_dir / "confirm.md", result + "\n")
         print(f"\nconfirmed on the 60k, 10k test, final epoch ({study_dir / 'confirm.md'}):\n{printable(result)}")
+
+
+def _mask_passwords(folder: Path) -> None:
+    """Hydra's own copies of the command line (.hydra/*.yaml) with every URL's password masked, as the project's
+    records have them: `search.storage=postgresql://user:pw@host/db` typed on the command line stays there
+    otherwise (docs/slurm-and-ddp.md steers the password to PGPASSWORD or ~/.pgpass instead)."""
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() and not folder.is_symlink() else []:
+        text = path.read_text()
+        if redact(text) != text:
+            write_atomic(path, redact(text))
 
 
 def _race(designs, study_dir: Path, search: SearchConf, overrides, threads, job: Job) -> None:

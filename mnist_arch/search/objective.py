@@ -18,7 +18,8 @@ from mnist_arch.config.schema import ConfigError, SearchConf, compose, load, reg
 from mnist_arch.errors import Pruned, RunError
 from mnist_arch.results.record import RunRecord
 from mnist_arch.search.race import train_claimed
-from mnist_arch.search.study import (PRUNER_STARTUP, QUIET_OVERRIDES, Job, claim, claimed, counts, front, in_processes,
+from mnist_arch.search.claims import Claims, patient
+from mnist_arch.search.study import (PRUNER_STARTUP, QUIET_OVERRIDES, Job, counts, front, in_processes,
                                      optuna_module, quiet_worker, run_overrides, set_attrs)
 
 register_schema()
@@ -59,8 +60,8 @@ def objective(trial, job: Job) -> Sequence[float]:
         # The pruner may stop a run once PRUNER_STARTUP trials were trained to the end (Optuna's own startup
         # count would include the infeasible ones, which report nothing)
         prune = len(job.search.objectives) == 1 and counts(trial.study)["complete"] >= PRUNER_STARTUP
-        record = train(cfg, run_dir, overrides, callbacks=[Pruning(trial, len(job.search.objectives) == 1, prune)],
-                       test=False)
+        pruning = Pruning(trial, len(job.search.objectives) == 1, prune, lambda call: patient(call, job.storage))
+        record = train(cfg, run_dir, overrides, callbacks=[pruning], test=False)
     except Pruned as e:
         trial.set_user_attr("pruned", str(e))
         raise optuna_module().TrialPruned(str(e)) from None
@@ -120,9 +121,10 @@ def confirm_designs(designs: Sequence[Tuple[str, str, Sequence[str]]], job: Job,
     units = [(_confirm_dir(job.study_dir, folder, seed), _confirm_overrides(overrides), seed)
              for _, folder, overrides in designs for seed in job.search.confirm_seeds]
     if job.search.workers == 1:
-        _confirm_work(units, job.study_dir, threads)
+        _confirm_work(units, job.study_dir, job.search.storage, threads)
     else:
-        failed = in_processes(_confirm_work, [(units, job.study_dir, threads, i) for i in range(job.search.workers)])
+        failed = in_processes(_confirm_work, [(units, job.study_dir, job.search.storage, threads, i)
+                                              for i in range(job.search.workers)])
         if failed:
             raise ConfigError(f"confirm: {failed} worker(s) failed (see above); run the same command again to go on")
     rows = ["| design | params | MACs | seeds | test acc (final epoch) | min | train s | command |",
@@ -153,25 +155,30 @@ def _confirm_dir(study_dir: Path, folder: str, seed: int) -> Path:
     return study_dir / "confirm" / folder / f"seed{seed}"
 
 
-def _confirm_work(units: Sequence[Tuple[Path, List[str], int]], study_dir: Path, threads: Optional[int],
-                  worker: Optional[int] = None) -> None:
+def _confirm_work(units: Sequence[Tuple[Path, List[str], int]], study_dir: Path, storage: Optional[str],
+                  threads: Optional[int], worker: Optional[int] = None) -> None:
     """One worker: claim a confirm run not yet completed, train it (resuming one cut short), until none is left.
     Alone (worker None) it shows each run's epochs; one of several says a line per run."""
-    from filelock import FileLock
-
     if worker is not None:
         quiet_worker()
     (study_dir / "confirm").mkdir(parents=True, exist_ok=True)
+    claims = Claims.of(storage, study_dir)
+    def next_unit():
+        with claims.locked(CONFIRM_LOCK):
+            unit = next((u for u in units if RunRecord.read(u[0]).status != "completed" and not claims.claimed(u[0])),
+                        None)
+            if unit is not None:
+                claims.claim(unit[0])
+            return unit
+
     while True:
-        with FileLock(str(study_dir / "confirm" / CONFIRM_LOCK)):
-            unit = next((u for u in units if RunRecord.read(u[0]).status != "completed" and not claimed(u[0])), None)
-            if unit is None:
-                return
-            path, overrides, seed = unit
-            claim(path)
+        unit = patient(next_unit, storage)
+        if unit is None:
+            return
+        path, overrides, seed = unit
         what = f"confirm: {path.parent.name} seed {seed}"
         quiet = ["trainer.enable_progress_bar=false"] if worker is not None else []
-        record, seconds = train_claimed(path, [*overrides, f"seed={seed}"], threads, what, here=quiet)
+        record, seconds = train_claimed(path, [*overrides, f"seed={seed}"], threads, what, claims, here=quiet)
         if worker is not None:
             print(f"{what} completed, test acc {record.test_acc:.4f} ({seconds:.0f} s; worker {worker})", flush=True)
 

@@ -15,7 +15,8 @@ races (compare.race_level, by simulation). The test set is never read: the runs 
 follow uses search.confirm_seeds, which may not share a seed with the race.
 
 Resumable and shared like the study: each run is a run dir, race/<design>/round<r>/, claimed by one worker
-under a file lock (search.workers processes, or Slurm jobs running the same command on a shared disk); a
+under the study's lock (mnist_arch/search/claims.py: a file lock, or the database's with a PostgreSQL storage;
+search.workers processes, or Slurm jobs running the same command on a shared disk); a
 completed run is never run again, and a run cut short resumes from its last completed epoch
 (ckpt_path=last). race.md says, for each design, the rounds it survived, its mean, 95% CI, and why it was
 dropped, and names the designs the race could not separate.
@@ -30,7 +31,8 @@ from mnist_arch.config.schema import ConfigError, SearchConf, override_pairs
 from mnist_arch.errors import BadFile
 from mnist_arch.files import SAFE_NAME, check_file
 from mnist_arch.results.record import RunRecord
-from mnist_arch.search.study import CLAIM, claim, claimed, heartbeat, in_processes, quiet_worker
+from mnist_arch.search.claims import Claims, patient
+from mnist_arch.search.study import in_processes, quiet_worker
 
 LOCK = ".race.lock"
 RACE_OVERRIDES = ["callbacks.stop_at_target=false", "trainer.enable_progress_bar=false"]  # every epoch is run
@@ -145,7 +147,8 @@ def _judge(alive: List[Standing], round_: int, search: SearchConf, designs: int)
 # --- running it: workers claim runs under a lock ----------------------------------------------------------
 
 
-def _next_run(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> Tuple[Optional[Tuple[Design, int]], bool]:
+def _next_run(designs: Sequence[Design], race_dir: Path, search: SearchConf,
+              claims: Claims) -> Tuple[Optional[Tuple[Design, int]], bool]:
     """Under the lock: (a run to train now, claimed; whether the race is over)."""
     table, round_ = standings(designs, race_dir, search)
     if not round_:
@@ -153,14 +156,14 @@ def _next_run(designs: Sequence[Design], race_dir: Path, search: SearchConf) -> 
     for s in table:
         if s.dropped is None:
             path = run_dir(race_dir, s.design, round_)
-            if RunRecord.read(path).status != "completed" and not claimed(path):
-                claim(path)
+            if RunRecord.read(path).status != "completed" and not claims.claimed(path):
+                claims.claim(path)
                 return (s.design, round_), False
     return None, False
 
 
-def train_claimed(path: Path, overrides: Sequence[str], threads: Optional[int], what: str, test: bool = True,
-                  here: Sequence[str] = ()) -> Tuple[RunRecord, float]:
+def train_claimed(path: Path, overrides: Sequence[str], threads: Optional[int], what: str, claims: Claims,
+                  test: bool = True, here: Sequence[str] = ()) -> Tuple[RunRecord, float]:
     """Train the run dir this process claimed (resuming a run cut short from its last epoch), its claim kept
     fresh while it trains and let go after; (its record, seconds). One that does not complete is a
     ConfigError naming `what` and the dir. `here`: overrides for this process only, not recorded."""
@@ -171,10 +174,10 @@ def train_claimed(path: Path, overrides: Sequence[str], threads: Optional[int], 
     started = time.perf_counter()
     try:
         cfg = compose([*overrides, *here, *resume, *([f"threads={threads}"] if threads else [])])
-        with heartbeat(path / CLAIM):
+        with claims.heartbeat(path):
             record = train(cfg, path, list(overrides), test=test)
     finally:
-        (path / CLAIM).unlink(missing_ok=True)
+        claims.release(path)
     if record.status != "completed":
         raise ConfigError(f"{what} did not complete ({record.status}: {record.error}); its run dir: {path}")
     return record, time.perf_counter() - started
@@ -183,13 +186,15 @@ def train_claimed(path: Path, overrides: Sequence[str], threads: Optional[int], 
 def work(designs: Sequence[Design], race_dir: Path, search: SearchConf, base: Sequence[str],
          threads: Optional[int] = None, worker: int = 0) -> None:
     """One worker: claim a run, train it (resuming a run cut short), until the race is over."""
-    from filelock import FileLock
-
     quiet_worker()
     race_dir.mkdir(parents=True, exist_ok=True)
+    claims = Claims.of(search.storage, race_dir.parent)
+    def next_run():
+        with claims.locked(LOCK):
+            return _next_run(designs, race_dir, search, claims)
+
     while True:
-        with FileLock(str(race_dir / LOCK)):
-            taken, over = _next_run(designs, race_dir, search)
+        taken, over = patient(next_run, search.storage)
         if over:
             return
         if taken is None:  # this round's other runs are with other workers
@@ -198,7 +203,8 @@ def work(designs: Sequence[Design], race_dir: Path, search: SearchConf, base: Se
         design, round_ = taken
         path = run_dir(race_dir, design, round_)
         overrides = merged(merged(base, design.overrides), [*unit(search, round_), *RACE_OVERRIDES])
-        record, seconds = train_claimed(path, overrides, threads, f"race: {design.name} round {round_}", test=False)
+        record, seconds = train_claimed(path, overrides, threads, f"race: {design.name} round {round_}", claims,
+                                        test=False)
         print(f"race round {round_}: {design.name} completed, final val acc {record.final_val_acc:.4f} "
               f"({seconds:.0f} s; worker {worker})", flush=True)
 

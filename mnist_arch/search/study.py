@@ -13,30 +13,27 @@ they run inside Study.optimize only (with ask and tell they do nothing, as Optun
 cannot keep the guarantee above: MaxTrialsCallback stops a worker after its trial ends, so N workers
 overshoot the count by up to N - 1. The journal storage has no heartbeats at all.
 """
-import json
 import logging
 import os
 import re
 import socket
-import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from mnist_arch.config.foreign import check_foreign
 from mnist_arch.config.schema import SearchConf, override_pairs
 from mnist_arch.errors import ConfigError, printable, redact
-from mnist_arch.files import write_atomic
 from mnist_arch.results.record import RunRecord
+from mnist_arch.search.claims import Claims, StorageAway, alive, patient
 
 STALE_AFTER_S = 3600  # a RUNNING trial whose worker is gone, or silent for this long, is failed and retried
 QUIET = ("mnist_arch", "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "optuna")
 PRUNER_STARTUP = 5  # trained trials before the pruner may stop one (their curves make the median)
 QUIET_OVERRIDES = ["trainer.enable_progress_bar=false"]  # a trial's progress is the study's line per trial
-LOCK = ".ask.lock"  # in the study folder: held to open the study and to ask it for a trial
+LOCK = ".ask.lock"  # the study's lock (a file in its folder, or the database's): held to open it and to ask a trial
 
 
 @dataclass
@@ -62,11 +59,9 @@ def open_study(job: Job, worker: int = 0):
     """The study, created or loaded. Each worker's sampler gets its own seed, from search.seed, its index
     and the trials the study already holds: the same seed everywhere would have two workers (or a resumed
     study) propose the very same points while the sampler is still drawing at random."""
-    from filelock import FileLock
-
-    # Under the study folder's lock: Slurm jobs of one search start at once, and two processes creating a
-    # new storage (Optuna's tables) and study side by side fail on each other's
-    with FileLock(str(job.study_dir / LOCK)):
+    # Under the study's lock: Slurm jobs of one search start at once, and two processes creating a new storage
+    # (Optuna's tables) and study side by side fail on each other's
+    with Claims.of(job.storage, job.study_dir).locked(LOCK):
         return _open_study(job, worker)
 
 
@@ -112,11 +107,13 @@ def _storage(url: str):
     try:
         if url.startswith("journal:///"):
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url[len("journal://"):]))
-        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else \
+            {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True} if url.startswith("postgresql") else {}
         return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except ImportError:  # SQLAlchemy knows the dialect; its driver is not installed
-        raise ConfigError(f"search.storage={redact(url)}: the driver for {url.split(':', 1)[0]} is not installed (MySQL: pip "
-                          "install pymysql; PostgreSQL: pip install psycopg2-binary)") from None
+        raise ConfigError(f"search.storage={redact(url)}: the driver for {url.split(':', 1)[0]} is not installed "
+                          "(PostgreSQL: pip install 'mnist-arch[postgres]', which brings psycopg 3; MySQL: pip install "
+                          "pymysql)") from None
     except Exception as e:  # noqa: BLE001 - a folder that is not there, a file that is no database, a bad URL
         reason = re.sub(r"\s*\(Background on this error.*|\s*\[SQL:.*", "", str(e).splitlines()[0] if str(e) else "")
         raise ConfigError(f"search.storage={redact(url)}: cannot be opened ({type(e).__name__}: {redact(reason)}); give a "
@@ -142,7 +139,7 @@ def fail_stale(study) -> List[int]:
     failed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         host, _, pid = str(t.user_attrs.get("worker", ":")).rpartition(":")
-        gone = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+        gone = host == socket.gethostname() and pid.isdigit() and not alive(int(pid))
         silent = time.time() - t.user_attrs.get("alive_at", t.datetime_start.timestamp()) > STALE_AFTER_S
         if gone or silent:
             # Study.tell takes a trial number from any process; another worker may have failed it first
@@ -150,16 +147,6 @@ def fail_stale(study) -> List[int]:
             _retry(study, t)
             failed.append(t.number)
     return failed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _retry(study, trial) -> None:
@@ -185,9 +172,8 @@ def work(job: Job, objective: Callable, threads: Optional[int] = None, worker: i
     """One worker: ask the study for a trial while it holds fewer trained trials than search.n_trials, run
     it, tell the result. The ask happens under a lock in the study folder, so workers (processes here, or
     Slurm jobs sharing the folder) never run more trials than asked, and none twice."""
-    from filelock import FileLock
-
     optuna = optuna_module()
+    claims = Claims.of(job.storage, job.study_dir)
     if threads:
         import torch
 
@@ -195,30 +181,42 @@ def work(job: Job, objective: Callable, threads: Optional[int] = None, worker: i
     if quiet:
         quiet_worker()
     study = open_study(job, worker)
-    while True:
-        with FileLock(str(job.study_dir / LOCK)):
+
+    def ask():
+        """Under the study's lock: a new trial, or None when the study holds what it should."""
+        with claims.locked(LOCK):
             fail_stale(study)
             c = counts(study)
             trained = c["complete"] + c["pruned"] + c["running"]
             if trained >= job.search.n_trials or c["failed"] >= job.search.n_trials or \
                     c["infeasible"] >= 20 * job.search.n_trials:
-                return
+                return None
             trial = study.ask()
             set_attrs(trial, worker=f"{socket.gethostname()}:{os.getpid()}", alive_at=time.time())
+            return trial
+
+    while True:
+        # the database may be away for a while (a restart): each step waits for it, within STORAGE_PATIENCE_S
+        trial = patient(ask, job.storage)
+        if trial is None:
+            return
         try:
             values = objective(trial, job)
         except optuna.TrialPruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            patient(lambda: study.tell(trial, state=optuna.trial.TrialState.PRUNED), job.storage)
         except KeyboardInterrupt:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             _retry(study, study.get_trials(deepcopy=False)[trial.number])
             raise
+        except StorageAway:
+            raise  # the trial stays RUNNING; the next start fails it and queues it again
         except Exception as e:  # noqa: BLE001 - a crashing trial is recorded (its summary.json too) and the study goes on
-            trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            patient(lambda: (trial.set_user_attr("error", message),
+                             study.tell(trial, state=optuna.trial.TrialState.FAIL)), job.storage)
         else:
-            study.tell(trial, values)
-        _progress(study, trial.number, job)
+            patient(lambda: study.tell(trial, values, skip_if_finished=True), job.storage)
+        patient(lambda: _progress(study, trial.number, job), job.storage)
 
 
 def _progress(study, number: int, job: Job) -> None:
@@ -278,60 +276,6 @@ def in_processes(target: Callable, per_process: Sequence[tuple], stagger_s: floa
 
 
 # --- runs that workers share (a race's, a confirm's): claimed under a lock --------------------------------
-
-CLAIM = "claim.json"  # in a run dir while a worker trains it: host, pid, and how often it beats
-HEARTBEAT_S = 30  # a claim's file is touched this often by its worker's heartbeat thread, whatever an epoch takes
-STALE_BEATS = 4  # a claim unheard of for this many of its own beats is taken over (its worker stopped or hung)
-LEGACY_HEARTBEAT_S = 225  # a claim.json that states no beat (written before it did): 4 beats = the old 15 minutes
-
-
-def claimed(path: Path) -> bool:
-    """Whether a live worker holds this run dir (call under the lock): its claim's file was touched within
-    STALE_BEATS of the beats the claim itself states, and, on this host, its process still runs. A claim.json
-    that is not what a worker writes (damaged, or someone else's) is judged by its file's time alone."""
-    try:
-        heard = (path / CLAIM).stat().st_mtime
-        claim_ = json.loads((path / CLAIM).read_text()[:4096]) if (path / CLAIM).stat().st_size <= 4096 else {}
-    except (OSError, ValueError):
-        return False
-    claim_ = claim_ if isinstance(claim_, dict) else {}
-    pid, beat = claim_.get("pid"), claim_.get("heartbeat_s")
-    beat = beat if isinstance(beat, (int, float)) and not isinstance(beat, bool) and 0 < beat <= 3600 else \
-        LEGACY_HEARTBEAT_S
-    if claim_.get("host") == socket.gethostname() and isinstance(pid, int) and not isinstance(pid, bool) and \
-            pid > 0 and not _alive(pid):
-        return False
-    return time.time() - heard < STALE_BEATS * beat
-
-
-def claim(path: Path) -> None:
-    """This process takes the run dir (call under the lock); `heartbeat` keeps the claim fresh while it trains."""
-    path.mkdir(parents=True, exist_ok=True)
-    write_atomic(path / CLAIM, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                           "heartbeat_s": HEARTBEAT_S}))
-
-
-@contextmanager
-def heartbeat(path: Path, every_s: float = HEARTBEAT_S) -> Iterator[None]:
-    """A thread touching the claim at `path` every `every_s` while the block runs (an epoch of a 20k net can
-    take longer than a claim may be silent); it stops with the block, or when the claim is gone."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every_s):
-            try:
-                os.utime(path)
-            except OSError:  # the claim was let go (or taken over and removed): nothing left to keep fresh
-                return
-
-    thread = threading.Thread(target=beat, name="claim-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
 
 def front(study, search: SearchConf, best: int = 5) -> List:
     """The trials to show: the Pareto front of the feasible complete trials (two objectives), or the `best`

@@ -63,17 +63,19 @@ class Pruning(pl.Callback):
     says stop, the run stops as the next epoch starts, so the judged epoch is whole in the record and in
     last.ckpt."""
 
-    def __init__(self, trial, report: bool, prune: bool = True):
-        self.trial, self.report, self.prune, self.verdict = trial, report, prune, None
+    def __init__(self, trial, report: bool, prune: bool = True, patient: Callable = lambda call: call()):
+        """`patient(call)`: how a call to the study's storage is made (the search retries it while its database is
+        away for a moment: mnist_arch/search/claims.py)."""
+        self.trial, self.report, self.prune, self.verdict, self.patient = trial, report, prune, None, patient
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self.trial.set_user_attr("alive_at", time.time())
+        self.patient(lambda: self.trial.set_user_attr("alive_at", time.time()))
         if self.report:
             epoch, acc = trainer.current_epoch, trainer.callback_metrics["val/acc"].item()
-            self.trial.report(acc, epoch)  # Optuna's steps start at 0
-            if self.prune and self.trial.should_prune():
+            self.patient(lambda: self.trial.report(acc, epoch))  # Optuna's steps start at 0
+            if self.prune and self.patient(self.trial.should_prune):
                 self.verdict = f"pruned after epoch {epoch + 1} (holdout val acc {acc:.4f})"
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
