@@ -151,7 +151,7 @@ def test_the_front_is_the_undominated_feasible_trials():
     (["+search.space.data.erasing=[0.0,0.1]"], "error: search.space.data.erasing: a list is ambiguous here; "
                                              "write {choices: [...]} to pick one of them"),
     (["search.space.optimizer.lr.low=-1"], "error: search.space.optimizer.lr: log=true needs low > 0"),
-    (["search=nope"], "error: search=nope is not an option of search; its options: 20k, 4k, 8k, _shared, recipe, "
+    (["search=nope"], "error: search=nope is not an option of search; its options: 20k, 4k, 8k, _shared, golf, recipe, "
                       "speedrun"),
 ])
 def test_a_bad_search_is_refused_in_one_line(mnist_root, tmp_path, monkeypatch, capsys, overrides, message):
@@ -176,11 +176,14 @@ def test_a_study_name_that_would_leave_outputs_is_refused_before_any_folder(tmp_
     ("sqlite:///{tmp}/missing/study.db", "cannot be opened (OperationalError"),
     ("sqlite:///{tmp}/not_a_database.db", "cannot be opened (DatabaseError: (sqlite3.DatabaseError) file is not a "
                                           "database)"),
-    ("mysql://user@localhost/db", "the driver for mysql is not installed (MySQL: pip install pymysql"),
-    ("postgresql://user@localhost/db", "the driver for postgresql is not installed"),
+    ("mysql://user@localhost/db", "the driver for mysql is not installed (pip install pymysql)"),
+    ("postgresql://user@localhost/db", "the driver for postgresql is not installed (pip install 'mnist-arch[postgres]'"),
     ("journal:///{tmp}/missing/journal.log", "cannot be opened (FileNotFoundError"),
 ])
 def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path, monkeypatch, capsys, storage, message):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # the postgres extra not installed (the suite has it)
     (tmp_path / "not_a_database.db").write_text("hello\n")
     url = storage.replace("{tmp}", str(tmp_path))
     code = search_main(["search=8k", f"hydra.run.dir={tmp_path / 'study'}", f"search.storage={url}"], monkeypatch)

@@ -60,6 +60,14 @@ def patient(call, storage: Optional[str], patience_s: Optional[float] = None):
             waited, delay = waited + delay, min(2 * delay, 15.0)
 
 
+def missing_driver(url: str) -> ConfigError:
+    """The one line for a database storage whose driver is not installed."""
+    dialect = url.split(":", 1)[0].split("+")[0]
+    hint = {"postgresql": "pip install 'mnist-arch[postgres]': psycopg 3", "mysql": "pip install pymysql"}.get(
+        dialect, "install the driver SQLAlchemy names for it")
+    return ConfigError(f"search.storage={redact(url)}: the driver for {dialect} is not installed ({hint})")
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -160,7 +168,10 @@ class DatabaseClaims(Claims):
         import sqlalchemy
 
         self.url, self.sql, self.started = storage, sqlalchemy, False
-        self.engine = sqlalchemy.create_engine(storage, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        try:
+            self.engine = sqlalchemy.create_engine(storage, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        except ImportError:  # SQLAlchemy knows the dialect; its driver is not installed
+            raise missing_driver(storage) from None
         with self._connection(begin=True) as connection:
             connection.execute(sqlalchemy.text(
                 f"CREATE TABLE IF NOT EXISTS {TABLE} (run TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, "

@@ -27,7 +27,7 @@ from mnist_arch.config.foreign import check_foreign
 from mnist_arch.config.schema import SearchConf, override_pairs
 from mnist_arch.errors import ConfigError, printable, redact
 from mnist_arch.results.record import RunRecord
-from mnist_arch.search.claims import Claims, StorageAway, alive, patient
+from mnist_arch.search.claims import Claims, StorageAway, alive, missing_driver, patient
 
 STALE_AFTER_S = 3600  # a RUNNING trial whose worker is gone, or silent for this long, is failed and retried
 QUIET = ("mnist_arch", "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "optuna")
@@ -111,9 +111,7 @@ def _storage(url: str):
             {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True} if url.startswith("postgresql") else {}
         return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except ImportError:  # SQLAlchemy knows the dialect; its driver is not installed
-        raise ConfigError(f"search.storage={redact(url)}: the driver for {url.split(':', 1)[0]} is not installed "
-                          "(PostgreSQL: pip install 'mnist-arch[postgres]', which brings psycopg 3; MySQL: pip install "
-                          "pymysql)") from None
+        raise missing_driver(url) from None
     except Exception as e:  # noqa: BLE001 - a folder that is not there, a file that is no database, a bad URL
         reason = re.sub(r"\s*\(Background on this error.*|\s*\[SQL:.*", "", str(e).splitlines()[0] if str(e) else "")
         raise ConfigError(f"search.storage={redact(url)}: cannot be opened ({type(e).__name__}: {redact(reason)}); give a "
