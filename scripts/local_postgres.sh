@@ -35,7 +35,7 @@ install_if_missing() {
 up() {
   install_if_missing
   local bin; bin=$(bin_dir)
-  if status >/dev/null 2>&1; then echo "already up"; print_env; return; fi
+  if status >/dev/null 2>&1; then echo "already up" >&2; print_env; return; fi
   rm -rf "$DIR"; mkdir -p "$DIR"; chmod 700 "$DIR"
   echo "$PASSWORD" > "$DIR/password"; chmod 600 "$DIR/password"
   if [ "$(id -u)" = 0 ]; then chown -R postgres "$DIR"; fi
