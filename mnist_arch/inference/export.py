@@ -57,7 +57,8 @@ def run_onnx(path: Path, x: torch.Tensor, digest: str) -> torch.Tensor:
         import onnxruntime
     except ImportError as e:
         raise RunError("checking an ONNX file needs onnxruntime: pip install 'mnist-arch[export]'") from e
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    data = trusted_bytes(path, [digest], "ONNX file", NOT_WRITTEN_HERE)  # onnxruntime parses only those bytes
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
 
 
@@ -68,9 +69,11 @@ def export_torchscript(net: torch.nn.Module, example: torch.Tensor, out: Path) -
 
 
 def run_torchscript(path: Path, x: torch.Tensor, digest: str) -> torch.Tensor:
+    """The TorchScript file export just wrote, run on x: a program, so loaded only as the bytes of that digest."""
+    data = trusted_bytes(path, [digest], "TorchScript file", NOT_WRITTEN_HERE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path))(x)
+        return torch.jit.load(io.BytesIO(data))(x)
 
 
 def export_pt2(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
@@ -99,17 +102,31 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+NOT_WRITTEN_HERE = "not the file export just wrote (another process changed it): export again"
+
+
+def trusted_bytes(path: Path, trust: Collection[str], what: str, why: str) -> bytes:
+    """The bytes of the file at `path` when `trust` names it, by its path or its sha256; BadFile (`why`, one line)
+    otherwise, before anything parses it. Read once: the bytes hashed are the bytes the caller loads, so the file
+    cannot be swapped in between. Every program format this project opens (.pt2, TorchScript, ONNX) comes
+    through here."""
+    path = Path(path)
+    check_file(path, what, MAX_CHECKPOINT_BYTES)
+    data = path.read_bytes()
+    digest = sha256(data)
+    named = {str(Path(t).expanduser().resolve()) for t in trust if not _is_digest(t)}
+    if digest not in {t.lower() for t in trust if _is_digest(t)} and str(path.resolve()) not in named:
+        raise BadFile(f"{path}: {why} (its sha256: {digest})")
+    return data
+
+
 def read_pt2(path: Path, trust: Collection[str] = ()) -> torch.nn.Module:
     """A .pt2 file's program as a module, when `trust` names it (its path or its sha256; see the module's
     docstring); BadFile, one line, for one that is not trusted or not a program this project would run."""
     path = Path(path)
-    check_file(path, "torch.export program (.pt2)", MAX_CHECKPOINT_BYTES)
-    data = path.read_bytes()  # hashed and loaded from these bytes alone
-    digest = sha256(data)
-    named = {str(Path(t).expanduser().resolve()) for t in trust if not _is_digest(t)}
-    if digest not in {t.lower() for t in trust if _is_digest(t)} and str(path.resolve()) not in named:
-        raise BadFile(f"{path}: a .pt2 is a program (torch.export runs the code it holds), read only when you trust "
-                      f"it: add {TRUST_OPTION} {path} if you made it or trust who did (its sha256: {digest})")
+    data = trusted_bytes(path, trust, "torch.export program (.pt2)",
+                         f"a .pt2 is a program (torch.export runs the code it holds), read only when you trust it: "
+                         f"add {TRUST_OPTION} {path} if you made it or trust who did")
     from mnist_arch.models.build import check_records
 
     check_records(io.BytesIO(data), path)
