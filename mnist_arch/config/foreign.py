@@ -13,7 +13,7 @@ validated by the schema like any override (types, ranges, names), before any run
 from typing import Any, Iterable, List
 
 from mnist_arch.errors import ConfigError
-from mnist_arch.models.build import TRUST_ENV, trusted_targets
+from mnist_arch.models.build import TRUST_ENV, names_code, trusted_targets
 
 NOT_FROM_FILES = ("hydra", "logger", "search", "ckpt_path", "data.root", "save")
 MAX_OVERRIDE_CHARS = 2000  # a design's longest override (a convnet's stages) is ~60 characters
@@ -57,14 +57,6 @@ def check_foreign(overrides: Iterable[Any], source: str) -> List[str]:
     return checked
 
 
-def _holds_code(value: Any, depth: int = 0) -> bool:
-    if depth > 20:
-        return True
-    if isinstance(value, str):
-        return "${" in value
-    if isinstance(value, dict):
-        return "_target_" in value or any(_holds_code(k, depth + 1) or _holds_code(v, depth + 1)
-                                          for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return any(_holds_code(v, depth + 1) for v in value)
-    return False
+def _holds_code(value: Any) -> bool:
+    """A `_target_` anywhere in it, or an interpolation in any of its strings (keys included)."""
+    return names_code(value) or "${" in repr(value)

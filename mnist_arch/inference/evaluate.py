@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from mnist_arch.errors import BadFile, ConfigError
-from mnist_arch.files import MAX_CONFIG_BYTES, check_file
+from mnist_arch.inference.trained import run_data_config
 
 EVALUATE_VERSION = 1
 FROM_THE_RUN = ("val", "holdout_size", "folds", "fold")  # data settings a run dir's config.yaml decides, unless overridden
@@ -17,8 +17,6 @@ FROM_THE_RUN = ("val", "holdout_size", "folds", "fold")  # data settings a run d
 
 def data_settings(run_dir: Optional[Path], overrides: List[str]):
     """This machine's data group with the overrides, and the run's split where the overrides leave it."""
-    from omegaconf import OmegaConf
-
     from mnist_arch.config.schema import VAL_SPLITS, load, override_pairs
     from mnist_arch.data.fetch import MD5, raw_folder
 
@@ -26,19 +24,15 @@ def data_settings(run_dir: Optional[Path], overrides: List[str]):
     if bad:
         raise ConfigError(f"{bad[0]}: evaluate takes data.* overrides only (e.g. data.val=holdout)")
     data = load(overrides).data
-    saved = run_dir / "config.yaml" if run_dir else None
-    if saved is None or not saved.exists():
+    run_data = run_data_config(run_dir) if run_dir else None  # raw values: nothing in it is resolved
+    if run_data is None:
         return data
-    check_file(saved, "config file", MAX_CONFIG_BYTES)
-    try:  # raw values: an interpolation in a file from elsewhere is not resolved
-        run_data = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)["data"]
-        given = {key[len("data."):] for key in override_pairs(overrides)}
-        split = {key: run_data[key] for key in FROM_THE_RUN if key not in given and key in run_data}
-        root = run_data.get("root")
-        if "root" not in given and isinstance(root, str) and all((raw_folder(root) / name).is_file() for name in MD5):
-            split["root"] = root  # only a folder that already holds the data: nothing is fetched into it
-    except Exception as e:  # noqa: BLE001 - YAML errors and odd shapes alike: the file is data
-        raise BadFile(f"{saved}: not a readable run config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    saved = run_dir / "config.yaml"
+    given = {key[len("data."):] for key in override_pairs(overrides)}
+    split = {key: run_data[key] for key in FROM_THE_RUN if key not in given and key in run_data}
+    root = run_data.get("root")
+    if "root" not in given and isinstance(root, str) and all((raw_folder(root) / name).is_file() for name in MD5):
+        split["root"] = root  # only a folder that already holds the data: nothing is fetched into it
     if split.get("val", "test") not in VAL_SPLITS or \
             any(type(split.get(key, 1)) is not int for key in ("holdout_size", "folds", "fold")):
         raise BadFile(f"{saved}: its data.val / data.holdout_size / data.folds / data.fold are not a split ({split})")

@@ -105,10 +105,6 @@ def load_teachers(paths: Collection[str], data) -> Tuple[List[nn.Module], Dict[s
     image the student validates on: a holdout student's teacher kept the same holdout out (data.holdout_size), a
     fold student's the same fold; a student validating on the test set may have any teacher (none trains on the
     test set). `data`: the student's DataConf. (the nets, in eval mode; what the student's record says of them)."""
-    from omegaconf import OmegaConf
-
-    from mnist_arch.files import MAX_CONFIG_BYTES, check_file
-
     nets, named = [], []
     for given in paths:
         trained = load(given)  # read as data, as every checkpoint: a custom class only if trusted by name
@@ -118,10 +114,7 @@ def load_teachers(paths: Collection[str], data) -> Tuple[List[nn.Module], Dict[s
         record = RunRecord.read(trained.run_dir)
         if record.status != "completed":
             raise ConfigError(f"distill.teacher={given}: its run did not complete ({record.status})")
-        theirs = {}
-        if (trained.run_dir / "config.yaml").is_file():
-            check_file(trained.run_dir / "config.yaml", "run config", MAX_CONFIG_BYTES)
-            theirs = OmegaConf.to_container(OmegaConf.load(trained.run_dir / "config.yaml"), resolve=False).get("data") or {}
+        theirs = run_data_config(trained.run_dir) or {}
         same = {"holdout": record.val_split == "holdout" and theirs.get("holdout_size") == data.holdout_size,
                 "fold": record.val_split == "fold" and (record.folds, record.fold) == (data.folds, data.fold),
                 "test": True}[data.val]
@@ -135,3 +128,23 @@ def load_teachers(paths: Collection[str], data) -> Tuple[List[nn.Module], Dict[s
                       "val_split": record.val_split, "final_val_acc": record.final_val_acc,
                       "train_seconds": round(sum(record.epoch_time_s), 1)})
     return nets, {"teachers": named, "train_seconds": round(sum(t["train_seconds"] for t in named), 1)}
+
+
+def run_data_config(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The data group of a run dir's config.yaml as written (an interpolation in a file from elsewhere is not
+    resolved), within the run config's size limit; None when it has none; BadFile for one that is no config."""
+    from omegaconf import OmegaConf
+
+    from mnist_arch.files import MAX_CONFIG_BYTES, check_file
+
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.exists():
+        return None
+    check_file(saved, "config file", MAX_CONFIG_BYTES)
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)["data"]
+    except Exception as e:  # noqa: BLE001 - YAML errors and odd shapes alike: the file is data
+        raise BadFile(f"{saved}: not a readable run config ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise BadFile(f"{saved}: not a readable run config (its data group is not a mapping)")
+    return data

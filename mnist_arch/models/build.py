@@ -83,6 +83,17 @@ def is_plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
+def names_code(value: Any, depth: int = 0) -> bool:
+    """Whether a config value holds a `_target_` key at any depth (what hydra.utils.instantiate would build)."""
+    if depth > 20:
+        return True
+    if isinstance(value, dict):
+        return "_target_" in value or any(names_code(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(names_code(v, depth + 1) for v in value)
+    return False
+
+
 # --- checkpoints: files from elsewhere ------------------------------------------------------------
 
 

@@ -304,32 +304,28 @@ def compare(a: Sequence[Predictions], b: Sequence[Predictions], split: str) -> C
         if missing:
             raise ConfigError(f"{name}'s run(s) of seed {', '.join(map(str, missing))} kept no {split} predictions "
                               f"(the test split exists only where the run tested; try --split val)")
-    order = lambda r: (r.seed is None, r.seed or 0, r.correct(split)[0])  # noqa: E731 - by seed, then fold's images
-    a, b = sorted(a, key=order), sorted(b, key=order)
-    if len(a) != len(b):
+    # each run's (images, right/wrong) once: paired by seed, then by the fold its images are
+    scored_a = sorted(((r, *r.correct(split)) for r in a), key=lambda t: (t[0].seed is None, t[0].seed or 0, t[1]))
+    scored_b = sorted(((r, *r.correct(split)) for r in b), key=lambda t: (t[0].seed is None, t[0].seed or 0, t[1]))
+    if len(scored_a) != len(scored_b):
         raise ConfigError(f"A has {len(a)} run(s), B {len(b)}: a paired comparison needs as many runs on each "
                           "side (the same seeds, ideally)")
-    paired_seeds = [r.seed for r in a] == [r.seed for r in b]
-    pairs = list(zip(a, b))
-    if any(x.correct(split)[0] != y.correct(split)[0] for x, y in pairs):
+    pairs = [(x, y) for (x, _, _), (y, _, _) in zip(scored_a, scored_b)]
+    paired_seeds = [x.seed for x, _ in pairs] == [y.seed for _, y in pairs]
+    if any(key_a != key_b for (_, key_a, _), (_, key_b, _) in zip(scored_a, scored_b)):
         raise ConfigError(f"the runs' {split} images differ (another split, holdout or fold): a paired comparison "
                           "needs the same images on both sides")
-    sets = {x.correct(split)[0] for x, _ in pairs}
-    right_a = [x.correct(split)[1] for x, _ in pairs]
-    right_b = [y.correct(split)[1] for _, y in pairs]
-    if len(sets) == 1:  # every run on the same images: seeds x images
-        d = np.stack(right_a).astype(np.int8) - np.stack(right_b).astype(np.int8)
+    right_a, right_b = [right for _, _, right in scored_a], [right for _, _, right in scored_b]
+    by_set: Dict[Tuple[str, bytes], List[np.ndarray]] = {}
+    for (_, key, ra), rb in zip(scored_a, right_b):
+        by_set.setdefault(key, []).append(ra.astype(np.int8) - rb.astype(np.int8))
+    if len(by_set) == 1:  # every run on the same images: seeds x images
+        d = np.stack(next(iter(by_set.values())))
         estimate, folds, images = crossed(d), None, d.shape[1]
     else:  # folds: each set of images a cluster, its seeds' runs averaged within it
-        by_set: Dict[Tuple[str, bytes], List[np.ndarray]] = {}
-        for (x, _), ra, rb in zip(pairs, right_a, right_b):
-            by_set.setdefault(x.correct(split)[0], []).append(ra.astype(np.int8) - rb.astype(np.int8))
-        if len(by_set) < 2:
-            raise ConfigError("a comparison over folds needs two folds or more")
         fold_estimates = [crossed(np.stack(v)) for v in by_set.values()]
         estimate = clusters([e.mean for e in fold_estimates], [e.se ** 2 for e in fold_estimates])
-        folds = len(by_set)
-        images = sum(len(next(x for x, _ in pairs if x.correct(split)[0] == key).correct(split)[1]) for key in by_set)
+        folds, images = len(by_set), sum(v[0].shape[0] for v in by_set.values())
     low, high = estimate.ci()
     acc_a = float(np.mean([r.mean() for r in right_a]))
     acc_b = float(np.mean([r.mean() for r in right_b]))
@@ -349,7 +345,15 @@ def runs_of(records, partial_folds: bool = False, pooled: bool = True) -> Tuple[
     images, for `compare` to test over folds as clusters (a pooled run is one seed's worth of evidence,
     whatever the number of folds). With the problems that left runs out (no predictions kept, folds missing or
     repeated), in words."""
-    problems, by_seed = [], {}
+    together, separate, unread, left_out = pooled_and_separate(records, partial_folds)
+    return (together, unread + left_out) if pooled else (separate, unread)
+
+
+def pooled_and_separate(records, partial_folds: bool = False) \
+        -> Tuple[List[Predictions], List[Predictions], List[str], List[str]]:
+    """Both of runs_of's answers from one reading of the runs' files: (pooled, each fold on its own, the runs that
+    could not be read, the seeds whose folds could not be pooled)."""
+    problems, left_out, by_seed = [], [], {}
     for record in records:
         if record.predictions != FILE_NAME:  # the run dir's own file, never a path a record from elsewhere names
             problems.append(f"{record.run_dir}: no {FILE_NAME} (a run before this version, or under DDP)")
@@ -360,27 +364,28 @@ def runs_of(records, partial_folds: bool = False, pooled: bool = True) -> Tuple[
             problems.append(str(e))
             continue
         by_seed.setdefault(record.seed, []).append((record, kept))
-    runs = []
+    together, separate = [], []
     for seed, members in sorted(by_seed.items(), key=lambda item: (item[0] is None, item[0] or 0)):
+        separate += [kept for _, kept in members]
         folds = {record.folds for record, _ in members}
-        if folds == {None} or not pooled:
-            runs += [kept for _, kept in members]
+        if folds == {None}:
+            together += [kept for _, kept in members]
             continue
         k = folds.pop() if len(folds) == 1 else None
         seen = sorted(record.fold for record, _ in members)
         whole = seen == list(range(k)) if k else False
         if k is None or not (whole or (partial_folds and len(set(seen)) == len(seen) and set(seen) <= set(range(k)))):
-            problems.append(f"seed {seed}: folds {seen} of {k or sorted(folds)} (a fold missing or repeated): left out")
+            left_out.append(f"seed {seed}: folds {seen} of {k or sorted(folds)} (a fold missing or repeated): left out")
             continue
         parts = [kept.splits["val"] for _, kept in members]
         index = np.concatenate([p[1] for p in parts])
         if len(np.unique(index)) != len(index):
-            problems.append(f"seed {seed}: its folds' images overlap: left out")
+            left_out.append(f"seed {seed}: its folds' images overlap: left out")
             continue
         order = np.argsort(index)
-        runs.append(Predictions(seed, {"val": (parts[0][0], index[order], *(np.concatenate([p[i] for p in parts])[order]
-                                                                            for i in (2, 3)))}))
-    return runs, problems
+        together.append(Predictions(seed, {"val": (parts[0][0], index[order],
+                                                   *(np.concatenate([p[i] for p in parts])[order] for i in (2, 3)))}))
+    return together, separate, problems, left_out
 
 
 def stack(runs: List[Predictions], split: str = "val") -> Optional[np.ndarray]:

@@ -147,13 +147,11 @@ def _pct(mean_std) -> str:
 def markdown(differing: List[str], rows: List[Dict[str, Any]], failed: List[Dict[str, Any]]) -> str:
     val = "/".join(VAL_NAMES.get(v, v) for v in sorted({v for r in rows for v in r["val_splits"]})) or "val"
     tested = "/".join(sorted({w for r in rows for w in r["test_weights"]})) or "final"
-    header = ["#", "model", "params", *differing, "seeds", f"best-epoch {val} acc (ranked by)",
-              f"final-epoch {val} acc", f"final {val} 95% CI", "target epoch", f"test acc ({tested} weights)",
-              "wall s", "status"]
+    # test-time augmentation: columns of its own, beside the plain ones it never replaces
     tta = any(r["final_tta"][0] is not None or r["test_tta"][0] is not None for r in rows)
-    if tta:  # test-time augmentation: its own columns, beside the plain ones it never replaces
-        header[header.index(f"final {val} 95% CI"):header.index(f"final {val} 95% CI")] = [f"final-epoch {val} acc, TTA"]
-        header[header.index("wall s"):header.index("wall s")] = ["test acc, TTA"]
+    header = ["#", "model", "params", *differing, "seeds", f"best-epoch {val} acc (ranked by)",
+              f"final-epoch {val} acc", *([f"final-epoch {val} acc, TTA"] if tta else []), f"final {val} 95% CI",
+              "target epoch", f"test acc ({tested} weights)", *(["test acc, TTA"] if tta else []), "wall s", "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, r in enumerate(rows, 1):
         reached, total, epochs = r["target"]

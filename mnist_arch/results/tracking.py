@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from mnist_arch.errors import ConfigError, redact
-from mnist_arch.results.provenance import recorded
 
 LOCAL_STORE = Path("outputs") / "mlflow.db"
 REACH_TIMEOUT_S = 10
@@ -79,17 +78,6 @@ def check_reachable(uri: str) -> None:
                           "start it, or unset MLFLOW_TRACKING_URI for the local store under outputs/") from None
 
 
-def names_code(value: Any, depth: int = 0) -> bool:
-    """Whether a config value holds a `_target_` key at any depth (what hydra.utils.instantiate would build)."""
-    if depth > 20:
-        return True
-    if isinstance(value, dict):
-        return "_target_" in value or any(names_code(v, depth + 1) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(names_code(v, depth + 1) for v in value)
-    return False
-
-
 def check_artifact_store(logger) -> None:
     """A remote MLflow server names where the run's artifacts go; a `file:` (or bare path) location would have
     this machine write into its own filesystem wherever the server says: refused."""
@@ -104,7 +92,7 @@ def check_artifact_store(logger) -> None:
                           "(mlflow server --serve-artifacts)")
 
 
-def log_config(logger, cfg, group: Dict[str, str]) -> None:
+def log_config(logger, recorded: Dict[str, Any], group: Dict[str, str]) -> None:
     """The config as recorded, flattened to dotted keys, as the run's params (W&B: its config, with the group's
     keys too, since W&B has one group where MLflow has tags)."""
     def flat(node, prefix=""):
@@ -116,7 +104,7 @@ def log_config(logger, cfg, group: Dict[str, str]) -> None:
 
     from pytorch_lightning.loggers import WandbLogger
 
-    params = dict(flat(recorded(cfg)))
+    params = dict(flat(recorded))
     if isinstance(logger, WandbLogger):
         params.update({f"group.{key}": value for key, value in group.items()})
     logger.log_hyperparams(params)

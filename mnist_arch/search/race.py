@@ -126,10 +126,10 @@ def _judge(alive: List[Standing], round_: int, search: SearchConf, designs: int)
 
     tested = {}
     for s in alive:
-        runs, problems = compare.runs_of(s.records, partial_folds=True)
-        if problems or not runs:
+        runs, tested[s.design.name], unread, left_out = compare.pooled_and_separate(s.records, partial_folds=True)
+        problems = unread + left_out
+        if problems or not runs:  # shown pooled; tested each fold on its own (clusters)
             raise BadFile(f"race: {s.design.name}: " + "; ".join(problems or ["no predictions kept"]))
-        tested[s.design.name] = compare.runs_of(s.records, partial_folds=True, pooled=False)[0]  # folds: clusters
         correct = compare.stack(runs)
         s.mean, s.ci = float(correct.mean()), compare.interval(correct)
     if round_ < search.race_min_rounds:

@@ -55,13 +55,13 @@ def optuna_module():
     return optuna
 
 
-def open_study(job: Job, worker: int = 0):
+def open_study(job: Job, worker: int = 0, claims: Optional[Claims] = None):
     """The study, created or loaded. Each worker's sampler gets its own seed, from search.seed, its index
     and the trials the study already holds: the same seed everywhere would have two workers (or a resumed
     study) propose the very same points while the sampler is still drawing at random."""
     # Under the study's lock: Slurm jobs of one search start at once, and two processes creating a new storage
     # (Optuna's tables) and study side by side fail on each other's
-    with Claims.of(job.storage, job.study_dir).locked(LOCK):
+    with (claims or Claims.of(job.storage, job.study_dir)).locked(LOCK):
         return _open_study(job, worker)
 
 
@@ -178,7 +178,7 @@ def work(job: Job, objective: Callable, threads: Optional[int] = None, worker: i
         torch.set_num_threads(threads)
     if quiet:
         quiet_worker()
-    study = open_study(job, worker)
+    study = open_study(job, worker, claims)
 
     def ask():
         """Under the study's lock: a new trial, or None when the study holds what it should."""

@@ -37,6 +37,7 @@ class Setup:
     totals: Dict[str, Any]  # MACs and receptive field, for summary.json
     verdict: Any  # the rules' judgement of the net (mnist_arch.rules.Verdict)
     model: Any  # the Classifier
+    recorded: Dict[str, Any]  # the config as records keep it (provenance.recorded): config.yaml, trackers, checkpoints
     distilled_from: Optional[Dict[str, Any]] = None  # distill.teacher: which nets taught it (their record's words)
 
 
@@ -64,14 +65,14 @@ def setup(cfg: DictConfig, scheduler: Optional[Dict[str, Any]] = None) -> Setup:
         from mnist_arch.inference.trained import load_teachers
 
         teachers, distilled_from = load_teachers(conf.distill.teacher, conf.data)
-    kept = provenance.recorded(cfg)
+    kept = provenance.recorded(cfg)  # once: config.yaml, every tracker and the checkpoints take this
     model = Classifier(net, asdict(conf.optimizer), scheduler or asdict(conf.scheduler), spec, conf.channels_last,
                        conf.compile and scheduler is None, conf.label_smoothing,
                        recorded={"optimizer": kept["optimizer"], "scheduler": kept["scheduler"],
                                  "label_smoothing": kept["label_smoothing"]} if scheduler is None else None,
                        teachers=teachers, distill_alpha=conf.distill.alpha, temperature=conf.distill.temperature,
                        tta=conf.tta)
-    return Setup(conf, datamodule, spec, net, layers, totals, verdict, model, distilled_from)
+    return Setup(conf, datamodule, spec, net, layers, totals, verdict, model, kept, distilled_from)
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None, callbacks: Sequence = (),
@@ -88,13 +89,13 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
 
     resume = _resume_path(conf.ckpt_path, run_dir, run.net, run.spec["name"])
     callbacks = [*build_callbacks(conf, run_dir), *callbacks]
-    loggers = build_loggers(conf, run_dir, run.net, run.layers, cfg, overrides) if conf.save else []
+    loggers = build_loggers(conf, run_dir, run.net, run.layers, run.recorded, overrides) if conf.save else []
     trainer = pl.Trainer(**conf.trainer.kwargs(run_dir), callbacks=callbacks, logger=loggers or False,
                          default_root_dir=run_dir)
     record = _record(run, trainer, run_dir, resume, overrides)
     writer = trainer.is_global_zero and conf.save  # under DDP every rank runs this; one writes the files
     if writer:
-        _write_inputs(cfg, run_dir, record, run.layers)
+        _write_inputs(run.recorded, run_dir, record, run.layers)
 
     started = time.perf_counter()
     try:
@@ -117,7 +118,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
         if writer:
             record.predictions = _keep_predictions(callbacks, run.datamodule, run_dir, trainer)
             record.write(run_dir)
-            _tensorboard_hparams(loggers, cfg, record)
+            _tensorboard_hparams(loggers, run.recorded, record)
             _tracking_finish(loggers, record, run_dir)
     return record
 
@@ -211,19 +212,19 @@ def _set_threads(conf: Config) -> None:
         torch.set_num_threads(threads)
 
 
-def build_loggers(conf: Config, run_dir: Path, net, layers: str, cfg: Optional[DictConfig] = None,
+def build_loggers(conf: Config, run_dir: Path, net, layers: str, recorded: Optional[Dict[str, Any]] = None,
                   overrides: Optional[List[str]] = None) -> list:
     """Each entry of the logger group, built with the run dir as its save_dir: `_target_` a Lightning logger
     class, every other key one of its arguments (checked against the class, with a did-you-mean, before any
     step) and a plain value (a `_target_` nested in one is refused, never built), except a TensorBoard logger's
     `graph` (ours: the net in the GRAPHS tab). An MLflow logger gets its store checked and the run's group
-    (mnist_arch/results/tracking.py), and the config `cfg` as recorded (interpolations as written) as params. A
+    (mnist_arch/results/tracking.py), and the `recorded` config (interpolations as written) as params. A
     tracker whose package is missing, or whose server refuses, is one line naming what to do."""
     from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
     from mnist_arch.cli import one_line
     from mnist_arch.locate import check_arguments, locate
-    from mnist_arch.models.build import is_plain
+    from mnist_arch.models.build import is_plain, names_code
     from mnist_arch.results import tensorboard as tensorboard_tabs
     from mnist_arch.results import tracking
 
@@ -237,7 +238,7 @@ def build_loggers(conf: Config, run_dir: Path, net, layers: str, cfg: Optional[D
         cls = locate(target, f"logger.{name}._target_", Logger)
         graph = arguments.pop("graph", False) if issubclass(cls, TensorBoardLogger) else False
         for key, value in arguments.items():
-            if not is_plain(value) or tracking.names_code(value):
+            if not is_plain(value) or names_code(value):
                 raise ConfigError(f"logger.{name}.{key}: a logger's arguments are plain values (numbers, strings, "
                                   "lists and mappings of them); a nested _target_ is not built")
         check_arguments(f"logger.{name}.", cls, arguments, target, supplied=["save_dir"])
@@ -249,9 +250,9 @@ def build_loggers(conf: Config, run_dir: Path, net, layers: str, cfg: Optional[D
             logger = cls(**arguments, save_dir=str(run_dir))
             if isinstance(logger, TensorBoardLogger):
                 tensorboard_tabs.add_model(logger, net, layers, graph)
-            if isinstance(logger, (MLFlowLogger, WandbLogger)) and cfg is not None:
+            if isinstance(logger, (MLFlowLogger, WandbLogger)) and recorded is not None:
                 tracking.check_artifact_store(logger)
-                tracking.log_config(logger, cfg, group)
+                tracking.log_config(logger, recorded, group)
         except (TypeError, ImportError) as e:
             if isinstance(e, ImportError) or "No module named" in str(e):
                 raise ConfigError(f"logger={name} needs its package: pip install 'mnist-arch[{name}]' "
@@ -278,12 +279,12 @@ def _group(run_dir: Path, conf: Config, overrides: Optional[List[str]]) -> Dict[
             "seed": str(conf.seed)}
 
 
-def _write_inputs(cfg: DictConfig, run_dir: Path, record: RunRecord, layers: str) -> None:
+def _write_inputs(recorded: Dict[str, Any], run_dir: Path, record: RunRecord, layers: str) -> None:
     """What the run starts from: the config as recorded (mnist_arch/results/provenance.py: resolved, but an
     interpolation that reads the environment kept as written), the layer table, the code's commit (and diff).
     Written by a rename: a link planted at a name is replaced, never followed."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(provenance.recorded(cfg)))
+    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(recorded))
     write_atomic(run_dir / "layers.txt", layers + "\n")
     log.info("%s\n%s", record.model, layers)
     record.git_commit, record.git_diff = provenance.git_state(run_dir)
@@ -370,11 +371,11 @@ def _tracking_finish(loggers: list, record: RunRecord, run_dir: Path) -> None:
                             redact(str(e).splitlines()[0] if str(e) else type(e).__name__)[:300])
 
 
-def _tensorboard_hparams(loggers: list, cfg: DictConfig, record: RunRecord) -> None:
+def _tensorboard_hparams(loggers: list, recorded: Dict[str, Any], record: RunRecord) -> None:
     from pytorch_lightning.loggers import TensorBoardLogger
 
     from mnist_arch.results import tensorboard as tensorboard_tabs
 
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger) and record.epochs_run:
-            tensorboard_tabs.add_hparams(logger, provenance.recorded(cfg), record)
+            tensorboard_tabs.add_hparams(logger, recorded, record)
