@@ -46,11 +46,17 @@ def two_runs(tmp_path_factory, make_cfg):
 @pytest.fixture
 def server(two_runs):
     nets = serve.load_nets([str(p) for p in two_runs], Trust())
-    running = serve.PageServer(nets)
-    thread = threading.Thread(target=running.serve_forever, daemon=True)
-    thread.start()
+    running = serve.PageServer(nets).start()
     yield f"http://127.0.0.1:{running.address[1]}", nets
     running.shutdown()
+    # nothing of the server outlives it (a worker still predicting at exit would abort the process); a worker
+    # that has said it is done may still be returning from its Python frames for a moment
+    left = lambda: [t.name for t in threading.enumerate() if t.name.startswith(("waitress", "page-server"))]
+    for _ in range(50):
+        if not left():
+            break
+        threading.Event().wait(0.1)
+    assert not left()
 
 
 def _post(url: str, body: bytes, host: str = None):
@@ -187,8 +193,7 @@ def test_slow_clients_are_dropped_and_a_broken_pipe_is_no_traceback(two_runs, tm
 
     monkeypatch.setitem(serve.WAITRESS, "channel_timeout", 1)
     monkeypatch.setitem(serve.WAITRESS, "cleanup_interval", 1)
-    running = serve.PageServer(serve.load_nets([str(two_runs[0])], Trust()))
-    threading.Thread(target=running.serve_forever, daemon=True).start()
+    running = serve.PageServer(serve.load_nets([str(two_runs[0])], Trust())).start()
     url = f"http://127.0.0.1:{running.address[1]}"
     try:
         with socket.create_connection(("127.0.0.1", running.address[1])) as stalled:
@@ -215,8 +220,7 @@ def test_past_the_queue_a_prediction_gets_503(two_runs, tmp_path, monkeypatch):
     release = threading.Event()
     real_answer = serve.answer
     monkeypatch.setattr(serve, "answer", lambda *args: (release.wait(30), real_answer(*args))[1])
-    running = serve.PageServer(serve.load_nets([str(two_runs[0])], Trust()))
-    threading.Thread(target=running.serve_forever, daemon=True).start()
+    running = serve.PageServer(serve.load_nets([str(two_runs[0])], Trust())).start()
     url = f"http://127.0.0.1:{running.address[1]}"
     picture = _seven(tmp_path / "seven.png").read_bytes()
     try:
@@ -358,8 +362,7 @@ def test_drawing_in_a_real_browser_shows_what_predict_answers(server, two_runs, 
                                                  "IDX file")
         if os.environ.get("MNIST_ARCH_SCREENSHOT"):  # the README's picture: of the runs named, else of these
             runs = os.environ.get("MNIST_ARCH_SCREENSHOT_RUNS", os.pathsep.join(map(str, two_runs)))
-            shown = serve.PageServer(serve.load_nets(runs.split(os.pathsep), Trust()))
-            threading.Thread(target=shown.serve_forever, daemon=True).start()
+            shown = serve.PageServer(serve.load_nets(runs.split(os.pathsep), Trust())).start()
             page.goto(f"http://127.0.0.1:{shown.address[1]}")
             page.wait_for_selector(".net .layer")
             _draw(page, "7")

@@ -30,6 +30,7 @@ PAGE = "serve.html"  # mnist_arch/web/
 WORKERS = 2  # predictions at once: each holds one picture's preparation (about 100 MB for a 12 MP photo)
 MAX_WAITING = 64  # predictions that wait for a worker; the next one gets 503 (a burst of 50 is all answered)
 TIMEOUT_S = 10  # a client silent this long (idle, or a request it never finishes) is disconnected
+STOP_WAIT_S = 30  # shutdown(): how long waitress waits for its workers before it warns (and we wait again)
 CONNECTION_LIMIT = 2048  # open connections; past it new ones wait in the listen queue
 WAITRESS = dict(
     threads=WORKERS + MAX_WAITING + 4,  # a waiting prediction holds a thread; a few more for the page and /api/nets
@@ -212,11 +213,26 @@ class PageServer:
     def serve_forever(self) -> None:
         self.server.run()  # until shutdown(), or Ctrl-C (waitress then stops its threads and returns)
 
+    def start(self) -> "PageServer":
+        """Serve from a thread of this process (the tests, the README's screenshot) until shutdown()."""
+        self.thread = threading.Thread(target=self.serve_forever, name="page-server", daemon=True)
+        self.thread.start()
+        return self
+
     def shutdown(self) -> None:
+        """Stop, and return only when no thread of the server is left. waitress's workers are daemon threads,
+        and one still inside a prediction (torch, which has let go of the GIL) when the interpreter exits is
+        ended mid-call: the process aborts ('terminate called without an active exception', exit 134) after
+        everything else succeeded. So every worker finishes its request first, however long that takes."""
         from waitress import wasyncore
 
-        self.server.task_dispatcher.shutdown()
-        wasyncore.close_all(self.connections)
+        dispatcher = self.server.task_dispatcher
+        while dispatcher.threads:  # shutdown() gives up (with a warning) after its timeout: wait on
+            dispatcher.shutdown(cancel_pending=True, timeout=STOP_WAIT_S)
+        wasyncore.close_all(self.connections)  # the serving loop returns once its map is empty
+        thread = getattr(self, "thread", None)
+        if thread is not None:
+            thread.join()
 
 
 def _allow_open_files(needed: int) -> None:
