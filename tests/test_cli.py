@@ -215,3 +215,27 @@ def test_every_console_command_answers_help(monkeypatch, capsys):
             code = hydra_command(main, ["--help"], monkeypatch)
         out = capsys.readouterr().out
         assert code in (0, None) and ("usage:" in out or "powered by Hydra" in out), (name, code, out[:200])
+
+
+@pytest.mark.parametrize("argv, code", [(["model=s6"], 0), (["model=s5"], 2)])
+def test_a_command_started_as_a_process_ends_as_python_would(tmp_path, argv, code):
+    """A command that is its process's entry skips the interpreter's teardown (cli.leave) but nothing Python does
+    at exit: atexit handlers run, threads that are not daemons finish, the output is all there, the code is its."""
+    import subprocess
+
+    marker, late = tmp_path / "atexit", tmp_path / "thread"
+    script = tmp_path / "mnist-arch-layers"  # as pip writes a console script, with a marker and a thread of ours
+    script.write_text(f"import atexit, sys, threading, time\n"
+                      f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
+                      f"threading.Thread(target=lambda: (time.sleep(1), open({str(late)!r}, 'w').write('done'))).start()\n"
+                      f"from mnist_arch.layers import main\n"
+                      f"main()\n"
+                      f"print('not reached')\n")
+    done = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr
+    assert marker.read_text() == "ran" and late.read_text() == "done"
+    assert "not reached" not in done.stdout
+    if code == 0:
+        assert done.stdout.rstrip().endswith("(must be (2, 10))") and not done.stderr
+    else:
+        assert done.stderr.startswith("error: model=s5 is not an option of model") and done.stderr.count("\n") == 1

@@ -399,3 +399,24 @@ def test_precision_auto_takes_bf16_only_where_it_was_measured_to_pay(monkeypatch
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     conf = validate(make_cfg(["trainer.precision=auto", f"trainer.accelerator={accelerator}"]))
     assert conf.trainer.kwargs(tmp_path)["precision"] == expected
+
+
+def test_the_record_says_where_the_time_went(make_cfg, mnist_root, tmp_path):
+    """phases_s: every phase of a run, in order, none negative; together no more than the process has lived,
+    and the epochs' parts no more than the epochs the history timed (BENCHMARKS.md reads these)."""
+    import time
+
+    from mnist_arch.results import provenance
+
+    began = provenance.process_age_s()
+    started = time.perf_counter()
+    record = training.train(make_cfg(fast_overrides(mnist_root) + ["model=s6"]), tmp_path / "run")
+    took = time.perf_counter() - started
+    phases = record.phases_s
+    assert list(phases) == ["start", "setup", "fit_start", "train", "val", "epoch_ends", "fit_end", "test", "record"]
+    assert all(seconds >= 0 for seconds in phases.values()), phases
+    assert phases["start"] >= began - 0.05  # the process's age as the run began: this test process's, here
+    assert sum(phases.values()) - phases["start"] <= took + 0.05
+    parts = phases["train"] + phases["val"] + phases["epoch_ends"]
+    assert phases["train"] > 0 and phases["val"] > 0 and parts <= sum(record.epoch_time_s) + 0.05
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["phases_s"] == phases

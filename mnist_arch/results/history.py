@@ -27,13 +27,29 @@ class History(pl.Callback):
         self.epochs.update(val_acc_per_class=[], unpredicted=[])  # per epoch: 10 accuracies; the classes never predicted
         self.confusion: Optional[torch.Tensor] = None  # the last epoch's counts [true, predicted]
         self._started = 0.0
+        # this process's seconds in each part of the epochs (the record's phases_s): the training passes, the
+        # validation passes, and what runs between them (checkpoints, the other callbacks, the scheduler)
+        self.seconds = {"train": 0.0, "val": 0.0, "epoch_ends": 0.0}
+        self.first_started: Optional[float] = None
+        self._mark: Optional[float] = None  # since when the time goes to training
+        self.ended: Optional[float] = None  # the last epoch's end: from there to the next start is epoch_ends
 
     def __getitem__(self, key: str) -> list:
         return self.epochs[key]
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.epochs["lr"].append(trainer.optimizers[0].param_groups[0]["lr"])
-        self._started = time.perf_counter()
+        self._started = self._mark = time.perf_counter()
+        if self.first_started is None:
+            self.first_started = self._started
+        if self.ended is not None:
+            self.seconds["epoch_ends"] += self._started - self.ended
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and self._mark is not None:
+            self._val_started = time.perf_counter()
+            self.seconds["train"] += self._val_started - self._mark
+            self._mark = None
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:  # the pre-fit sanity batches are not an epoch
@@ -48,6 +64,9 @@ class History(pl.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
+            # the checkpoints are saved after this hook (Lightning runs checkpoint callbacks last): epoch_ends
+            self.ended = time.perf_counter()
+            self.seconds["val"] += self.ended - self._val_started
             self.epochs["val_acc"].append(trainer.callback_metrics["val/acc"].item())
             if "val/acc_tta" in trainer.callback_metrics:  # tta=shifts
                 self.epochs["val_acc_tta"].append(trainer.callback_metrics["val/acc_tta"].item())
@@ -58,7 +77,14 @@ class History(pl.Callback):
         self.epochs["train_loss"].append(loss.item())
         self.epochs["train_acc"].append(acc.item())
         # Lightning validates before this hook, so this is the epoch's train + val wall time.
-        self.epochs["epoch_time_s"].append(round(time.perf_counter() - self._started, 3))
+        now = time.perf_counter()
+        self.epochs["epoch_time_s"].append(round(now - self._started, 3))
+        if self._mark is not None:  # no validation ended this epoch: all of it trained
+            self.seconds["train"] += now - self._mark
+            self._mark = None
+        else:
+            self.seconds["epoch_ends"] += now - self.ended
+        self.ended = now
 
     def state_dict(self) -> Dict[str, Any]:
         return self.epochs

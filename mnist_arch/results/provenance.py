@@ -5,6 +5,7 @@ What a record keeps is what was written, never a secret it reached: an interpola
 (`${oc.env:TOKEN}` reads the environment) is kept as written in the overrides, config.yaml and every tracker,
 and so is any value that refers to one; a password in a URL (`https://user:pass@host`) is masked.
 """
+import os
 import platform
 import re
 import subprocess
@@ -55,6 +56,17 @@ def versions() -> Dict[str, Optional[str]]:
         except PackageNotFoundError:
             found[name] = None
     return found
+
+
+def process_age_s() -> Optional[float]:
+    """Seconds since this process started, from the kernel's own start time (Linux's /proc, 10 ms ticks): the
+    interpreter's start and the imports before any of our code ran. None where /proc is not there."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
 
 
 def device_name(device) -> str:

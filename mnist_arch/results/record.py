@@ -20,7 +20,7 @@ from mnist_arch.errors import RunError
 from mnist_arch.files import MAX_RECORD_BYTES, check_file, write_atomic
 from mnist_arch.rules import Verdict, best_epoch, judge
 
-RECORD_VERSION = 4  # 4: stopped_at_target
+RECORD_VERSION = 5  # 4: stopped_at_target; 5: phases_s
 FILE_NAME = "summary.json"
 # The per-epoch lists of one number each, recorded by the run's History callback (results/history.py, which
 # imports this module: the record must not import Lightning, or Lightning would set up its logging before Hydra).
@@ -122,6 +122,10 @@ class Result(_Part):
     test_ckpt: Optional[str] = None  # best | final: which weights the test saw
     plots: List[str] = []
     plots_time_s: Optional[Number] = None
+    # Where this process's time went, in seconds, in order (mnist_arch/train/job.py, `phases`): start (the
+    # interpreter, imports and Hydra's compose, until the run began; Linux only), setup, fit_start, train,
+    # val, epoch_ends, fit_end, test, record. All but train and val is the run's fixed cost (BENCHMARKS.md).
+    phases_s: Dict[str, Number] = {}
     predictions: Optional[str] = None  # the run dir's file of final-epoch predictions (mnist_arch/results/compare.py)
 
 

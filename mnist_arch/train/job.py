@@ -80,6 +80,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
     """One run of `cfg` in `run_dir`. `overrides`: what the record says the run was given (default: this
     Hydra job's command line); `callbacks`: more Lightning callbacks (a search's pruning); test=False leaves
     the 10k test set untouched (a search's trials)."""
+    clock = {"began": time.perf_counter(), "age": provenance.process_age_s()}
     run = setup(cfg)
     conf = run.conf
     import pytorch_lightning as pl
@@ -97,10 +98,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
     if writer:
         _write_inputs(run.recorded, run_dir, record, run.layers)
 
-    started = time.perf_counter()
+    started = clock["fit"] = time.perf_counter()
     try:
         # weights_only=True said here, not left to a default: a checkpoint is read as data
         trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=resume, weights_only=True)
+        clock["fitted"] = time.perf_counter()
         if test:
             best = _best_to_test(conf, find(callbacks, ModelCheckpoint, monitor="val/acc"))
             # verbose=False: Lightning's table of test metrics would repeat what the headline says
@@ -108,6 +110,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
                                    verbose=False)
             record.test_ckpt, record.test_acc = "best" if best else "final", results[0]["test/acc"] if results else None
             record.test_acc_tta = results[0].get("test/acc_tta") if results else None
+        clock["tested"] = time.perf_counter()
         record.status = "completed"
     except BaseException as e:
         record.status, record.error, record.signal = _outcome(e)
@@ -117,10 +120,36 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
         _finish(record, callbacks, trainer, started)
         if writer:
             record.predictions = _keep_predictions(callbacks, run.datamodule, run_dir, trainer)
-            record.write(run_dir)
             _tensorboard_hparams(loggers, run.recorded, record)
+            record.phases_s = phases(clock, callbacks)
+            record.write(run_dir)
             _tracking_finish(loggers, record, run_dir)
     return record
+
+
+def phases(clock: Dict[str, Optional[float]], callbacks: Sequence) -> Dict[str, float]:
+    """Where this process's time went until now, in order (the record's phases_s): a phase that did not happen
+    (a fit that failed, no test) is left out. `clock`: train()'s stamps (perf_counter), and the process's age as
+    train() began; the History callback timed the epochs' parts."""
+    from mnist_arch.results.history import History
+    from mnist_arch.train.callbacks import find
+
+    now, history = time.perf_counter(), find(callbacks, History)
+    marks = [("start", clock["began"] - clock["age"] if clock.get("age") is not None else None),
+             ("setup", clock["began"]), ("fit_start", clock.get("fit"))]
+    spent: Dict[str, float] = {}
+    epochs = history is not None and history.first_started is not None
+    if epochs:
+        marks.append(("epochs", history.first_started))
+        marks.append(("fit_end", history.ended))
+    marks += [("test", clock.get("fitted")), ("record", clock.get("tested") or clock.get("fitted"))]
+    known = [(name, at) for name, at in marks if at is not None]
+    for (name, at), (_, until) in zip(known, [*known[1:], ("end", now)]):
+        if name == "epochs":
+            spent.update(history.seconds)
+        elif name != "test" or clock.get("tested"):
+            spent[name] = until - at
+    return {name: round(seconds, 3) for name, seconds in spent.items()}
 
 
 class NoLinksInRunDir(Callback):
