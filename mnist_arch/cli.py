@@ -132,11 +132,13 @@ def command(main: Callable) -> Callable:
 
 
 def _started_as(main: Callable) -> bool:
-    """Whether this process was started to run `main`: `python -m mnist_arch.<command>` (its module is then
-    __main__) or the command's console script (mnist-arch, mnist-arch-<command>: the script is __main__).
-    Never a process that calls `main` itself (a test, a notebook), whatever its sys.argv says."""
-    script = getattr(sys.modules.get("__main__"), "__file__", None) or ""
-    return main.__module__ == "__main__" or Path(script).name.startswith("mnist-arch")
+    """Whether this process was started to run a command: `python -m mnist_arch.<command>` (our module, or a
+    package's __main__.py, is then __main__) or its console script (mnist-arch, mnist-arch-<command>: the script is
+    __main__). Never a process that calls `main` itself (a test, a notebook), whatever its sys.argv says."""
+    started = sys.modules.get("__main__")
+    spec, script = getattr(started, "__spec__", None), getattr(started, "__file__", None) or ""
+    return main.__module__ == "__main__" or (spec is not None and spec.name.startswith("mnist_arch.")) or \
+        Path(script).name.startswith("mnist-arch")
 
 
 def leave(code) -> NoReturn:

@@ -56,7 +56,21 @@ def did_you_mean(name: str, known: Iterable[str], prefix: str = "", listing: str
     "not a key / not an argument / not an option" message ends with."""
     known = list(known)
     close = difflib.get_close_matches(name, known, n=1)
-    return f"did you mean {prefix}{close[0]}?" if close else f"{listing}: {', '.join(known)}"
+    if not close and len(name) <= 4:  # a short name one letter off (s5 for s4, s6) is under difflib's cutoff
+        close = [option for option in known if _one_edit(name, option)]
+    if close:
+        return f"did you mean {' or '.join(prefix + c for c in close)}?"
+    return f"{listing}: {', '.join(known)}"
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether `b` is `a` with one letter changed, added or left out."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b)) == 1
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
 
 
 def printable(text: str) -> str:

@@ -45,9 +45,8 @@ def main(cfg: DictConfig) -> Optional[float]:
             raise
         log.error("error: %s", e)
         if not (run_dir / "summary.json").is_file():  # refused before training: say so for the leaderboard
-            RunRecord(status=e.status, error=str(e), model=OmegaConf.select(cfg, "model.name", default=None),
-                      seed=OmegaConf.select(cfg, "seed"), overrides=provenance.overrides(), run_dir=str(run_dir),
-                      git_commit=provenance.git_state()[0]).write(run_dir)
+            RunRecord.refused(e.status, str(e), run_dir, model=OmegaConf.select(cfg, "model.name", default=None),
+                              seed=OmegaConf.select(cfg, "seed"), overrides=provenance.overrides()).write(run_dir)
         return None
     except Exception as e:  # a crash: train() recorded it as failed; keep the traceback in the job's log
         if not in_sweep:

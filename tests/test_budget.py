@@ -7,7 +7,7 @@ import torch
 
 from mnist_arch import run
 from mnist_arch.errors import BudgetError
-from mnist_arch.results.history import History
+from mnist_arch.train.history import History
 from mnist_arch.rules import fc_layers, largest_layers
 from mnist_arch.train import job as training
 from mnist_arch.train.module import Classifier

@@ -17,15 +17,26 @@ def options(group: str):
 
 
 def test_model_configs_mirror_the_registry(make_cfg):
-    """One conf/model/<name>.yaml per registered name (and custom); the other options are presets, whose
-    `arch` is registered (a preset inherits the family's defaults and states what differs)."""
+    """One conf/model/<name>.yaml per registered architecture (and custom); the other options are presets, whose
+    `arch` is registered (a preset inherits the family's defaults and states what differs); list_models() is
+    every option but custom, and a preset's name alone builds what its composed config builds."""
+    from dataclasses import asdict
+
+    from mnist_arch.config.schema import validate
+    from mnist_arch.models import build_net, list_architectures
+
     names = {}
     for option in options("model"):
         model = make_cfg([f"model={option}"]).model
         assert model.name == option
         names[option] = model.get("arch")
-    assert sorted(o for o, arch in names.items() if arch is None) == sorted([*list_models(), "custom"])
-    assert {arch for arch in names.values() if arch} <= set(list_models())
+    assert sorted(o for o, arch in names.items() if arch is None) == sorted([*list_architectures(), "custom"])
+    assert {arch for arch in names.values() if arch} <= set(list_architectures())
+    assert sorted(list_models()) == sorted(o for o in names if o != "custom")
+    for preset in (o for o, arch in names.items() if arch):
+        composed = build_net(asdict(validate(make_cfg([f"model={preset}"])).model))
+        by_name = build_net({"name": preset})
+        assert [tuple(p.shape) for p in composed.parameters()] == [tuple(p.shape) for p in by_name.parameters()], preset
 
 
 def test_defaults_are_the_reference_protocol_with_the_default_recipe(make_cfg):
@@ -46,7 +57,8 @@ def test_the_write_ups_recipes_do_not_follow_the_default_one(make_cfg, experimen
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.name=resnet", "model.name: unknown model 'resnet'; available: convnet, s4, s6, custom"),
+        ("model.name=resnet", "model.name: unknown model 'resnet'; available: convnet, frontier_20k, frontier_4k, "
+                              "frontier_8k, public_3762, public_7918, public_9994, s4, s6, speedrun, custom"),
         ("scheduler=piecewise scheduler.milestones=[0,5,2]", "scheduler.milestones=[0.0, 5.0, 2.0] must rise and pair "
                                                              "up with scheduler.factors=[0.5, 1.0, 0.1, 0.05, 0.0] "
                                                              "(two points at least)"),
@@ -125,6 +137,7 @@ def _cli(*args, data_root: Path):
     [
         ("model=resnet", "error: model=resnet is not an option of model; its options: "),  # lists what exists
         ("model=s44", "error: model=s44 is not an option of model; did you mean model=s4? (its options: "),
+        ("model=s5", "error: model=s5 is not an option of model; did you mean model=s4 or model=s6? (its options: "),
         ("optimizer=rmsprop", "error: optimizer=rmsprop is not an option of optimizer; its options: adam, adamw, sgd"),
         ("scheduler=exp", "error: scheduler=exp is not an option of scheduler; its options: cosine, none, "),
         ("optimizer.lr=0", "error: optimizer.lr=0.0 must be > 0"),

@@ -113,10 +113,10 @@ def test_the_readmes_measured_numbers_are_the_ones_results_holds():
 
 
 def test_the_layouts_tiers_are_the_imports():
-    """README's Layout lists mnist_arch's files bottom to top: a file imports only files on its own line or above."""
+    """docs/layout.md lists mnist_arch's files bottom to top: a file imports only files on its own line or above."""
     import ast
 
-    block = (REPO / "README.md").read_text().split("## Layout")[1].split("```")[1]
+    block = (REPO / "docs" / "layout.md").read_text().split("## Layout")[1].split("```")[1]
     tier, lines = {}, block.split("mnist_arch/\n")[1].split("benchmarks/")[0].splitlines()
     for number, line in enumerate(lines):
         for word in line.split("  ")[1].split() if line.startswith("  ") else []:
@@ -127,7 +127,7 @@ def test_the_layouts_tiers_are_the_imports():
     for path in files:
         name = ".".join(path.relative_to(package).with_suffix("").parts)
         own = tier.get(name, tier.get(name.split(".")[0]))
-        assert own is not None, f"{name} is not in the README's Layout"
+        assert own is not None, f"{name} is not in docs/layout.md"
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 modules = [a.name for a in node.names]
@@ -167,3 +167,23 @@ def test_the_readmes_numbers_are_results_numbers():
     for number, seeds in stated:
         assert number in results, f"README states {number}, which RESULTS.md does not"
     assert "seeds 6-10" in table and "seeds 1-5" in table  # each row says which seeds
+
+
+def test_the_configs_option_lists_name_every_option():
+    """conf/config.yaml's comment beside each group lists every option of it that a user picks (a leading
+    underscore marks a file other files build on), and none that is gone."""
+    import re
+
+    lines = (REPO / "conf" / "config.yaml").read_text().split("defaults:")[1].split("\n\n")[0].splitlines()
+    listed, group = {}, None
+    for line in lines:
+        head = re.match(r"\s+- (\w+): \S+\s+#(.*)", line)
+        if head:
+            group = head.group(1)
+            listed[group] = head.group(2)
+        elif group and re.match(r"\s+#", line):
+            listed[group] += line
+    for group in ("model", "optimizer", "scheduler", "trainer", "logger", "experiment", "search", "debug"):
+        options = {p.stem for p in (REPO / "conf" / group).glob("*.yaml") if not p.stem.startswith("_")}
+        named = set(re.findall(r"[\w]+", listed[group]))
+        assert options <= named, (group, options - named)

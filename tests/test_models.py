@@ -14,7 +14,8 @@ def test_registry_lists_the_references():
 
 
 def test_unknown_name_lists_what_exists():
-    with pytest.raises(ConfigError, match="unknown model 'nope'; available: convnet, s4, s6"):
+    with pytest.raises(ConfigError, match="unknown model 'nope'; available: convnet, frontier_20k, frontier_4k, "
+                                          "frontier_8k, public_3762, public_7918, public_9994, s4, s6, speedrun, custom"):
         build_net({"name": "nope"})
 
 

@@ -87,7 +87,7 @@ def test_the_history_resumes_from_new_and_older_checkpoints_and_only_when_fittin
 
     from pytorch_lightning.trainer.states import TrainerFn
 
-    from mnist_arch.results.history import History
+    from mnist_arch.train.history import History
 
     def trainer(fn):
         return SimpleNamespace(state=SimpleNamespace(fn=fn))

@@ -420,3 +420,19 @@ def test_the_record_says_where_the_time_went(make_cfg, mnist_root, tmp_path):
     parts = phases["train"] + phases["val"] + phases["epoch_ends"]
     assert phases["train"] > 0 and phases["val"] > 0 and parts <= sum(record.epoch_time_s) + 0.05
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["phases_s"] == phases
+
+
+def test_a_short_run_is_not_warned_about_its_logging_interval(make_cfg, mnist_root, tmp_path):
+    """4 batches an epoch under the default log_every_n_steps=50: Lightning would warn at every short run about a
+    setting of its own; the run logs once an epoch instead, and says nothing."""
+    import warnings
+
+    overrides = [o for o in fast_overrides(mnist_root) if not o.startswith("trainer.log_every_n_steps")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = training.train(make_cfg(overrides + ["model=s6"]), tmp_path / "run")
+    assert record.status == "completed"
+    assert not [w for w in caught if "logging interval" in str(w.message)]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert len(events.Scalars("train/loss_step")) >= 2  # a step loss each epoch

@@ -382,3 +382,18 @@ def test_workers_that_start_together_create_one_study(tmp_path):
         with context.Pool(4) as pool:
             assert pool.map(_open_at_once, [(job, barrier)] * 4) == [0, 0, 0, 0]
     assert len(optuna.get_all_study_names(studies._storage(url))) == 1
+
+
+def test_search_help_shows_the_searchs_own_keys_and_spaces(monkeypatch, capsys):
+    """`search --help` is the search's: every key of its schema, every space, no internal option, no config dump."""
+    import dataclasses
+
+    from mnist_arch.config.schema import SearchConf
+
+    assert search_main(["--help"], monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m mnist_arch.search search=<space>")
+    missing = [f.name for f in dataclasses.fields(SearchConf) if f"search.{f.name}" not in out]
+    assert missing == []
+    assert "spaces (conf/search/): 20k, 4k, 8k, golf, recipe, speedrun" in out
+    assert "_shared" not in out.replace("_shared.yaml", "") and "_frontier" not in out and "data:" not in out

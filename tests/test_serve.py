@@ -369,3 +369,30 @@ def test_drawing_in_a_real_browser_shows_what_predict_answers(server, two_runs, 
             page.screenshot(path=os.environ["MNIST_ARCH_SCREENSHOT"], full_page=True)
             shown.shutdown()
         browser.close()
+
+
+def test_serve_from_the_clones_parent_serves_its_page(two_runs, tmp_path):
+    """From the folder that holds a clone named mnist_arch/, Python takes that folder for the package's namespace:
+    the command still finds its page (read as it starts, so a page it could not read would be an error before
+    "serving") and serves it."""
+    import signal
+
+    (tmp_path / "mnist_arch").mkdir()  # the clone, as its parent folder sees it
+    (tmp_path / "mnist_arch" / "README.md").write_text("a clone\n")
+    server = subprocess.Popen([sys.executable, "-m", "mnist_arch.serve", str(two_runs[0])], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = server.stdout.readline()
+        assert first.startswith("serving 1 net(s) at http://127.0.0.1:"), first + server.stderr.read()
+        url = first.split()[4]
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            assert answer.status == 200 and answer.read() == (REPO / "mnist_arch" / "web" / serve.PAGE).read_bytes()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+
+
+def test_a_page_that_cannot_be_read_is_an_error_at_start(two_runs, monkeypatch):
+    monkeypatch.setattr(serve, "PAGE", "gone.html")
+    with pytest.raises(serve.ConfigError, match=r"the page's file cannot be read \(No such file or directory: .*gone"):
+        serve.PageServer(serve.load_nets([str(two_runs[0])], Trust()))

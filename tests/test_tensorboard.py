@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mnist_arch.data import fetch
-from mnist_arch.results import plots as plots_module
+from mnist_arch.train import plots as plots_module
 from mnist_arch.train import callbacks as callbacks_module
 from mnist_arch.train import job as training
 from tests.conftest import N_TEST, checksums, fast_overrides, synthetic_files, write_root

@@ -249,9 +249,10 @@ def test_a_class_never_predicted_is_recorded_and_warned(make_cfg, mnist_root, tm
     record = training.train(make_cfg(overrides), tmp_path / "run")
     assert record.unpredicted == [list(range(1, 10))] * 2 and record.never_predicted == {k: 1 for k in range(1, 10)}
     assert record.val_acc_per_class[0] == 1.0 and record.val_acc_per_class[1:] == [0.0] * 9
-    assert record.headline().endswith("⚠ classes 1, 2, 3, 4, 5, 6, 7, 8, 9 never predicted since epoch 1: a ReLU on "
-                                      "the logits can stop a class's gradient")
-    record.unpredicted = [[9], [3, 9]]
+    # ConstantScores' scores are no ReLU's: no word of one
+    assert record.logits_after_relu is False and "ReLU" not in caplog.text
+    assert record.headline().endswith("⚠ classes 1, 2, 3, 4, 5, 6, 7, 8, 9 never predicted since epoch 1")
+    record.unpredicted, record.logits_after_relu = [[9], [3, 9]], True
     assert record.headline().endswith("⚠ class 9 never predicted since epoch 1; class 3 never predicted since epoch 2: "
                                       "a ReLU on the logits can stop a class's gradient")
     assert "epoch 2: no validation image was predicted as class 1, 2, 3" in caplog.text

@@ -72,7 +72,8 @@ REFUSALS = {
     "traversal": "its model name '../../escaped' is not a plain name (letters, digits, _ . -)",
     "tensor_argument": "its net_spec is not a model spec (a name, an optional arch, and the net's arguments as plain "
                        "values)",
-    "unregistered": "unknown model 'resnet9000'; available: convnet, s4, s6, custom",
+    "unregistered": "unknown model 'resnet9000'; available: convnet, frontier_20k, frontier_4k, frontier_8k, "
+                    "public_3762, public_7918, public_9994, s4, s6, speedrun, custom",
 }
 
 

@@ -2,7 +2,7 @@
 
 Each option of `conf/optimizer/` and `conf/scheduler/` names its class in `_target_`; every other key is
 one of that class's arguments, except the few listed in NOT_ARGUMENTS, which say how the run uses it.
-A new optimizer or scheduler is one YAML file (plus a schema field in config.py if it brings a key no
+A new optimizer or scheduler is one YAML file (plus a schema field in config/schema.py if it brings a key no
 other option has). Arguments the class does not take are refused when the config is validated.
 """
 import bisect

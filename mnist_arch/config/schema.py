@@ -18,7 +18,7 @@ from mnist_arch.config.recipe import OPTIMIZER_BASE, SCHEDULER_BASE, class_argum
 from mnist_arch.errors import ConfigError, RunError, did_you_mean
 from mnist_arch.files import folder_name
 from mnist_arch.locate import check_arguments, locate
-from mnist_arch.models import CUSTOM, list_models, unknown_model
+from mnist_arch.models import CUSTOM, list_architectures, list_models, unknown_model
 
 VAL_SPLITS = ("test", "holdout", "fold")
 PIPELINES = ("tensor", "torchvision")
@@ -69,7 +69,8 @@ class ModelConf:
 
     def __post_init__(self):
         if self.arch is not None:
-            _check(self.arch in list_models(), f"model.arch: {unknown_model(self.arch)}")
+            _check(self.arch in list_architectures(), f"model.arch: {self.arch!r} is not a registered architecture; "
+                   f"available: {', '.join(list_architectures())}")
         else:
             _check(self.name in [*list_models(), CUSTOM], f"model.name: {unknown_model(self.name, CUSTOM)}")
         _mapping("model.net", self.net)

@@ -56,7 +56,7 @@ class MNISTDataModule(pl.LightningDataModule):
                  scale: float, brightness: float, contrast: float, jitter_p: float, erasing: float,
                  progressive_size: int, progressive_epochs: int, num_workers: int, download: bool, verify: bool,
                  fetch_timeout_s: float, seed: int):
-        """The `data` config group's keys (conf/data/mnist.yaml holds their defaults, config.py their
+        """The `data` config group's keys (conf/data/mnist.yaml holds their defaults, config/schema.py their
         checks), and the run's seed."""
         super().__init__()
         self.root = Path(root).expanduser() if root else default_root()

@@ -17,7 +17,6 @@ import socket
 import tempfile
 import threading
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote
@@ -132,6 +131,7 @@ class App:
 
     def __init__(self, nets: List[Net]):
         self.nets = nets
+        self.page = read_page()
         self.hosts: Optional[set] = None  # the Host headers a loopback server accepts (DNS rebinding)
         self.workers = threading.BoundedSemaphore(WORKERS)
         self.lock = threading.Lock()
@@ -148,7 +148,7 @@ class App:
         if self.hosts is not None and host not in self.hosts:
             return _json("403 Forbidden", {"error": "this server answers its own address only"})
         if (method, path) == ("GET", "/"):
-            return "200 OK", resources.files("mnist_arch").joinpath("web", PAGE).read_bytes(), "text/html; charset=utf-8"
+            return "200 OK", self.page, "text/html; charset=utf-8"
         if (method, path) == ("GET", "/api/nets"):
             return _json("200 OK", {"nets": describe(self.nets)})
         if (method, path) == ("POST", "/api/predict"):
@@ -182,6 +182,18 @@ class App:
         finally:
             with self.lock:
                 self.pending -= 1
+
+
+def read_page() -> bytes:
+    """The page, read once as the server starts: a page that cannot be served is an error before "serving", not a
+    500 later. Found beside this package's files, not through `importlib.resources.files("mnist_arch")`: from a
+    folder that holds a clone named mnist_arch/ (the clone's parent), Python takes that folder for the
+    package's namespace and resources would look in it."""
+    path = Path(__file__).resolve().parent.parent / "web" / PAGE
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"the page's file cannot be read ({e.strerror}: {path}); reinstall mnist-arch") from None
 
 
 def _json(status: str, body: Dict[str, Any]) -> Tuple[str, bytes, str]:

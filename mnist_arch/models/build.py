@@ -28,7 +28,7 @@ from torch import nn
 from mnist_arch.errors import BadFile, ConfigError
 from mnist_arch.files import MAX_CHECKPOINT_BYTES, MAX_NET_PARAMS, SAFE_NAME, MiB, check_file
 from mnist_arch.locate import check_arguments, check_values, locate
-from mnist_arch.models.registry import MODELS, unknown_model
+from mnist_arch.models.registry import MODELS, presets, unknown_model
 
 CUSTOM = "custom"  # model=custom: the net's class comes from model.net._target_
 TRUST_ENV = "MNIST_ARCH_TRUST_TARGETS"  # comma-separated classes a checkpoint's custom spec may name
@@ -39,7 +39,11 @@ MAX_PICKLE_BYTES = 4 * MiB  # its data.pkl (the structure around the tensors): t
 
 
 def build_net(spec: Dict[str, Any]) -> nn.Module:
-    """The spec's net, freshly initialised; a bad name, class path or argument is a ConfigError."""
+    """The spec's net, freshly initialised; a bad name, class path or argument is a ConfigError. A preset's name
+    alone ({"name": "frontier_4k"}) builds the preset, with any `net` arguments given over its own."""
+    if not spec.get("arch") and spec["name"] in presets():
+        preset = presets()[spec["name"]]
+        spec = {**preset, "net": {**preset["net"], **dict(spec.get("net") or {})}}
     name, kwargs = spec.get("arch") or spec["name"], dict(spec.get("net") or {})
     if name == CUSTOM:
         target = kwargs.pop("_target_", None)

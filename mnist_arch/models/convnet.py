@@ -1,7 +1,7 @@
 """convnet: one configurable all-convolutional family, so an architecture is written in config, not code.
 
     python -m mnist_arch.run model=convnet model.net.stages=[[4,4,4],[8,8,8],[8,8,8]]
-    python -m mnist_arch.summary model=public_9994          # a preset: conf/model/public_9994.yaml
+    python -m mnist_arch.layers model=public_9994           # a preset: conf/model/public_9994.yaml
 
 A net is a list of stages; a stage is a list of 3x3 conv widths, each conv followed by BatchNorm and ReLU
 (`order`: bn_relu or relu_bn), optionally closed by 1x1 convs (`transitions`, same BN + ReLU). A 2x2
@@ -19,7 +19,7 @@ with none between the two halves (Chollet 2017, Xception, found the intermediate
 conv stays full whatever `conv` says: its input is one channel, where a depthwise conv is a single 3x3 filter.
 
 This file has no per-layer shape comments because the shapes live in config: the layer table
-(`python -m mnist_arch.summary model=...`) prints each layer's output shape, RF, jump and MACs, and is
+(`python -m mnist_arch.layers model=...`) prints each layer's output shape, RF, jump and MACs, and is
 saved as layers.txt by every run. Parameters: every conv before a BN needs no bias (`bias=false` drops
 it, as BN's shift does that job); the class conv keeps one unless `class_bias=false`.
 """

@@ -209,11 +209,27 @@ def format_table(rows: List[Layer], verdict: Verdict, measured_rf: Optional[int]
 
 
 def totals_of(rows: List[Layer]) -> dict:
-    """MACs per image, and the RF and jump of the last layer that outputs a feature map."""
+    """MACs per image, the RF and jump of the last layer that outputs a feature map, and whether the scores come
+    out of a ReLU."""
     spatial = [r for r in rows if r.rf is not None]
     return {"macs_per_image": sum(r.macs for r in rows),
             "receptive_field": spatial[-1].rf if spatial else None,
-            "receptive_field_layer": spatial[-1].name if spatial else None}
+            "receptive_field_layer": spatial[-1].name if spatial else None,
+            "logits_after_relu": ends_in_relu(rows)}
+
+
+# Layers that keep a ReLU's output non-negative: after a ReLU and these alone, no score can go below 0
+NON_NEGATIVE_KEEPING = ("MaxPool", "AvgPool", "AdaptiveMaxPool", "AdaptiveAvgPool", "Flatten", "Identity", "Dropout",
+                        "LogSoftmax", "Softmax")
+
+
+def ends_in_relu(rows: List[Layer]) -> bool:
+    """Whether the net's scores come out of a ReLU (through pooling, flattening, dropout only): a class whose score
+    is 0 for every image then gets no gradient and may never be predicted. Modules only: an F.relu is not seen."""
+    for row in reversed(rows):
+        if not row.kind.startswith(NON_NEGATIVE_KEEPING):
+            return row.kind in ("ReLU", "ReLU6")
+    return False
 
 
 def describe(net: nn.Module, budget: Budget) -> Tuple[str, dict, Verdict]:

@@ -20,9 +20,9 @@ from mnist_arch.errors import RunError
 from mnist_arch.files import MAX_RECORD_BYTES, check_file, write_atomic
 from mnist_arch.rules import Verdict, best_epoch, judge
 
-RECORD_VERSION = 5  # 4: stopped_at_target; 5: phases_s
+RECORD_VERSION = 5  # 4: stopped_at_target; 5: phases_s, logits_after_relu
 FILE_NAME = "summary.json"
-# The per-epoch lists of one number each, recorded by the run's History callback (results/history.py, which
+# The per-epoch lists of one number each, recorded by the run's History callback (train/history.py, which
 # imports this module: the record must not import Lightning, or Lightning would set up its logging before Hydra).
 SCALARS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "epoch_time_s", "val_acc_tta")
 
@@ -87,6 +87,7 @@ class Net(_Part):
     receptive_field: Optional[int] = None
     receptive_field_layer: Optional[str] = None
     receptive_field_measured: Optional[int] = None
+    logits_after_relu: Optional[bool] = None  # the scores come out of a ReLU: a class may never get a gradient
 
 
 class Budgeted(_Part):
@@ -106,7 +107,7 @@ class Budgeted(_Part):
 
 
 class Result(_Part):
-    """What the run measured, epoch by epoch (the lists of mnist_arch/results/history.py), and its test."""
+    """What the run measured, epoch by epoch (the lists of mnist_arch/train/history.py), and its test."""
 
     val_acc: List[Accuracy] = []
     val_loss: List[Number] = []
@@ -140,6 +141,14 @@ class Provenance(_Part):
 # Parts listed last come first in the file (pydantic collects fields from the last base up).
 class RunRecord(Provenance, Result, Budgeted, Net, Run):
     """summary.json: one flat object, its keys grouped by part, the parts' fields together."""
+
+    @classmethod
+    def refused(cls, status: str, error: str, run_dir: Path, **known: Any) -> "RunRecord":
+        """The record of a job refused before it trained (a bad config in a sweep, a search's infeasible net):
+        why, what is known of it (`known`: model, seed, overrides, params, ...), and the code's commit."""
+        from mnist_arch.results import provenance
+
+        return cls(status=status, error=error, run_dir=str(run_dir), git_commit=provenance.git_state()[0], **known)
 
     # --- what follows from the fields above --------------------------------------------------------
 
@@ -216,7 +225,8 @@ class RunRecord(Provenance, Result, Budgeted, Net, Run):
                 by_epoch.setdefault(epoch, []).append(klass)
             groups = [f"{'class' if len(ks) == 1 else 'classes'} {', '.join(map(str, ks))} never predicted since "
                       f"epoch {e}" for e, ks in sorted(by_epoch.items())]
-            dead = f" · ⚠ {'; '.join(groups)}: a ReLU on the logits can stop a class's gradient"
+            dead = f" · ⚠ {'; '.join(groups)}" + (": a ReLU on the logits can stop a class's gradient"
+                                                  if self.logits_after_relu else "")
         overfit = (f" · overfit {self.overfit_batches:g} batches: train acc {self.train_acc[-1]:.2%}"
                    if self.overfit_batches and self.train_acc else "")
         return f"{self.model} · {verdict.headline()}, val={self.val_split}){test}{overfit}{dead}"

@@ -19,9 +19,9 @@ never trained, its constraint values teaching the sampler the boundary), train i
 the pruner each epoch, return the objectives.
 """
 import json
-import os
 import sys
 from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -37,16 +37,59 @@ from mnist_arch.search import race
 from mnist_arch.search.objective import base_overrides, confirm, confirm_designs, objective
 from mnist_arch.search.study import (Job, counts, fail_stale, front, front_table, open_study, optuna_module, pruner_name,
                                      run_overrides, run_workers, summarize)
+from mnist_arch.train.job import threads_each
 
 register_schema()
+
+
+@command
+def main() -> None:
+    """The command: `--help` says what a search takes; anything else is the study (Hydra reads sys.argv)."""
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(search_help())
+        return
+    study()
+
+
+def spaces() -> list:
+    """The search spaces a user can pick: conf/search/<name>.yaml, but the shared settings (_shared.yaml)."""
+    return sorted(entry.name[:-5] for entry in resources.files("mnist_arch.conf").joinpath("search").iterdir()
+                  if entry.name.endswith(".yaml") and not entry.name.startswith("_"))
+
+
+def search_help() -> str:
+    """The search's own keys, read from conf/search/_shared.yaml (the file that sets them: their defaults and what
+    they mean), and its spaces; the run's keys are the run's (python -m mnist_arch.run --help)."""
+    folder = resources.files("mnist_arch.conf").joinpath("search")
+    shared = [line for line in folder.joinpath("_shared.yaml").read_text().splitlines() if not line.startswith("#")]
+    keys = [f"  search.{line}" if line[:1].isalpha() else f"         {line}" for line in shared if line.strip()]
+    return "\n".join([
+        "usage: python -m mnist_arch.search search=<space> [search.<key>=<value> ...] [any run override ...]",
+        "",
+        "An Optuna study of the space: each trial samples a net and a recipe, is judged against the budget, trains on",
+        "the holdout split (data.val=test is refused) and is scored; the same command again resumes it (docs/search.md).",
+        "",
+        f"spaces (conf/search/): {', '.join(spaces())}",
+        "",
+        "each space sets:",
+        "  search.study_name=<name>  # the study and its folder outputs/search/<name> (the space's name by default)",
+        "  search.experiment=<name>  # the recipe every trial starts from (an experiment= option)",
+        "  search.space={...}        # what is sampled (docs/search.md, \"A space\")",
+        "every space shares (conf/search/_shared.yaml, with its defaults):",
+        *keys,
+        "",
+        "Any run override (experiment=, budget.*, data.*, trainer.max_epochs=, threads=) applies to every trial; a",
+        "key of the space given on the command line is fixed rather than sampled. Run keys: python -m mnist_arch.run",
+        "--help.",
+    ])
 
 
 @command  # Hydra's own errors, before the job
 @hydra.main(version_base="1.3", config_path="pkg://mnist_arch.conf", config_name="study")
 @command  # the job's errors, inside Hydra's job runner
-def main(cfg: DictConfig) -> None:
+def study(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "search") is None:
-        raise ConfigError("pick a search space: search=<name> (conf/search/: 4k, 8k, 20k, recipe, speedrun)")
+        raise ConfigError(f"pick a search space: search=<name> (conf/search/: {', '.join(spaces())})")
     optuna_module()
     study_dir = Path(HydraConfig.get().runtime.output_dir)
     _mask_passwords(study_dir / ".hydra")  # Hydra wrote the command line there: a storage URL's password goes
@@ -57,7 +100,7 @@ def main(cfg: DictConfig) -> None:
     fixed = {k: v for k, v in search_space.specs(search.space).items() if k not in given}  # given: fixed
     search = replace(search, space=fixed)
     base = load(overrides)  # the trials' recipe, checked before any trial (a typo fails here, not 40 times)
-    threads = base.threads or (max(1, len(os.sched_getaffinity(0)) // search.workers) if search.workers > 1 else None)
+    threads = base.threads or threads_each(search.workers)
     job = Job(search, study_dir, search.storage or f"sqlite:///{study_dir / 'study.db'}", overrides,
               base.trainer.max_epochs)
     study_dir.mkdir(parents=True, exist_ok=True)

@@ -77,15 +77,13 @@ def _infeasible(trial, job: Job, run_dir: Path, overrides: List[str], model: Opt
                 message: str, params: Optional[int], macs: Optional[int]) -> Sequence[float]:
     """Record a trial whose net breaks a rule: its summary.json, and the worst values (the constraints, set
     by the caller where the net could be built, say by how much it missed)."""
-    from mnist_arch.results import provenance
-
     trial.set_user_attr("infeasible", status)
     if params is None:  # not even built: infeasible by a margin the sampler can see
         for name in ("params", "macs", "fc", "output"):
             trial.set_constraint(name, 0)
         trial.set_constraint("buildable", 1)
-    RunRecord(status=status, error=message, model=model, params=params, macs_per_image=macs, overrides=overrides,
-              run_dir=str(run_dir), git_commit=provenance.git_state()[0]).write(run_dir)
+    RunRecord.refused(status, message, run_dir, model=model, params=params, macs_per_image=macs,
+                      overrides=overrides).write(run_dir)
     worst = {"val_acc": 0.0, "params": float(params or 1e12), "macs": float(macs or 1e12), "train_seconds": 1e9}
     return [worst[o] for o in job.search.objectives]
 

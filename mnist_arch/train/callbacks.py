@@ -20,8 +20,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_arch.config.schema import Budget
 from mnist_arch.errors import BudgetError, Pruned
-from mnist_arch.results.history import FinalPredictions, History
-from mnist_arch.results.plots import RunPlots
+from mnist_arch.train.history import FinalPredictions, History
+from mnist_arch.train.plots import RunPlots
 from mnist_arch.rules import judge_net, reached
 
 

@@ -131,7 +131,7 @@ def phases(clock: Dict[str, Optional[float]], callbacks: Sequence) -> Dict[str, 
     """Where this process's time went until now, in order (the record's phases_s): a phase that did not happen
     (a fit that failed, no test) is left out. `clock`: train()'s stamps (perf_counter), and the process's age as
     train() began; the History callback timed the epochs' parts."""
-    from mnist_arch.results.history import History
+    from mnist_arch.train.history import History
     from mnist_arch.train.callbacks import find
 
     now, history = time.perf_counter(), find(callbacks, History)
@@ -229,16 +229,26 @@ def _set_threads(conf: Config) -> None:
     if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
         torch.set_num_threads(conf.threads or int(os.environ["SLURM_CPUS_PER_TASK"]))
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = 1
     n_jobs = HydraConfig.get().launcher.get("n_jobs") if HydraConfig.initialized() else None
     if isinstance(n_jobs, int) and n_jobs != 1:
-        share = cores if n_jobs < 0 else n_jobs
+        share = cpu_cores() if n_jobs < 0 else n_jobs
     if conf.trainer.accelerator == "cpu" and isinstance(conf.trainer.devices, int):
         share *= conf.trainer.devices
-    threads = conf.threads or (max(1, cores // share) if share > 1 else None)
+    threads = conf.threads or threads_each(share)
     if threads:
         torch.set_num_threads(threads)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity: a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def threads_each(processes: int) -> Optional[int]:
+    """Torch threads for each of `processes` sharing this machine's cores (at least one); None for a process alone
+    (torch's default). The one split: parallel jobs, DDP's CPU processes, a search's workers."""
+    return max(1, cpu_cores() // processes) if processes > 1 else None
 
 
 def build_loggers(conf: Config, run_dir: Path, net, layers: str, recorded: Optional[Dict[str, Any]] = None,
@@ -331,8 +341,8 @@ def _best_to_test(conf: Config, best_checkpoint) -> Optional[str]:
 
 def _finish(record: RunRecord, callbacks: Sequence, trainer, started: float) -> None:
     """What the run did, whatever ended it: the per-epoch history, the plots, the time, the device."""
-    from mnist_arch.results.history import History
-    from mnist_arch.results.plots import RunPlots
+    from mnist_arch.train.history import History
+    from mnist_arch.train.plots import RunPlots
     from mnist_arch.train.callbacks import StopAtTarget, find
 
     history = find(callbacks, History)
@@ -353,7 +363,7 @@ def _keep_predictions(callbacks: Sequence, datamodule, run_dir: Path, trainer) -
     """predictions.npz (mnist_arch/results/compare.py): the final epoch's val predictions and the test's; its name,
     or None when there is nothing to keep. Under DDP each process saw a shard: not kept (said in the log)."""
     from mnist_arch.results import compare
-    from mnist_arch.results.history import FinalPredictions
+    from mnist_arch.train.history import FinalPredictions
     from mnist_arch.train.callbacks import find
 
     kept = find(callbacks, FinalPredictions)

@@ -27,7 +27,7 @@ class Classifier(pl.LightningModule):
     arguments), saved in every checkpoint so the net can be rebuilt from the file alone
     (`mnist_arch.models.net_from_checkpoint`); `recorded`: the same hyperparameters as the record keeps them,
     for the checkpoint's copy. What is not training lives in callbacks: the per-epoch
-    history `summary.json` is written from (mnist_arch/results/history.py), the random streams in
+    history `summary.json` is written from (mnist_arch/train/history.py), the random streams in
     checkpoints (RandomState in mnist_arch/train/callbacks.py), the plots.
     """
 
@@ -54,7 +54,7 @@ class Classifier(pl.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
-        # [true, predicted]: read each epoch by the history callback (mnist_arch/results/history.py)
+        # [true, predicted]: read each epoch by the history callback (mnist_arch/train/history.py)
         self.val_confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)
         self.val_acc_best = MaxMetric()
         # tta=shifts: also scored with test-time augmentation, beside (never instead of) the plain score
@@ -110,6 +110,18 @@ class Classifier(pl.LightningModule):
         for teacher in self.teachers:
             teacher.to(self.device).eval()
 
+    def setup(self, stage: str) -> None:
+        # An epoch shorter than the logging interval (a short run, a large batch) would make Lightning warn about
+        # its own setting at every run; log at least once an epoch instead (a full epoch of the references'
+        # recipes has hundreds of batches: nothing changes there). Here, after the data and before the
+        # optimizers, whose scheduler's length is where Lightning first counts the batches.
+        datamodule = self.trainer.datamodule
+        if stage == "fit" and datamodule is not None and self.trainer.log_every_n_steps > 1:
+            batches, limit = len(datamodule.train_dataloader()), self.trainer.limit_train_batches
+            batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+            if 0 < batches < self.trainer.log_every_n_steps:
+                self.trainer.log_every_n_steps = batches
+
     def train_means(self, sums: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Mean training loss and accuracy over the epoch's batches so far (this process's, unless the
         summed `sums` of every process are given)."""
@@ -162,7 +174,7 @@ class Classifier(pl.LightningModule):
         _, logits = self._step(batch, self.test_loss, self.test_acc)
         if self.hparams.tta != "none":
             self.test_acc_tta.update(self.tta_probabilities(batch[0]), batch[1])
-        return logits.argmax(dim=1)  # for the predictions a run keeps (mnist_arch/results/history.py)
+        return logits.argmax(dim=1)  # for the predictions a run keeps (mnist_arch/train/history.py)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({"test/loss": self.test_loss.compute(), "test/acc": self.test_acc.compute()})

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from mnist_arch.results.history import find_history
+from mnist_arch.train.history import find_history
 
 N_IMAGES = 36  # a 6 x 6 grid
 

@@ -1,6 +1,6 @@
 """What a run records each epoch, the lists `summary.json` is written from: val acc and loss, train loss and
 acc, the lr at the epoch's start, the epoch's wall time, each digit's val accuracy and the digits no val image
-was predicted as (a warning: a ReLU on the logits can stop a class's gradient), and the last epoch's confusion
+was predicted as (a warning; for a net whose scores come out of a ReLU, that this can stop a class's gradient), and the last epoch's confusion
 matrix, which the plots draw.
 
 A Lightning callback, so the module only trains. Lightning runs callbacks' hooks before the module's, so the
@@ -26,6 +26,7 @@ class History(pl.Callback):
         self.epochs: Dict[str, list] = {key: [] for key in SCALARS}
         self.epochs.update(val_acc_per_class=[], unpredicted=[])  # per epoch: 10 accuracies; the classes never predicted
         self.confusion: Optional[torch.Tensor] = None  # the last epoch's counts [true, predicted]
+        self.relu_logits: Optional[bool] = None  # the net's scores come out of a ReLU (asked when a class goes missing)
         self._started = 0.0
         # this process's seconds in each part of the epochs (the record's phases_s): the training passes, the
         # validation passes, and what runs between them (checkpoints, the other callbacks, the scheduler)
@@ -58,9 +59,13 @@ class History(pl.Callback):
         self.epochs["val_acc_per_class"].append((self.confusion.diag() / self.confusion.sum(dim=1).clamp(min=1)).tolist())
         self.epochs["unpredicted"].append([k for k in range(10) if self.confusion[:, k].sum() == 0])
         if self.epochs["unpredicted"][-1]:
-            log.warning("epoch %d: no validation image was predicted as class %s (a ReLU on the logits can stop a "
-                        "class's gradient)", pl_module.current_epoch + 1,
-                        ", ".join(map(str, self.epochs["unpredicted"][-1])))
+            if self.relu_logits is None:  # asked once, and only of a net that left a class out
+                from mnist_arch.results.layer_table import ends_in_relu, layer_table
+
+                self.relu_logits = ends_in_relu(layer_table(pl_module.net))
+            log.warning("epoch %d: no validation image was predicted as class %s%s", pl_module.current_epoch + 1,
+                        ", ".join(map(str, self.epochs["unpredicted"][-1])),
+                        " (a ReLU on the logits can stop a class's gradient)" if self.relu_logits else "")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
