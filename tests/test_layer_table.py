@@ -40,7 +40,7 @@ def test_hand_computed_table():
     assert [r.geometry for r in rows[:3]] == ["k3 s1 p1", "k2 s2 p0", "k3 s2 p0"]
     totals = layer_table.totals_of(rows)
     assert totals == {"macs_per_image": 28_224 + 10_368 + 2_880, "receptive_field": 28,
-                      "receptive_field_layer": "gap", "logits_after_relu": False}
+                      "receptive_field_layer": "gap"}
 
 
 def test_empirical_rf_of_the_hand_net():
@@ -159,3 +159,15 @@ def test_a_difference_from_torchs_count_is_explained():
     table, totals, _ = layer_table.describe(MatmulHead(), default_budget())
     assert totals["macs_per_image"] == 4 * 28 * 28 and layer_table.torch_macs(MatmulHead()) == 4 * 28 * 28 + 40
     assert "(torch's FlopCounterMode: 3,176 ✗; it also counts matrix products outside conv and linear" in table
+
+
+@pytest.mark.parametrize("name, clipped", [("s6", True), ("s4", False), ("frontier_4k", False)])
+def test_scores_clipped_at_zero_is_told_from_what_the_net_does(name, clipped):
+    """s6's write-up ends in F.relu (no module to see): its scores are clipped at 0, and the record and the warning
+    say a ReLU may be why a class is never predicted; s4 ends in a conv + BN, the convnet in a 1x1 conv."""
+    from mnist_arch.models import build_net
+    from mnist_arch.results.layer_table import scores_clipped_at_zero
+
+    net = build_net({"name": name}).train()
+    assert scores_clipped_at_zero(net) is clipped
+    assert net.training  # its mode given back

@@ -209,27 +209,25 @@ def format_table(rows: List[Layer], verdict: Verdict, measured_rf: Optional[int]
 
 
 def totals_of(rows: List[Layer]) -> dict:
-    """MACs per image, the RF and jump of the last layer that outputs a feature map, and whether the scores come
-    out of a ReLU."""
+    """MACs per image, and the RF and jump of the last layer that outputs a feature map."""
     spatial = [r for r in rows if r.rf is not None]
     return {"macs_per_image": sum(r.macs for r in rows),
             "receptive_field": spatial[-1].rf if spatial else None,
-            "receptive_field_layer": spatial[-1].name if spatial else None,
-            "logits_after_relu": ends_in_relu(rows)}
+            "receptive_field_layer": spatial[-1].name if spatial else None}
 
 
-# Layers that keep a ReLU's output non-negative: after a ReLU and these alone, no score can go below 0
-NON_NEGATIVE_KEEPING = ("MaxPool", "AvgPool", "AdaptiveMaxPool", "AdaptiveAvgPool", "Flatten", "Identity", "Dropout",
-                        "LogSoftmax", "Softmax")
-
-
-def ends_in_relu(rows: List[Layer]) -> bool:
-    """Whether the net's scores come out of a ReLU (through pooling, flattening, dropout only): a class whose score
-    is 0 for every image then gets no gradient and may never be predicted. Modules only: an F.relu is not seen."""
-    for row in reversed(rows):
-        if not row.kind.startswith(NON_NEGATIVE_KEEPING):
-            return row.kind in ("ReLU", "ReLU6")
-    return False
+def scores_clipped_at_zero(net: nn.Module, images: int = 16) -> bool:
+    """Whether the net's scores come out of a ReLU (a module or an F.relu: s6's write-up ends in one), told from
+    what it does: on random images no score is below 0, and some class scores 0 for some images and more for
+    others. Such a class gets no gradient from the images where it is 0, and may never be predicted."""
+    was_training = net.training
+    generator = torch.Generator().manual_seed(0)
+    try:
+        with torch.no_grad():
+            scores = net.eval()(torch.randn(images, *INPUT_SHAPE, generator=generator).to(device_of(net))).float()
+    finally:
+        net.train(was_training)
+    return bool((scores >= 0).all() and ((scores == 0).any(dim=0) & (scores > 0).any(dim=0)).any())
 
 
 def describe(net: nn.Module, budget: Budget) -> Tuple[str, dict, Verdict]:
@@ -244,5 +242,5 @@ def describe(net: nn.Module, budget: Budget) -> Tuple[str, dict, Verdict]:
         except Exception:  # noqa: BLE001 - a cross-check only: a net the probe cannot run just goes unmeasured
             measured = None
     verdict = judge_net(net, budget, macs=totals["macs_per_image"])
-    return format_table(rows, verdict, measured, torch_macs(net)), {**totals, "receptive_field_measured": measured}, \
-        verdict
+    totals.update(receptive_field_measured=measured, logits_after_relu=scores_clipped_at_zero(net))
+    return format_table(rows, verdict, measured, torch_macs(net)), totals, verdict

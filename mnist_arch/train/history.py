@@ -60,9 +60,9 @@ class History(pl.Callback):
         self.epochs["unpredicted"].append([k for k in range(10) if self.confusion[:, k].sum() == 0])
         if self.epochs["unpredicted"][-1]:
             if self.relu_logits is None:  # asked once, and only of a net that left a class out
-                from mnist_arch.results.layer_table import ends_in_relu, layer_table
+                from mnist_arch.results.layer_table import scores_clipped_at_zero
 
-                self.relu_logits = ends_in_relu(layer_table(pl_module.net))
+                self.relu_logits = scores_clipped_at_zero(pl_module.net)
             log.warning("epoch %d: no validation image was predicted as class %s%s", pl_module.current_epoch + 1,
                         ", ".join(map(str, self.epochs["unpredicted"][-1])),
                         " (a ReLU on the logits can stop a class's gradient)" if self.relu_logits else "")
