@@ -57,7 +57,8 @@ def floor_epochs(overrides, epochs: int) -> list:
     import torch.nn.functional as F
 
     from mnist_arch.config.recipe import build_optimizer, build_scheduler
-    from mnist_arch.config.schema import compose, validate
+    from mnist_arch.config.compose import compose
+    from mnist_arch.config.schema import validate
     from mnist_arch.data import MNISTDataModule
     from mnist_arch.models import build_net
 

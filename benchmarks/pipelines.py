@@ -48,7 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnist_arch.config.schema import compose, validate
+from mnist_arch.config.compose import compose
+
+from mnist_arch.config.schema import validate
 from mnist_arch.models import build_net
 from mnist_arch.train import job as training
 

@@ -17,7 +17,7 @@ from mnist_arch.cli import Parser, command
 
 @command
 def main(argv: Optional[List[str]] = None) -> None:
-    from mnist_arch.config.schema import load
+    from mnist_arch.config.compose import load
     from mnist_arch.models import build_net
     from mnist_arch.results.layer_table import describe
 

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mnist_arch.cli import command
-from mnist_arch.config.schema import register_schema
+from mnist_arch.config.compose import register_schema
 from mnist_arch.errors import RunError
 from mnist_arch.files import replacing, write_atomic
 
@@ -31,12 +31,12 @@ def find(cfg: DictConfig, run_dir: Path) -> float:
     import pytorch_lightning as pl
     from pytorch_lightning.tuner import Tuner
 
-    from mnist_arch.train.job import setup
+    from mnist_arch.train.job import setup, trainer_arguments
 
     constant = {"_target_": None, "name": "none", "interval": "epoch"}  # the range test drives the lr itself
     run = setup(cfg, scheduler=constant)
     conf = run.conf
-    trainer_kwargs = {**conf.trainer.kwargs(run_dir), "enable_progress_bar": False, "enable_model_summary": False}
+    trainer_kwargs = {**trainer_arguments(conf.trainer, run_dir), "enable_progress_bar": False, "enable_model_summary": False}
     trainer = pl.Trainer(**trainer_kwargs, logger=False, enable_checkpointing=False, default_root_dir=run_dir)
     finder = Tuner(trainer).lr_find(run.model, datamodule=run.datamodule, min_lr=MIN_LR, max_lr=MAX_LR,
                                     num_training=NUM_TRAINING, update_attr=False)

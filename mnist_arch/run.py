@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_arch.cli import command
-from mnist_arch.config.schema import register_schema
+from mnist_arch.config.compose import register_schema
 from mnist_arch.errors import RunError, printable
 from mnist_arch.results import provenance
 from mnist_arch.results.record import RunRecord

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from mnist_arch.config.schema import compose
+from mnist_arch.config.compose import compose
 from mnist_arch.data import fetch
 
 N_TRAIN, N_TEST = 320, 80
@@ -65,7 +65,7 @@ def default_budget(**changes):
     """conf/budget/default.yaml's budget (the one place its values live), with `changes`."""
     from dataclasses import replace
 
-    from mnist_arch.config.schema import load
+    from mnist_arch.config.compose import load
 
     return replace(load([]).budget, **changes)
 
@@ -74,7 +74,7 @@ def datamodule(root, **changes):
     """MNISTDataModule with the data group's values (conf/data/mnist.yaml), reading `root`, and `changes`."""
     from dataclasses import asdict
 
-    from mnist_arch.config.schema import load
+    from mnist_arch.config.compose import load
     from mnist_arch.data import MNISTDataModule
 
     given = {"root": str(root)} if root is not None else {}

@@ -186,7 +186,7 @@ def test_search_overrides_that_hydra_takes_but_cannot_mean_are_one_line(tmp_path
 
 def test_a_net_given_as_a_scalar_is_one_line(monkeypatch):
     """OmegaConf types a scalar behind an interpolation, not a mapping (found by test_readers_property)."""
-    from mnist_arch.config.schema import load
+    from mnist_arch.config.compose import load
 
     monkeypatch.setenv("NOT_A_NET", "0")
     with pytest.raises(ConfigError, match=r"^model.net must be a mapping \(name: value, ...\), not '0'$"):

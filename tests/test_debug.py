@@ -67,7 +67,7 @@ def test_limit_runs_three_short_epochs(make_cfg, mnist_root, tmp_path, steps):
 
 def test_default_is_a_careful_cpu_epoch(make_cfg, mnist_root, tmp_path):
     conf = validate(make_cfg([*base(mnist_root), *TINY, "debug=default"]))
-    kwargs = conf.trainer.kwargs(tmp_path)
+    kwargs = training.trainer_arguments(conf.trainer, tmp_path)
     assert (kwargs["accelerator"], kwargs["deterministic"], kwargs["detect_anomaly"], kwargs["max_epochs"]) == \
         ("cpu", True, True, 1)
     record = training.train(make_cfg([*base(mnist_root), *TINY, "debug=default"]), tmp_path / "run")

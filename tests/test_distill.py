@@ -19,7 +19,7 @@ HOLDOUT = ["data.val=holdout", "data.holdout_size=64"]
 def teacher(tmp_path_factory):
     """A small net trained on the synthetic files with the holdout kept out, as a teacher for holdout students."""
     from mnist_arch.data import fetch
-    from mnist_arch.config.schema import compose
+    from mnist_arch.config.compose import compose
     from tests.conftest import checksums, synthetic_files, write_root
 
     tmp = tmp_path_factory.mktemp("teacher")

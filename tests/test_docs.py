@@ -52,7 +52,7 @@ def test_every_command_named_exists():
 
 
 def _config():
-    from mnist_arch.config.schema import compose
+    from mnist_arch.config.compose import compose
 
     return compose(["search=8k"])
 
@@ -90,7 +90,7 @@ def test_every_config_key_and_option_named_exists():
 def test_the_readmes_commands_compose():
     """Each `python -m mnist_arch.run|layers ...` line of the README's code blocks composes and validates (the
     first value of a multirun list)."""
-    from mnist_arch.config.schema import load
+    from mnist_arch.config.compose import load
 
     readme = (REPO / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)

@@ -155,7 +155,8 @@ VALUES = st.one_of(st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True
 @given(st.lists(st.tuples(st.sampled_from(["", "+", "++", "~"]), st.sampled_from(KEYS), VALUES), max_size=3))
 def test_overrides_give_a_config_or_one_line(overrides):
     """The override parser behind every Hydra command (config.load: compose + validate)."""
-    from mnist_arch.config.schema import Config, load
+    from mnist_arch.config.compose import load
+    from mnist_arch.config.schema import Config
 
     conf = read_or_refuse(load, [f"{prefix}{key}={value}" if prefix != "~" else f"~{key}"
                                  for prefix, key, value in overrides], refusal=ConfigError)

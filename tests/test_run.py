@@ -398,7 +398,7 @@ def test_precision_auto_takes_bf16_only_where_it_was_measured_to_pay(monkeypatch
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     conf = validate(make_cfg(["trainer.precision=auto", f"trainer.accelerator={accelerator}"]))
-    assert conf.trainer.kwargs(tmp_path)["precision"] == expected
+    assert training.trainer_arguments(conf.trainer, tmp_path)["precision"] == expected
 
 
 def test_the_record_says_where_the_time_went(make_cfg, mnist_root, tmp_path):

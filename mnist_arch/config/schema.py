@@ -8,15 +8,13 @@ Optional field left None means "not given" (the class's own default applies).
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from mnist_arch.config import space
 from mnist_arch.config.recipe import OPTIMIZER_BASE, SCHEDULER_BASE, class_arguments, piecewise_problem
-from mnist_arch.errors import ConfigError, RunError, did_you_mean
-from mnist_arch.files import folder_name
+from mnist_arch.errors import ConfigError, did_you_mean
 from mnist_arch.locate import check_arguments, locate
 from mnist_arch.models import CUSTOM, list_architectures, list_models, unknown_model
 
@@ -210,21 +208,6 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true
               "transformer-engine", "transformer-engine-float16")
 
 
-def auto_precision(accelerator: str) -> str:
-    """trainer.precision=auto: bf16-mixed where it was measured to pay, else 32-true. It pays on a CPU that
-    computes bf16 natively (avx512_bf16 or AMX) in a process with one torch thread (a search or race worker's
-    share of the cores): the project's CPU steps 1.14-1.34x faster there, while with two threads bf16 is
-    0.87-1.12x (its kernels did not use the second thread; BENCHMARKS.md, "bf16 on the CPU"). Elsewhere
-    32-true: more threads, a CPU that would emulate bf16, a GPU (not measured)."""
-    import torch
-
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    cpu = getattr(torch, "cpu", None)
-    native = any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
-                                                                      "_is_amx_tile_supported"))
-    return "bf16-mixed" if on_cpu and native and torch.get_num_threads() == 1 else "32-true"
-
-
 @dataclass
 class TrainerConf:
     """`pl.Trainer`'s arguments: these are typed; any other one may be added as +trainer.<name>=<value>
@@ -258,19 +241,6 @@ class TrainerConf:
         _check(self.profiler in (None, "simple", "advanced", "pytorch"),
                f"trainer.profiler={self.profiler!r} is not one of: simple, advanced, pytorch")
         _check(self.log_every_n_steps >= 1, f"trainer.log_every_n_steps={self.log_every_n_steps} must be >= 1")
-
-    def kwargs(self, run_dir) -> Dict[str, Any]:
-        """What pl.Trainer gets (None values left to Lightning's defaults); a profiler named here writes its
-        report into the run dir; precision=auto resolved for this machine and the torch threads set."""
-        typed = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra" and v is not None}
-        if self.precision == "auto":
-            typed["precision"] = auto_precision(self.accelerator)
-        if self.profiler:
-            from pytorch_lightning.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
-
-            kinds = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
-            typed["profiler"] = kinds[self.profiler](dirpath=run_dir, filename="profile")
-        return {**typed, **self.extra}
 
 
 @dataclass
@@ -454,33 +424,6 @@ class Config:
 SET_BY_THE_RUN = {"callbacks": "the callbacks group", "logger": "the logger group", "default_root_dir": "the run dir"}
 
 
-def run_stamp() -> str:
-    """The run dir's time stamp (HH-MM-SS), or `slurm-<job id>` inside a Slurm job: the tasks of one
-    multi-task job (srun -n 2, DDP) start at slightly different times and must share one run dir."""
-    import os
-    from datetime import datetime
-
-    job = os.environ.get("SLURM_JOB_ID")
-    return f"slurm-{job}" if job else datetime.now().strftime("%H-%M-%S")
-
-
-def folder_of(key: str, _root_: DictConfig) -> str:
-    """`${folder_name:model.name}` in a run dir's path: the key's value, refused (one line, before Hydra makes
-    the folder) when it would leave its parent folder (`search.study_name=../../x`). null: "none"."""
-    value = OmegaConf.select(_root_, key, default=None)
-    return folder_name("none" if value is None else str(value), key)
-
-
-def register_schema() -> None:
-    """Make the schema the first default of `conf/config.yaml`, so every merge is type-checked; and the
-    run dir's `${run_stamp:}` and `${folder_name:<key>}`."""
-    ConfigStore.instance().store(name="schema", node=Config)
-    if not OmegaConf.has_resolver("run_stamp"):
-        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
-    if not OmegaConf.has_resolver("folder_name"):
-        OmegaConf.register_new_resolver("folder_name", folder_of)
-
-
 def validate(cfg: DictConfig) -> Config:
     """Composed config -> dataclasses; raises ConfigError (one line) on the first bad key or value."""
     _refuse_unread_keys(cfg)
@@ -528,43 +471,3 @@ def _trainer_extra(cfg: DictConfig) -> Dict[str, Any]:
         _check(key not in SET_BY_THE_RUN, f"trainer.{key} is set by {SET_BY_THE_RUN.get(key)}, not here")
     check_arguments("trainer.", pl.Trainer, extra, "pl.Trainer")
     return extra
-
-
-def load(overrides=()) -> Config:
-    """The validated config `python -m mnist_arch.run <overrides>` would train with, composed outside a Hydra
-    job (the layer table, evaluate). Anything Hydra cannot parse or merge is a ConfigError in one line, as is
-    any value the schema refuses."""
-    from mnist_arch.cli import hydra_error
-
-    try:
-        return validate(compose(overrides))
-    except (RunError, KeyboardInterrupt):
-        raise
-    except Exception as e:  # noqa: BLE001 - Hydra's and OmegaConf's errors become ours; anything else is a bug
-        line = hydra_error(e)
-        if line is None:
-            raise
-        raise ConfigError(line) from None
-
-
-def override_pairs(overrides: Sequence[str]) -> Dict[str, Optional[str]]:
-    """{key: value as typed} of Hydra overrides, a `+`/`++`/`~` prefix dropped; a deletion (`~key`) is None.
-    The one place an override is split, for what a record or a command line is read back for."""
-    pairs: Dict[str, Optional[str]] = {}
-    for override in overrides:
-        key, equals, value = override.lstrip("+~").partition("=")
-        pairs[key] = value if equals else None
-    return pairs
-
-
-def compose(overrides=(), with_hydra: bool = False) -> DictConfig:
-    """The config `python -m mnist_arch.run <overrides>` would see, composed outside a Hydra job (the
-    layer table, benchmarks, tests). `with_hydra` keeps the `hydra` node (launcher, sweeper, callbacks)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_schema()
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="mnist_arch.conf", version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)

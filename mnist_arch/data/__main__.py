@@ -15,7 +15,7 @@ def main(argv=None) -> int:
                         help="network time-out per request, seconds (default: data.fetch_timeout_s)")
     args = parser.parse_args(argv)
     if args.timeout is None:  # the one default, in conf/data/mnist.yaml
-        from mnist_arch.config.schema import load
+        from mnist_arch.config.compose import load
 
         args.timeout = load([]).data.fetch_timeout_s
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -17,7 +17,8 @@ FROM_THE_RUN = ("val", "holdout_size", "folds", "fold")  # data settings a run d
 
 def data_settings(run_dir: Optional[Path], overrides: List[str]):
     """This machine's data group with the overrides, and the run's split where the overrides leave it."""
-    from mnist_arch.config.schema import VAL_SPLITS, load, override_pairs
+    from mnist_arch.config.compose import load, override_pairs
+    from mnist_arch.config.schema import VAL_SPLITS
     from mnist_arch.data.fetch import MD5, raw_folder
 
     bad = [o for o in overrides if not o.startswith("data.")]

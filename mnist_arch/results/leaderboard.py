@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from hydra.experimental.callback import Callback
 
-from mnist_arch.config.schema import override_pairs
+from mnist_arch.config.compose import override_pairs
 from mnist_arch.errors import printable
 from mnist_arch.files import replacing, write_atomic
 from mnist_arch.results import compare

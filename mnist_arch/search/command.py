@@ -30,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_arch.cli import command
 from mnist_arch.config import space as search_space
-from mnist_arch.config.schema import Config, ConfigError, SearchConf, load, override_pairs, register_schema
+from mnist_arch.config.compose import load, override_pairs, register_schema
+from mnist_arch.config.schema import Config, ConfigError, SearchConf
 from mnist_arch.errors import printable, redact
 from mnist_arch.files import write_atomic
 from mnist_arch.search import race

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from mnist_arch.config.foreign import check_foreign
-from mnist_arch.config.schema import ConfigError, SearchConf, override_pairs
+from mnist_arch.config.compose import override_pairs
+from mnist_arch.config.schema import ConfigError, SearchConf
 from mnist_arch.errors import BadFile
 from mnist_arch.files import SAFE_NAME, check_file
 from mnist_arch.results.record import RunRecord
@@ -167,7 +168,7 @@ def train_claimed(path: Path, overrides: Sequence[str], threads: Optional[int], 
     """Train the run dir this process claimed (resuming a run cut short from its last epoch), its claim kept
     fresh while it trains and let go after; (its record, seconds). One that does not complete is a
     ConfigError naming `what` and the dir. `here`: overrides for this process only, not recorded."""
-    from mnist_arch.config.schema import compose
+    from mnist_arch.config.compose import compose
     from mnist_arch.train.job import train
 
     resume = ["ckpt_path=last"] if (path / "checkpoints" / "last.ckpt").exists() else []

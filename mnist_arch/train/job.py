@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_arch.config.schema import Config, ConfigError, validate
+from mnist_arch.config.schema import Config, ConfigError, TrainerConf, validate
 from mnist_arch.errors import BadFile, RunError, from_tracker, redact
 from mnist_arch.files import refuse_links, write_atomic
 from mnist_arch.results import provenance
@@ -91,7 +91,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
     resume = _resume_path(conf.ckpt_path, run_dir, run.net, run.spec["name"])
     callbacks = [*build_callbacks(conf, run_dir), *callbacks]
     loggers = build_loggers(conf, run_dir, run.net, run.layers, run.recorded, overrides) if conf.save else []
-    trainer = pl.Trainer(**conf.trainer.kwargs(run_dir), callbacks=callbacks, logger=loggers or False,
+    trainer = pl.Trainer(**trainer_arguments(conf.trainer, run_dir), callbacks=callbacks, logger=loggers or False,
                          default_root_dir=run_dir)
     record = _record(run, trainer, run_dir, resume, overrides)
     writer = trainer.is_global_zero and conf.save  # under DDP every rank runs this; one writes the files
@@ -249,6 +249,35 @@ def threads_each(processes: int) -> Optional[int]:
     """Torch threads for each of `processes` sharing this machine's cores (at least one); None for a process alone
     (torch's default). The one split: parallel jobs, DDP's CPU processes, a search's workers."""
     return max(1, cpu_cores() // processes) if processes > 1 else None
+
+
+def trainer_arguments(trainer: TrainerConf, run_dir: Path) -> Dict[str, Any]:
+    """What pl.Trainer gets (None values left to Lightning's defaults): a profiler named in the config writes its
+    report into the run dir; precision=auto resolved for this machine, once the torch threads are set."""
+    typed = {k: v for k, v in asdict(trainer).items() if k != "extra" and v is not None}
+    if trainer.precision == "auto":
+        typed["precision"] = auto_precision(trainer.accelerator)
+    if trainer.profiler:
+        from pytorch_lightning.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
+
+        kinds = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
+        typed["profiler"] = kinds[trainer.profiler](dirpath=run_dir, filename="profile")
+    return {**typed, **trainer.extra}
+
+
+def auto_precision(accelerator: str) -> str:
+    """trainer.precision=auto: bf16-mixed where it was measured to pay, else 32-true. It pays on a CPU that
+    computes bf16 natively (avx512_bf16 or AMX) in a process with one torch thread (a search or race worker's
+    share of the cores): the project's CPU steps 1.14-1.34x faster there, while with two threads bf16 is
+    0.87-1.12x (its kernels did not use the second thread; BENCHMARKS.md, "bf16 on the CPU"). Elsewhere
+    32-true: more threads, a CPU that would emulate bf16, a GPU (not measured)."""
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    cpu = getattr(torch, "cpu", None)
+    native = any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported"))
+    return "bf16-mixed" if on_cpu and native and torch.get_num_threads() == 1 else "32-true"
 
 
 def build_loggers(conf: Config, run_dir: Path, net, layers: str, recorded: Optional[Dict[str, Any]] = None,
