@@ -127,7 +127,7 @@ def read_pt2(path: Path, trust: Collection[str] = ()) -> torch.nn.Module:
     data = trusted_bytes(path, trust, "torch.export program (.pt2)",
                          f"a .pt2 is a program (torch.export runs the code it holds), read only when you trust it: "
                          f"add {TRUST_OPTION} {path} if you made it or trust who did")
-    from mnist_arch.models.build import check_records
+    from mnist_arch.models.checkpoint import check_records
 
     check_records(io.BytesIO(data), path)
     try:

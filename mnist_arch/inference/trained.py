@@ -3,7 +3,7 @@
 A run dir gives the checkpoint its test scored (`checkpoints/best.ckpt` when summary.json says the best
 weights were tested, else `checkpoints/last.ckpt`); a `.ckpt` file is taken as it is. The net is rebuilt
 from the checkpoint alone (`net_from_checkpoint`: read as data, registered nets only unless a custom class
-is trusted by name; mnist_arch/models/build.py). A `.pt2` file (`export --format pt2`) is a torch.export
+is trusted by name; mnist_arch/models/checkpoint.py). A `.pt2` file (`export --format pt2`) is a torch.export
 program: code, so evaluate, predict and serve run it only when the user names it with --trust-program (its
 path or sha256; mnist_arch/inference/export.py, `read_pt2`).
 """

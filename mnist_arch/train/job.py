@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -21,6 +21,13 @@ from mnist_arch.errors import BadFile, RunError, from_tracker, redact
 from mnist_arch.files import refuse_links, write_atomic
 from mnist_arch.results import provenance
 from mnist_arch.results.record import RunRecord
+from mnist_arch.rules import Verdict
+
+if TYPE_CHECKING:  # the types only: importing them would import Lightning before a typo is reported (setup)
+    from torch import nn
+
+    from mnist_arch.data import MNISTDataModule
+    from mnist_arch.train.module import Classifier
 
 log = logging.getLogger("mnist_arch")
 
@@ -30,13 +37,13 @@ class Setup:
     """What a run and the lr range test both start from."""
 
     conf: Config
-    datamodule: Any  # MNISTDataModule
+    datamodule: "MNISTDataModule"
     spec: Dict[str, Any]  # the model group: what every checkpoint stores as net_spec
-    net: Any  # nn.Module, described before any compile
+    net: "nn.Module"  # described before any compile
     layers: str  # the layer table
     totals: Dict[str, Any]  # MACs and receptive field, for summary.json
-    verdict: Any  # the rules' judgement of the net (mnist_arch.rules.Verdict)
-    model: Any  # the Classifier
+    verdict: Verdict  # the rules' judgement of the net
+    model: "Classifier"
     recorded: Dict[str, Any]  # the config as records keep it (provenance.recorded): config.yaml, trackers, checkpoints
     distilled_from: Optional[Dict[str, Any]] = None  # distill.teacher: which nets taught it (their record's words)
 
