@@ -166,9 +166,9 @@ def leave(code) -> NoReturn:
 
 def explain(e: Exception, command: str = "mnist_arch") -> Tuple[int, str]:
     """(exit code, one line) for an exception that ended a command."""
-    ours = re.match(r"(ConfigError|BadFile) raised while resolving interpolation: (.*)", str(e), flags=re.S)
-    if ours:  # our own refusal inside a resolver (${folder_name:...}); OmegaConf drops the exception itself
-        return USAGE, one_line(ours.group(2).split("\n    full_key:")[0])
+    ours = _ours_within(e)
+    if ours is not None:  # our own refusal inside a resolver (${folder_name:...}), which OmegaConf wrapped
+        return (USAGE if isinstance(ours, ConfigError) else FAILED), one_line(str(ours))
     if isinstance(e, RunError):
         return (USAGE if isinstance(e, ConfigError) else FAILED), one_line(str(e))
     line = hydra_error(e)
@@ -181,6 +181,19 @@ def explain(e: Exception, command: str = "mnist_arch") -> Tuple[int, str]:
     where = _write_traceback(e, command)
     return FAILED, (f"unexpected {type(e).__name__}: {one_line(str(e)) or '(no message)'} (a bug; the full "
                     f"traceback is in {where}, or run again with {DEBUG}=1 to see it)")
+
+
+def _ours_within(e: Exception) -> Optional[RunError]:
+    """Our own error (a RunError) that OmegaConf or Hydra raised another exception around, found by type along
+    the chain of exceptions each was raised while handling; None when there is none, or `e` is not theirs."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen = set()
+    while isinstance(e, (HydraException, OmegaConfBaseException)) and id(e) not in seen:
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return e if isinstance(e, RunError) else None
 
 
 def one_line(text: str) -> str:

@@ -397,3 +397,17 @@ def test_search_help_shows_the_searchs_own_keys_and_spaces(monkeypatch, capsys):
     assert missing == []
     assert "spaces (conf/search/): 20k, 4k, 8k, golf, recipe, speedrun" in out
     assert "_shared" not in out.replace("_shared.yaml", "") and "_frontier" not in out and "data:" not in out
+
+
+def test_a_study_name_that_would_leave_outputs_is_one_line_and_no_warning(tmp_path):
+    """The folder resolver refuses the name; the run-dir callback, which reads the same folder first, says nothing
+    (Hydra would print its exception as a UserWarning before the error)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mnist_arch.search", "search=8k", "search.study_name=../../x"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["error: search.study_name='../../x' names a folder: letters, digits and _ . - "
+                                        "only (at most 100, not starting with a dot), so that it stays inside outputs/"]
+    assert not list(tmp_path.iterdir())  # no folder made

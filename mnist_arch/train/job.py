@@ -166,16 +166,22 @@ class NoLinksInRunDir(Callback):
     ckpt_path=last`) would otherwise write through a link planted at config.yaml or .hydra/config.yaml."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        self._refuse(OmegaConf.select(config, "hydra.run.dir"))
+        self._refuse(config, "hydra.run.dir")
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        self._refuse(OmegaConf.select(config, "hydra.sweep.dir"))
+        self._refuse(config, "hydra.sweep.dir")
 
     @staticmethod
-    def _refuse(folder: str) -> None:
+    def _refuse(config, key: str) -> None:
         # Hydra 1.3 turns a callback's exception into a warning and goes on: the refusal is said and ends here
+        from omegaconf.errors import OmegaConfBaseException
+
         from mnist_arch.cli import USAGE, one_line
 
+        try:
+            folder = OmegaConf.select(config, key)
+        except OmegaConfBaseException:  # a name the folder resolver refuses: Hydra's next step says so, in one line
+            return
         try:
             refuse_links(folder)
         except ConfigError as e:
