@@ -60,6 +60,13 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise ConfigError(f"{message} (see {self.prog} --help)")
 
+    def _check_value(self, action: argparse.Action, value) -> None:
+        """A value outside an option's choices gets the "did you mean" every other unknown name gets."""
+        if action.choices is not None and value not in action.choices:
+            choices = [str(choice) for choice in action.choices]
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}; "
+                                                 f"{did_you_mean(str(value), choices, listing='choose from')}")
+
 
 class Console(logging.Filter):
     """The console shows the project's own lines and the warnings a user can act on: Lightning's progress

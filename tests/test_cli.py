@@ -239,3 +239,17 @@ def test_a_command_started_as_a_process_ends_as_python_would(tmp_path, argv, cod
         assert done.stdout.rstrip().endswith("(must be (2, 10))") and not done.stderr
     else:
         assert done.stderr.startswith("error: model=s5 is not an option of model") and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["x", "--format", "onnxx"], "error: argument --format: invalid choice: 'onnxx'; did you mean onnx? "
+                                 "(see python -m mnist_arch.export --help)\n"),
+    (["x", "--format", "zzz"], "error: argument --format: invalid choice: 'zzz'; choose from: pt2, onnx, torchscript "
+                               "(see python -m mnist_arch.export --help)\n"),
+])
+def test_a_value_outside_an_options_choices_gets_a_did_you_mean(argv, line, capsys):
+    from mnist_arch import export
+
+    with pytest.raises(SystemExit) as done:
+        export.main(argv)
+    assert done.value.code == 2 and capsys.readouterr().err == line
