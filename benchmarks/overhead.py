@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 RUN = ["model=s6", "seed=2", "trainer.max_epochs=3", "data.batch_size=64", "callbacks.stop_at_target=false"]
@@ -52,7 +53,8 @@ def floor(overrides, epochs: int) -> list:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def floor_epochs(overrides, epochs: int) -> list:
+def floor_epochs(overrides, epochs: int) -> str:
+    """floor()'s answer, as JSON on one line (the last the child process prints)."""
     import torch
     import torch.nn.functional as F
 
@@ -64,8 +66,6 @@ def floor_epochs(overrides, epochs: int) -> list:
 
     conf = validate(compose([*overrides, f"trainer.max_epochs={epochs}"]))
     torch.manual_seed(conf.seed)
-    from dataclasses import asdict
-
     data = MNISTDataModule(**asdict(conf.data), seed=conf.seed)
     data.prepare_data()
     data.setup("fit")

@@ -208,6 +208,7 @@ class PageServer:
 
         _allow_open_files(CONNECTION_LIMIT + 64)
         self.app = App(nets)
+        self.thread: Optional[threading.Thread] = None  # start()'s, when it serves from a thread of this process
         try:  # the listening socket is ours: an address that cannot be had is refused before any thread starts
             found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             family, _, _, _, address = min(found, key=lambda info: info[0] != socket.AF_INET)  # IPv4 where both
@@ -242,9 +243,8 @@ class PageServer:
         while dispatcher.threads:  # shutdown() gives up (with a warning) after its timeout: wait on
             dispatcher.shutdown(cancel_pending=True, timeout=STOP_WAIT_S)
         wasyncore.close_all(self.connections)  # the serving loop returns once its map is empty
-        thread = getattr(self, "thread", None)
-        if thread is not None:
-            thread.join()
+        if self.thread is not None:
+            self.thread.join()
 
 
 def _allow_open_files(needed: int) -> None:

@@ -141,21 +141,17 @@ def phases(clock: Dict[str, Optional[float]], callbacks: Sequence) -> Dict[str, 
     from mnist_arch.train.history import History
     from mnist_arch.train.callbacks import find
 
-    now, history = time.perf_counter(), find(callbacks, History)
+    history = find(callbacks, History)
     marks = [("start", clock["began"] - clock["age"] if clock.get("age") is not None else None),
              ("setup", clock["began"]), ("fit_start", clock.get("fit"))]
+    if history is not None and history.first_started is not None:
+        marks += [("epochs", history.first_started), ("fit_end", history.ended)]
+    marks += [("test", clock.get("fitted") if clock.get("tested") else None),
+              ("record", clock.get("tested") or clock.get("fitted"))]
+    known = [(name, at) for name, at in marks if at is not None]  # each phase lasts until the next one's start
     spent: Dict[str, float] = {}
-    epochs = history is not None and history.first_started is not None
-    if epochs:
-        marks.append(("epochs", history.first_started))
-        marks.append(("fit_end", history.ended))
-    marks += [("test", clock.get("fitted")), ("record", clock.get("tested") or clock.get("fitted"))]
-    known = [(name, at) for name, at in marks if at is not None]
-    for (name, at), (_, until) in zip(known, [*known[1:], ("end", now)]):
-        if name == "epochs":
-            spent.update(history.seconds)
-        elif name != "test" or clock.get("tested"):
-            spent[name] = until - at
+    for (name, at), (_, until) in zip(known, [*known[1:], ("end", time.perf_counter())]):
+        spent.update(history.seconds if name == "epochs" else {name: until - at})
     return {name: round(seconds, 3) for name, seconds in spent.items()}
 
 
