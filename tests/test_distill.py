@@ -41,7 +41,8 @@ def test_the_loss_is_alpha_t_squared_kl_plus_the_rest_cross_entropy():
     ce = F.cross_entropy(logits, y)
     soft = F.softmax(teacher(x) / 2.0, dim=1)
     kl = (soft * (soft.log() - F.log_softmax(logits / 2.0, dim=1))).sum(dim=1).mean()
-    assert module._distilled(x, logits, ce).item() == pytest.approx(0.3 * 4.0 * kl.item() + 0.7 * ce.item(), rel=1e-5)
+    got = module._distilled(module._teachers_soft(x), logits, ce).item()
+    assert got == pytest.approx(0.3 * 4.0 * kl.item() + 0.7 * ce.item(), rel=1e-5)
 
 
 def test_a_distilled_student_keeps_its_budget_and_its_record_names_the_teacher(teacher, make_cfg, tmp_path):
@@ -62,6 +63,44 @@ def test_a_distilled_student_keeps_its_budget_and_its_record_names_the_teacher(t
     assert all(key.startswith(("net.", "val_", "test_", "train_")) for key in state)  # no teacher weights in it
     rows = leaderboard.leaderboard(leaderboard.load(tmp_path))[1]
     assert sorted(r["model"] for r in rows) == ["s4", "s4 (distilled from convnet)"]  # their own rows
+    assert taught["teacher_outputs"] == "once"  # no augmentation: every epoch shows the same images
+
+
+def _student(teacher, make_cfg, run_dir, extra=(), teach=True):
+    """A distilled student's run; teach=False makes the datamodule decline to compute the teacher's outputs once,
+    so the teacher runs every step as it must under random augmentation."""
+    from mnist_arch.data import fetch
+    from mnist_arch.data.datamodule import MNISTDataModule
+    from tests.conftest import checksums, synthetic_files
+
+    overrides = fast_overrides(teacher / "data") + HOLDOUT + [f"distill.teacher={teacher / 'teacher'}",
+                                                              "callbacks.plots=false", "seed=3", *extra]
+    seen = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fetch, "MD5", checksums(synthetic_files()))
+        real = MNISTDataModule.teach
+        mp.setattr(MNISTDataModule, "teach", lambda dm, outputs: seen.append(dm) or (teach and real(dm, outputs)))
+        record = training.train(make_cfg(overrides), run_dir, overrides)
+    assert record.status == "completed" and len(seen) == 1
+    return record, seen[0], torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_teacher_outputs_computed_once_train_the_student_as_a_teachers_pass_every_step_does(teacher, make_cfg,
+                                                                                           tmp_path):
+    once, datamodule, weights_once = _student(teacher, make_cfg, tmp_path / "once")
+    _, skipped, weights_per_step = _student(teacher, make_cfg, tmp_path / "per_step", teach=False)
+    assert datamodule.train_targets.shape == (len(datamodule.splits["train"][0]), 10)  # a row per training image
+    assert skipped.train_targets is None
+    assert torch.allclose(datamodule.train_targets.sum(dim=1), torch.ones(1), atol=1e-5)  # softened: probabilities
+    nets = [key for key in weights_once if key.startswith("net.")]
+    assert nets and all(torch.allclose(weights_once[k].float(), weights_per_step[k].float(), atol=1e-4) for k in nets)
+    assert once.train_loss == pytest.approx(RunRecord.read(tmp_path / "per_step").train_loss, rel=1e-4)
+
+
+def test_under_random_augmentation_the_teachers_run_every_step(teacher, make_cfg, tmp_path):
+    record, datamodule, _ = _student(teacher, make_cfg, tmp_path / "rotated", ["data.rotation=10"])
+    assert datamodule.train_targets is None
+    assert RunRecord.read(tmp_path / "rotated").distilled_from["teacher_outputs"] == "per step"
 
 
 @pytest.mark.parametrize("student, message", [

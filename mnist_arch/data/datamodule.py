@@ -70,6 +70,24 @@ class MNISTDataModule(pl.LightningDataModule):
         self.splits = None  # name -> (uint8 images, int64 labels), or (Dataset, None) for torchvision
         # val and test: (the set their images come from, "train" or "test"; their indices there, in loader order)
         self.eval_index = None
+        self.train_targets = None  # a row per training image, batched beside it (teach())
+
+    @property
+    def same_images_every_epoch(self) -> bool:
+        """No random augmentation and no progressive resizing, on the tensor pipeline (whose batches teach() can
+        extend)."""
+        return self.pipeline == "tensor" and not self.augment.random and not self.progressive_epochs
+
+    def teach(self, outputs) -> bool:
+        """Computes `outputs(images)` once for every training image, batched beside it from then on, where that
+        is exact: each epoch shows the same images. A teacher's eval-mode outputs then cost one pass over the
+        training set, not one a step. False where it is not exact (nothing computed)."""
+        if not self.same_images_every_epoch:
+            return False
+        images, labels = self.splits["train"]
+        rows = [outputs(x) for x, _ in DeviceLoader(images, labels, self.eval_batch_size)]
+        self.train_targets = torch.cat(rows)
+        return True
 
     def prepare_data(self) -> None:
         ensure_mnist(self.root, download=self.download, timeout=self.fetch_timeout_s, verify=self.verify)
@@ -146,7 +164,8 @@ class MNISTDataModule(pl.LightningDataModule):
         # off for its own samplers; this loader is not one)
         shuffle = train and not (self.trainer is not None and self.trainer.overfit_batches > 0)
         return DeviceLoader(images, labels, batch_size, shuffle=shuffle, drop_last=self.drop_last and train,
-                            seed=self.seed, augment=self.augment if train else None, rank=rank, world_size=world)
+                            seed=self.seed, augment=self.augment if train else None, rank=rank, world_size=world,
+                            targets=self.train_targets if train else None)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Progressive resizing: the first `progressive_epochs` training epochs see smaller images. Here,

@@ -111,7 +111,8 @@ class _EpochSeed:
 
 
 class DeviceLoader:
-    """Iterates (images, labels) batches sliced from tensors that already live on the device."""
+    """Iterates (images, labels) batches sliced from tensors that already live on the device; with `targets`
+    (one row per image, e.g. a teacher's outputs computed once), (images, labels, targets) batches."""
 
     def __init__(
         self,
@@ -124,11 +125,14 @@ class DeviceLoader:
         augment: Optional[Augment] = None,
         rank: int = 0,
         world_size: int = 1,
+        targets: Optional[torch.Tensor] = None,
     ):
         if images.dtype != torch.uint8 or images.dim() != 3 or len(images) != len(labels):
             raise DataError(f"expected uint8 (N, H, W) images and N labels, got {tuple(images.shape)} "
                             f"{images.dtype} and {len(labels)} labels")
-        self.images, self.labels = images, labels
+        if targets is not None and len(targets) != len(images):
+            raise DataError(f"{len(targets)} target rows for {len(images)} images")
+        self.images, self.labels, self.targets = images, labels, targets
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.augment = seed, augment or Augment.off()
         self.rank, self.world_size = rank, world_size
@@ -155,7 +159,7 @@ class DeviceLoader:
             order = torch.cat([order, order[: total - n]])
         return order[self.rank:total:self.world_size]
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, ...]]:
         device = self.images.device
         order = self.indices().to(device)
         generator = None
@@ -172,4 +176,4 @@ class DeviceLoader:
             x = x.sub(MEAN).div(STD)
             if self.augment.erasing > 0:
                 x = random_erase(x, self.augment.erasing, generator)
-            yield x, self.labels[idx]
+            yield (x, self.labels[idx]) if self.targets is None else (x, self.labels[idx], self.targets[idx])

@@ -224,8 +224,10 @@ def _record(run: Setup, trainer, run_dir: Path, resume: Optional[Path], override
                      data_verified=conf.data.verify, run_dir=str(run_dir), rank=trainer.global_rank,
                      overrides=provenance.overrides() if overrides is None else list(overrides),
                      world_size=trainer.world_size, overfit_batches=conf.trainer.overfit_batches or None,
-                     distilled_from=run.distilled_from and {**run.distilled_from, "alpha": conf.distill.alpha,
-                                                            "temperature": conf.distill.temperature})
+                     distilled_from=run.distilled_from and {
+                         **run.distilled_from, "alpha": conf.distill.alpha, "temperature": conf.distill.temperature,
+                         # "once": before the first epoch, where every epoch shows the same images (exact)
+                         "teacher_outputs": "once" if run.datamodule.same_images_every_epoch else "per step"})
 
 
 def _set_threads(conf: Config) -> None:

@@ -44,6 +44,7 @@ class Classifier(pl.LightningModule):
         # The teachers are not submodules: their weights are not the student's (not counted by the rules, not
         # trained, not in its checkpoints), so they are kept in a plain list
         self.teachers = list(teachers)
+        self.teacher_outputs = "per step"  # or "once": computed before the first epoch (on_fit_start)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)
         if compile:
@@ -66,7 +67,7 @@ class Classifier(pl.LightningModule):
         return self.net(x.contiguous(memory_format=self.memory_format))
 
     def _logits_and_loss(self, batch, label_smoothing: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch
+        x, y = batch[0], batch[1]
         logits = self(x)
         return logits, F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
@@ -81,8 +82,9 @@ class Classifier(pl.LightningModule):
         y = batch[1]
         # Label smoothing shapes the training loss only: val and test losses stay the plain cross-entropy.
         logits, loss = self._logits_and_loss(batch, self.hparams.label_smoothing)
-        if self.teachers:
-            loss = self._distilled(batch[0], logits, loss)
+        if self.teachers:  # the teachers' softened outputs: batched beside the images where computed once
+            soft = batch[2] if len(batch) > 2 else self._teachers_soft(batch[0])
+            loss = self._distilled(soft, logits, loss)
         with torch.no_grad():
             self.train_sums[0] += loss * len(y)
             self.train_sums[1] += (logits.argmax(dim=1) == y).sum()
@@ -96,19 +98,30 @@ class Classifier(pl.LightningModule):
             self.log("train/loss_step", loss, prog_bar=True)
         return loss
 
-    def _distilled(self, x: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        """alpha * T^2 * KL(teachers || student) at temperature T + (1 - alpha) * the labels' loss; the teachers see
-        the student's own (augmented) batch, their softened outputs averaged (Hinton et al. 2015: T^2 keeps the
-        soft term's gradients on the scale of the hard term's as T changes)."""
+    @torch.no_grad()
+    def _teachers_soft(self, x: torch.Tensor) -> torch.Tensor:
+        """The teachers' outputs on the student's own (augmented) batch, softened at temperature T and averaged."""
+        t = self.hparams.temperature
+        return torch.stack([F.softmax(teacher(x).float() / t, dim=1) for teacher in self.teachers]).mean(dim=0)
+
+    def _distilled(self, soft: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """alpha * T^2 * KL(teachers || student) at temperature T + (1 - alpha) * the labels' loss (Hinton et al.
+        2015: T^2 keeps the soft term's gradients on the scale of the hard term's as T changes)."""
         t, alpha = self.hparams.temperature, self.hparams.distill_alpha
-        with torch.no_grad():
-            soft = torch.stack([F.softmax(teacher(x).float() / t, dim=1) for teacher in self.teachers]).mean(dim=0)
         kl = F.kl_div(F.log_softmax(logits.float() / t, dim=1), soft, reduction="batchmean")
         return alpha * t * t * kl + (1 - alpha) * loss
 
     def on_fit_start(self) -> None:
         for teacher in self.teachers:
             teacher.to(self.device).eval()
+        # Without random augmentation every epoch shows the same images, and a teacher in eval mode gives each
+        # the same outputs: one pass over the training set then replaces a teacher's pass every step (the
+        # datamodule says where; under the precision's autocast, as the step's own would run).
+        datamodule = self.trainer.datamodule
+        if self.teachers and datamodule is not None and hasattr(datamodule, "teach"):
+            with self.trainer.precision_plugin.forward_context():
+                if datamodule.teach(self._teachers_soft):
+                    self.teacher_outputs = "once"
 
     def setup(self, stage: str) -> None:
         # An epoch shorter than the logging interval (a short run, a large batch) would make Lightning warn about
