@@ -1,4 +1,5 @@
-"""How every command ends: the one wrapper the entry points share (`@command` on each `main`).
+"""How every command ends: the one wrapper the entry points share (`@command` on each argparse `main`,
+`@hydra_command(config)` on each Hydra one).
 
 Exit codes, the same for every command:
     0    done
@@ -29,7 +30,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, NoReturn, Optional, Tuple
+from typing import Callable, List, NoReturn, Optional, Sequence, Tuple
 
 from mnist_arch.errors import ConfigError, RunError, did_you_mean, from_tracker, printable, redact
 
@@ -47,7 +48,6 @@ NOT_ACTIONABLE = {
 UNUSED_DEVICE = re.compile(r"available: True, used: False")
 DEBUG = "MNIST_ARCH_DEBUG"
 NULL_GROUPS = ("search",)  # the groups whose default is null (conf/config.yaml): `search.x=1` needs search=<name> first
-_outer = {"debug": False, "depth": 0}  # a Hydra command is wrapped twice: the outer call reads the switches
 
 
 class Parser(argparse.ArgumentParser):
@@ -88,45 +88,52 @@ class ConsoleFormatter(logging.Formatter):
         return f"warning: {text.strip()}" if record.levelno >= logging.WARNING else text
 
 
+class JobEnded(BaseException):
+    """An exception that ended a Hydra job, carried past Hydra's job runner to the command's one handler: the runner
+    catches every Exception to print a line of its own ("Error executing job ...") before raising it again."""
+
+    def __init__(self, error: Exception):
+        super().__init__(error)
+        self.error = error
+
+
 def command(main: Callable) -> Callable:
-    """Run `main` (argparse- or Hydra-based) so that whatever goes wrong ends as one line and its exit code."""
+    """Run `main` so that whatever goes wrong ends as one line and its exit code."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         hydra_full_error = os.environ.get("HYDRA_FULL_ERROR")
-        if _outer["depth"] == 0:
-            _outer["debug"] = os.environ.get(DEBUG) == "1" or hydra_full_error == "1"
-        debug = _outer["debug"]
+        debug = os.environ.get(DEBUG) == "1" or hydra_full_error == "1"
         # Hydra then raises its errors (an unknown option, a bad override) to us instead of printing its own
         # multi-line screen and exiting 1.
         os.environ["HYDRA_FULL_ERROR"] = "1"
-        _outer["depth"] += 1
         logging.captureWarnings(True)  # Python warnings through logging: the console filter sees them too
         try:
             return main(*args, **kwargs)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(INTERRUPTED)
+        except JobEnded as ended:  # a Hydra job's own error (hydra_command)
+            error = ended.error
         except Exception as e:  # noqa: BLE001 - every error leaves a command here
-            if debug:
-                raise
-            module = getattr(sys.modules.get(main.__module__), "__spec__", None)  # `python -m` runs __main__
-            name = (module.name if module else main.__module__).removesuffix(".__main__").removesuffix(".command")
-            code, line = explain(e, name.rpartition(".")[2])
-            print(f"error: {printable(line)}", file=sys.stderr)
-            sys.exit(code)
+            error = e
         finally:
-            _outer["depth"] -= 1
-            if not _outer["depth"]:
-                logging.captureWarnings(False)
+            logging.captureWarnings(False)
             if hydra_full_error is None:
                 os.environ.pop("HYDRA_FULL_ERROR", None)
             else:
                 os.environ["HYDRA_FULL_ERROR"] = hydra_full_error
+        if debug:
+            raise error
+        module = getattr(sys.modules.get(main.__module__), "__spec__", None)  # `python -m` runs __main__
+        name = (module.name if module else main.__module__).removesuffix(".__main__")
+        code, line = explain(error, name.rpartition(".")[2])
+        print(f"error: {printable(line)}", file=sys.stderr)
+        sys.exit(code)
 
     @functools.wraps(main)
     def entry(*args, **kwargs):
-        if _outer["depth"] or not _started_as(main):  # called from Python (a test, a notebook): return as usual
+        if not _started_as(main):  # called from Python (a test, a notebook): return as usual
             return wrapped(*args, **kwargs)
         try:
             wrapped(*args, **kwargs)
@@ -136,6 +143,54 @@ def command(main: Callable) -> Callable:
         leave(code)
 
     return entry
+
+
+def hydra_command(config_name: str) -> Callable[[Callable], Callable]:
+    """`@hydra_command("config")` on a task function taking the composed config: the Hydra command of the project's
+    configs (`@hydra.main` on conf/<config_name>.yaml), whose every error ends as one line (`command`): Hydra's own
+    (an unknown option, an override it cannot parse) and the job's, which `JobEnded` carries past Hydra's job
+    runner; a key of a group still unchosen on the command line is refused before Hydra composes."""
+    import hydra
+
+    def decorate(task: Callable) -> Callable:
+        @functools.wraps(task)
+        def job(cfg):
+            try:
+                return task(cfg)
+            except Exception as e:  # noqa: BLE001 - every error of the job leaves the command as one line
+                raise JobEnded(e) from e
+
+        # Hydra names the job (and its log file, run.log) after the task's module; `python -m` runs it as __main__
+        spec = getattr(sys.modules.get(task.__module__), "__spec__", None)
+        job.__module__ = spec.name if task.__module__ == "__main__" and spec else task.__module__
+        composed = hydra.main(version_base="1.3", config_path="pkg://mnist_arch.conf", config_name=config_name)(job)
+
+        @functools.wraps(task)
+        def main():
+            check_groups_chosen(arg for arg in sys.argv[1:] if not arg.startswith("-"))
+            return composed()
+
+        return command(main)
+
+    return decorate
+
+
+def check_groups_chosen(overrides: Sequence[str]) -> None:
+    """A key of a group whose default is null (NULL_GROUPS: `search`) set while the group is not chosen is refused
+    in one line: OmegaConf would fail on the empty node with an assertion that names no key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    keys: List[str] = []
+    for given in overrides:
+        try:
+            keys += [o.key_or_group for o in OverridesParser.create().parse_overrides([given])]
+        except (HydraException, ValueError):  # Hydra says what is wrong with it, in its turn
+            continue
+    for group in NULL_GROUPS:
+        key = next((key for key in keys if key.startswith(f"{group}.")), None)
+        if key and group not in keys:
+            raise ConfigError(f"{key}: `{group}` is empty until its group is chosen; choose one first ({group}=<name>)")
 
 
 def _started_as(main: Callable) -> bool:
@@ -222,12 +277,6 @@ def hydra_error(e: Exception) -> Optional[str]:
         # input errors too, told by where they were raised
         frames = traceback.extract_tb(e.__traceback__)
         raised_in = frames[-1].filename if frames else ""
-        if "Unexpected type for root: NoneType" in str(e):  # OmegaConf's assertion names no key: the command line does
-            key = next((arg.lstrip("+").partition("=")[0] for arg in sys.argv[1:]
-                        if arg.lstrip("+").startswith(tuple(f"{group}." for group in NULL_GROUPS))), None)
-            if key:
-                group = key.split(".")[0]
-                return f"{key}: `{group}` is empty until its group is chosen; choose one first ({group}=<name>)"
         if re.search(r"[/\\](hydra|omegaconf)[/\\]", raised_in):
             key = re.search(r"full_key: (\S+)", str(e))
             return one_line(str(e).split("\n    full_key:")[0]) + (f" (key {key.group(1)})" if key else "")

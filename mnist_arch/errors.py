@@ -40,7 +40,7 @@ class DataError(RunError, RuntimeError):
 
 
 class Pruned(RunError):
-    """A search's pruner stopped the trial's run early (mnist_arch/search/command.py); the message says when."""
+    """A search's pruner stopped the trial's run early (mnist_arch/commands/search.py); the message says when."""
 
     status = "pruned"
 

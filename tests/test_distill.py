@@ -61,7 +61,7 @@ def test_a_distilled_student_keeps_its_budget_and_its_record_names_the_teacher(t
     assert taught["train_seconds"] > 0 and taught["teachers"][0]["val_split"] == "holdout"
     state = torch.load(tmp_path / "student" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(key.startswith(("net.", "val_", "test_", "train_")) for key in state)  # no teacher weights in it
-    rows = leaderboard.leaderboard(leaderboard.load(tmp_path))[1]
+    rows = leaderboard.leaderboard(leaderboard.read_records(tmp_path))[1]
     assert sorted(r["model"] for r in rows) == ["s4", "s4 (distilled from convnet)"]  # their own rows
     assert taught["teacher_outputs"] == "once"  # no augmentation: every epoch shows the same images
 
@@ -73,24 +73,31 @@ def _student(teacher, make_cfg, run_dir, extra=(), teach=True):
     from mnist_arch.data.datamodule import MNISTDataModule
     from tests.conftest import checksums, synthetic_files
 
-    overrides = fast_overrides(teacher / "data") + HOLDOUT + [f"distill.teacher={teacher / 'teacher'}",
-                                                              "callbacks.plots=false", "seed=3", *extra]
-    seen = []
+    overrides = fast_overrides(teacher / "data") + HOLDOUT + [f"distill.teacher={teacher / 'teacher'}", "seed=3",
+                                                              *extra]  # the plots on: every callback sees the batches
+    seen, passes = [], []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fetch, "MD5", checksums(synthetic_files()))
-        real = MNISTDataModule.teach
-        mp.setattr(MNISTDataModule, "teach", lambda dm, outputs: seen.append(dm) or (teach and real(dm, outputs)))
+        real_teach, real_soft = MNISTDataModule.teach, Classifier._teachers_soft
+        mp.setattr(MNISTDataModule, "teach", lambda dm, outputs: seen.append(dm) or (teach and real_teach(dm, outputs)))
+        # the size of every batch the teachers see
+        mp.setattr(Classifier, "_teachers_soft", lambda module, x: passes.append(len(x)) or real_soft(module, x))
         record = training.train(make_cfg(overrides), run_dir, overrides)
     assert record.status == "completed" and len(seen) == 1
-    return record, seen[0], torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return record, seen[0], state, passes
 
 
 def test_teacher_outputs_computed_once_train_the_student_as_a_teachers_pass_every_step_does(teacher, make_cfg,
                                                                                            tmp_path):
-    once, datamodule, weights_once = _student(teacher, make_cfg, tmp_path / "once")
-    _, skipped, weights_per_step = _student(teacher, make_cfg, tmp_path / "per_step", teach=False)
-    assert datamodule.train_targets.shape == (len(datamodule.splits["train"][0]), 10)  # a row per training image
+    once, datamodule, weights_once, passes_once = _student(teacher, make_cfg, tmp_path / "once")
+    per_step, skipped, weights_per_step, passes_per_step = _student(teacher, make_cfg, tmp_path / "per_step", teach=False)
+    images = len(datamodule.splits["train"][0])
+    assert datamodule.train_targets.shape == (images, 10)  # a row per training image
     assert skipped.train_targets is None
+    # once: one pass over the training set before the first epoch, none in the 2 x 4 training steps; per step: 8
+    assert sum(passes_once) == images and passes_per_step == [32] * 8
+    assert once.distilled_from["teacher_outputs"] == "once" and per_step.distilled_from["teacher_outputs"] == "per step"
     assert torch.allclose(datamodule.train_targets.sum(dim=1), torch.ones(1), atol=1e-5)  # softened: probabilities
     nets = [key for key in weights_once if key.startswith("net.")]
     assert nets and all(torch.allclose(weights_once[k].float(), weights_per_step[k].float(), atol=1e-4) for k in nets)
@@ -98,7 +105,8 @@ def test_teacher_outputs_computed_once_train_the_student_as_a_teachers_pass_ever
 
 
 def test_under_random_augmentation_the_teachers_run_every_step(teacher, make_cfg, tmp_path):
-    record, datamodule, _ = _student(teacher, make_cfg, tmp_path / "rotated", ["data.rotation=10"])
+    record, datamodule, _, passes = _student(teacher, make_cfg, tmp_path / "rotated", ["data.rotation=10"])
+    assert passes == [32] * 8
     assert datamodule.train_targets is None
     assert RunRecord.read(tmp_path / "rotated").distilled_from["teacher_outputs"] == "per step"
 

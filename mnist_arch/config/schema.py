@@ -295,7 +295,7 @@ PRUNERS = ("auto", "median", "percentile", "hyperband", "none")
 
 @dataclass
 class SearchConf:
-    """`python -m mnist_arch.search search=<space>`: a study of the space (mnist_arch/search/command.py). The values
+    """`python -m mnist_arch.search search=<space>`: a study of the space (mnist_arch/commands/search.py). The values
     live in conf/search/; a run ignores this group."""
 
     study_name: str = MISSING  # the study, and its folder outputs/search/<study_name>

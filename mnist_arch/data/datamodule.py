@@ -71,6 +71,7 @@ class MNISTDataModule(pl.LightningDataModule):
         # val and test: (the set their images come from, "train" or "test"; their indices there, in loader order)
         self.eval_index = None
         self.train_targets = None  # a row per training image, batched beside it (teach())
+        self.train_loader = None  # the last one made: Lightning asks for it before the fit starts (the scheduler's length)
 
     @property
     def same_images_every_epoch(self) -> bool:
@@ -87,6 +88,8 @@ class MNISTDataModule(pl.LightningDataModule):
         images, labels = self.splits["train"]
         rows = [outputs(x) for x, _ in DeviceLoader(images, labels, self.eval_batch_size)]
         self.train_targets = torch.cat(rows)
+        if self.train_loader is not None:  # made already (Lightning counts the batches before on_fit_start)
+            self.train_loader.targets = self.train_targets
         return True
 
     def prepare_data(self) -> None:
@@ -163,17 +166,20 @@ class MNISTDataModule(pl.LightningDataModule):
         # overfit_batches trains on the same first batches every epoch: no shuffling (Lightning turns it
         # off for its own samplers; this loader is not one)
         shuffle = train and not (self.trainer is not None and self.trainer.overfit_batches > 0)
-        return DeviceLoader(images, labels, batch_size, shuffle=shuffle, drop_last=self.drop_last and train,
-                            seed=self.seed, augment=self.augment if train else None, rank=rank, world_size=world,
-                            targets=self.train_targets if train else None)
+        loader = DeviceLoader(images, labels, batch_size, shuffle=shuffle, drop_last=self.drop_last and train,
+                              seed=self.seed, augment=self.augment if train else None, rank=rank, world_size=world,
+                              targets=self.train_targets if train else None)
+        if train:
+            self.train_loader = loader
+        return loader
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Progressive resizing: the first `progressive_epochs` training epochs see smaller images. Here,
         on the device and after augmentation, so it is one vectorised resize per batch on either pipeline."""
         if self.progressive_epochs and self.trainer.training and self.trainer.current_epoch < self.progressive_epochs:
-            x, y = batch
             side = self.progressive_size
-            batch = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False), y
+            batch = (F.interpolate(batch[0], size=(side, side), mode="bilinear", antialias=True, align_corners=False),
+                     *batch[1:])
         return batch
 
     def check_net(self, net: torch.nn.Module) -> None:

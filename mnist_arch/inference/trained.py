@@ -5,7 +5,7 @@ weights were tested, else `checkpoints/last.ckpt`); a `.ckpt` file is taken as i
 from the checkpoint alone (`net_from_checkpoint`: read as data, registered nets only unless a custom class
 is trusted by name; mnist_arch/models/checkpoint.py). A `.pt2` file (`export --format pt2`) is a torch.export
 program: code, so evaluate, predict and serve run it only when the user names it with --trust-program (its
-path or sha256; mnist_arch/inference/export.py, `read_pt2`).
+path or sha256; mnist_arch/inference/formats.py, `read_pt2`).
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,7 @@ from torch import nn
 
 from mnist_arch.data.device_loader import MEAN, STD
 from mnist_arch.errors import BadFile, ConfigError
-from mnist_arch.inference.export import TRUST_OPTION, read_pt2
+from mnist_arch.inference.formats import TRUST_OPTION, read_pt2
 from mnist_arch.models import TRUST_ENV, net_from_checkpoint
 from mnist_arch.results.record import FILE_NAME, RunRecord
 

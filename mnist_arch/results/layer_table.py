@@ -1,5 +1,5 @@
 """The layer table: what each layer outputs, what it costs, and how far back into the image it sees.
-Printed by `python -m mnist_arch.layers` (mnist_arch/layers.py) and at the start of every run, which
+Printed by `python -m mnist_arch.layers` (mnist_arch/commands/layers.py) and at the start of every run, which
 saves it as `layers.txt` in its run dir.
 
 One row per layer call, in the order the forward pass runs them (a module called three times gives

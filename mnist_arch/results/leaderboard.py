@@ -1,6 +1,6 @@
 """The leaderboard: every `summary.json` beneath a folder, grouped by setting, seeds averaged; and the
-Pareto picture. Printed by `python -m mnist_arch.report` (mnist_arch/report.py), written when a sweep
-ends (the `Leaderboard` Hydra callback), drawn by a search (mnist_arch/search/command.py).
+Pareto picture. Printed by `python -m mnist_arch.report` (mnist_arch/commands/report.py), written when a sweep
+ends (the `Leaderboard` Hydra callback), drawn by a search (mnist_arch/commands/search.py).
 
 Jobs that differ only in `seed` form one row: model, params, the overrides that differ between jobs,
 the seeds, best-epoch and final-epoch val acc as mean ± std over the seeds, how many reached the target

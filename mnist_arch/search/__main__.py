@@ -1,4 +1,4 @@
-"""python -m mnist_arch.search: the command (mnist_arch/search/command.py)."""
-from mnist_arch.search.command import main
+"""`python -m mnist_arch.search`: the command is mnist_arch/commands/search.py."""
+from mnist_arch.commands.search import main
 
 main()

@@ -1,5 +1,5 @@
 """What one trial of a search is, and what confirms a study's finalists: the objective Optuna calls and the
-confirm runs on the 60k. The command is mnist_arch/search/command.py (python -m mnist_arch.search).
+confirm runs on the 60k. The command is mnist_arch/commands/search.py (python -m mnist_arch.search).
 
 `objective` reads like optuna-examples' pytorch_lightning_simple.py: sample overrides from the space,
 judge the net against the budget (one that breaks a rule is recorded infeasible in milliseconds and never

@@ -1,5 +1,5 @@
 """An Optuna study shared by workers: its storage, sampler and pruner, the loop each worker runs, what is
-done with trials cut short, and what the study found. The search command (mnist_arch/search/command.py)
+done with trials cut short, and what the study found. The search command (mnist_arch/commands/search.py)
 gives it the objective; this module knows nothing of nets.
 
 Workers ask the study for a trial under a file lock in the study folder, so however many run (processes

@@ -58,7 +58,7 @@ class StopAtTarget(pl.Callback):
 
 
 class Pruning(pl.Callback):
-    """A search's trial (mnist_arch/search/command.py): each epoch, tell the study the worker is alive and, with one
+    """A search's trial (mnist_arch/commands/search.py): each epoch, tell the study the worker is alive and, with one
     objective, report the holdout val acc to its pruner (which may stop it only when `prune`). When the pruner
     says stop, the run stops as the next epoch starts, so the judged epoch is whole in the record and in
     last.ckpt."""

@@ -124,6 +124,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
         if record.status != "interrupted":
             raise
     finally:
+        if record.distilled_from:  # "once": before the first epoch, where every epoch shows the same images
+            record.distilled_from["teacher_outputs"] = run.model.teacher_outputs
         _finish(record, callbacks, trainer, started)
         if writer:
             record.predictions = _keep_predictions(callbacks, run.datamodule, run_dir, trainer)
@@ -224,10 +226,8 @@ def _record(run: Setup, trainer, run_dir: Path, resume: Optional[Path], override
                      data_verified=conf.data.verify, run_dir=str(run_dir), rank=trainer.global_rank,
                      overrides=provenance.overrides() if overrides is None else list(overrides),
                      world_size=trainer.world_size, overfit_batches=conf.trainer.overfit_batches or None,
-                     distilled_from=run.distilled_from and {
-                         **run.distilled_from, "alpha": conf.distill.alpha, "temperature": conf.distill.temperature,
-                         # "once": before the first epoch, where every epoch shows the same images (exact)
-                         "teacher_outputs": "once" if run.datamodule.same_images_every_epoch else "per step"})
+                     distilled_from=run.distilled_from and {**run.distilled_from, "alpha": conf.distill.alpha,
+                                                            "temperature": conf.distill.temperature})
 
 
 def _set_threads(conf: Config) -> None:

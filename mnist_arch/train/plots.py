@@ -36,7 +36,7 @@ class RunPlots(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.samples is None:
-            x, y = batch
+            x, y = batch[0], batch[1]  # a third: a teacher's outputs computed once (mnist_arch/train/module.py)
             self.samples = (x[:N_IMAGES].detach().cpu(), y[:N_IMAGES].cpu())
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:

@@ -1,6 +1,6 @@
 """Read digits with a trained net: pictures of any size and colour, .npy arrays, IDX files.
 
-The command is mnist_arch/predict.py (python -m mnist_arch.predict); this is what it calls.
+The command is mnist_arch/commands/predict.py (python -m mnist_arch.predict); this is what it calls.
 """
 from pathlib import Path
 from typing import Any, Dict, Iterator, List

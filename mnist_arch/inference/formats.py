@@ -1,7 +1,7 @@
 """Ship a trained net: a torch.export program (.pt2), ONNX or TorchScript, checked against the PyTorch net
 before it is called done; and a .pt2 read back, when it is trusted.
 
-The command is mnist_arch/export.py (python -m mnist_arch.export); this is what it calls.
+The command is mnist_arch/commands/export.py (python -m mnist_arch.export); this is what it calls.
 
 A .pt2 is a program, not data. `torch.export.load` unpickles what the archive marks for pickling (under any
 model name), retries legacy weights with weights_only=False, dlopens native code under data/aotinductor/,

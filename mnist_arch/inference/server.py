@@ -1,6 +1,6 @@
 """Try a trained net in the browser: draw a digit, see its answer and what each conv layer sees.
 
-The command is mnist_arch/serve.py (python -m mnist_arch.serve); this is what it calls.
+The command is mnist_arch/commands/serve.py (python -m mnist_arch.serve); this is what it calls.
 
 It faces strangers (any page the browser opens can send it requests), so it is served by waitress, a
 production WSGI server, and holds: a listen queue for bursts, a timeout for idle and stalled clients, 400

@@ -1,6 +1,6 @@
 """Score a trained net again: accuracy, per-class accuracy and the confusion matrix, from the checkpoint alone.
 
-The command is mnist_arch/evaluate.py (python -m mnist_arch.evaluate); this is what it calls.
+The command is mnist_arch/commands/evaluate.py (python -m mnist_arch.evaluate); this is what it calls.
 """
 from dataclasses import asdict, replace
 from pathlib import Path
