@@ -232,7 +232,7 @@ def programs(args) -> None:
 
     from torch import nn
 
-    from mnist_arch.inference.export import export_pt2, sha256
+    from mnist_arch.inference.formats import export_pt2, sha256
 
     tmp = Path(tempfile.mkdtemp(prefix="hostile-pt2-"))
     marker = tmp / "marker"

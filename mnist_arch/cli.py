@@ -145,11 +145,12 @@ def command(main: Callable) -> Callable:
     return entry
 
 
-def hydra_command(config_name: str) -> Callable[[Callable], Callable]:
+def hydra_command(config_name: str, help: Optional[Callable[[], str]] = None) -> Callable[[Callable], Callable]:
     """`@hydra_command("config")` on a task function taking the composed config: the Hydra command of the project's
     configs (`@hydra.main` on conf/<config_name>.yaml), whose every error ends as one line (`command`): Hydra's own
     (an unknown option, an override it cannot parse) and the job's, which `JobEnded` carries past Hydra's job
-    runner; a key of a group still unchosen on the command line is refused before Hydra composes."""
+    runner; a key of a group still unchosen on the command line is refused before Hydra composes. `help`: the
+    command's own --help text, in place of Hydra's."""
     import hydra
 
     def decorate(task: Callable) -> Callable:
@@ -167,6 +168,9 @@ def hydra_command(config_name: str) -> Callable[[Callable], Callable]:
 
         @functools.wraps(task)
         def main():
+            if help is not None and {"--help", "-h"} & set(sys.argv[1:]):
+                print(help())
+                return None
             check_groups_chosen(arg for arg in sys.argv[1:] if not arg.startswith("-"))
             return composed()
 

@@ -12,7 +12,7 @@ path itself, so a symlink planted where a command writes (a run dir from elsewhe
 points at ~/.bashrc) is replaced, never followed; and a reader never sees half a file. Not every writer can
 rename (Hydra's own .hydra/*.yaml and run.log, Lightning's checkpoints and event files), so a run refuses to
 start in a folder that holds a link anywhere it writes (`refuse_links`, called by a Hydra callback before
-Hydra writes a byte: mnist_arch/train/job.py, `NoLinksInRunDir`).
+Hydra writes a byte: mnist_arch/train/hydra_callbacks.py, `NoLinksInRunDir`).
 """
 import os
 import re

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mnist_arch import run
+from mnist_arch.commands import run
 from mnist_arch.errors import BudgetError
 from mnist_arch.train.history import History
 from mnist_arch.rules import fc_layers, largest_layers

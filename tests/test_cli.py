@@ -2,6 +2,7 @@
 refused) or 1 (work failed); a bug is one line naming the file that holds its traceback, or the traceback
 itself with MNIST_ARCH_DEBUG=1; Ctrl-C is 130."""
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -156,7 +157,7 @@ def test_a_runs_console_is_ours_and_its_log_keeps_the_rest(mnist_root, tmp_path)
                                                         "converted to Integer\n"),
 ])
 def test_a_broken_config_file_of_your_own_is_one_line(tmp_path, monkeypatch, capsys, content, expected):
-    from mnist_arch import run
+    from mnist_arch.commands import run
     from tests.conftest import hydra_command
 
     (tmp_path / "conf" / "experiment").mkdir(parents=True)
@@ -176,7 +177,7 @@ def test_a_broken_config_file_of_your_own_is_one_line(tmp_path, monkeypatch, cap
 ])
 def test_search_overrides_that_hydra_takes_but_cannot_mean_are_one_line(tmp_path, monkeypatch, capsys, argv,
                                                                         expected):
-    from mnist_arch.search import command as search
+    from mnist_arch.commands import search
     from tests.conftest import hydra_command
 
     monkeypatch.chdir(tmp_path)
@@ -248,8 +249,42 @@ def test_a_command_started_as_a_process_ends_as_python_would(tmp_path, argv, cod
                                "(see python -m mnist_arch.export --help)\n"),
 ])
 def test_a_value_outside_an_options_choices_gets_a_did_you_mean(argv, line, capsys):
-    from mnist_arch import export
+    from mnist_arch.commands import export
 
     with pytest.raises(SystemExit) as done:
         export.main(argv)
     assert done.value.code == 2 and capsys.readouterr().err == line
+
+
+def test_a_refused_override_imports_no_lightning():
+    """A typo is answered before Lightning is imported (the deferred imports of mnist_arch/train/job.py; torch is
+    imported, by the schema's check of optimizer classes): `python -X importtime` lists every module imported."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "mnist_arch.run", "model=s5"],
+                          capture_output=True, text=True, timeout=120)
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert done.returncode == 2 and "did you mean model=s4" in done.stderr
+    assert "hydra" in imported and "torch" in imported and not {"pytorch_lightning", "lightning_fabric"} & imported
+
+
+def test_an_error_inside_a_hydra_job_is_one_line_and_keeps_its_type(tmp_path, monkeypatch, capsys):
+    """Hydra's job runner catches a job's exception to print "Error executing job ..." before raising it again;
+    the one decorator of a Hydra command (cli.hydra_command) carries it past, by type: the console has our one
+    line, and with MNIST_ARCH_DEBUG=1 the job's own exception comes out, its traceback whole."""
+    from mnist_arch.commands import run
+    from tests.conftest import hydra_command
+
+    def crash(cfg, run_dir):
+        raise ZeroDivisionError("inside the job")
+
+    monkeypatch.setattr(run, "train", crash)
+    monkeypatch.chdir(tmp_path)
+    argv = [f"hydra.run.dir={tmp_path / 'run'}"]
+    assert hydra_command(run.main, argv, monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unexpected ZeroDivisionError: inside the job (a bug; the full traceback is in ")
+    assert len(err.strip().splitlines()) == 1 and "Error executing job" not in err
+    traceback_file = Path(re.search(r"the full traceback is in (\S+),", err).group(1))
+    assert "in crash" in traceback_file.read_text()  # the job's own frames
+    monkeypatch.setenv("MNIST_ARCH_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError, match="inside the job"):
+        hydra_command(run.main, argv, monkeypatch)

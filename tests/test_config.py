@@ -163,7 +163,7 @@ def _cli(*args, data_root: Path):
 )
 def test_cli_bad_input_is_one_clear_error_before_any_fetch(tmp_path, monkeypatch, capsys, override, expected):
     """The run's entry point, in this process (a fresh process for a few of them below)."""
-    from mnist_arch import run
+    from mnist_arch.commands import run
     from tests.conftest import hydra_command
 
     monkeypatch.setenv("MNIST_ARCH_DATA", str(tmp_path / "data"))

@@ -328,7 +328,7 @@ def test_augmentation_changes_training_images_only(mnist_root, pipeline):
 
 
 def test_cli_prints_the_raw_folder_last(mnist_root, synthetic_md5, capsys):
-    from mnist_arch.data.__main__ import main
+    from mnist_arch.commands.data import main
 
     assert main(["--root", str(mnist_root), "--offline"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(fetch.raw_folder(mnist_root))

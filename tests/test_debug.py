@@ -77,7 +77,7 @@ def test_default_is_a_careful_cpu_epoch(make_cfg, mnist_root, tmp_path):
 def test_lr_find_suggests_an_override_and_draws_the_curve(make_cfg, mnist_root, tmp_path):
     import json
 
-    from mnist_arch import lr_find
+    from mnist_arch.commands import lr_find
 
     cfg = make_cfg([*base(mnist_root), "model=s6", "trainer.max_epochs=20"])
     suggestion = lr_find.find(cfg, tmp_path / "run")

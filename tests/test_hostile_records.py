@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_arch import report, run
+from mnist_arch.commands import report, run
 from mnist_arch.errors import BadFile, ConfigError, printable
 from mnist_arch.results import compare
 from mnist_arch.results.record import RunRecord
@@ -155,7 +155,7 @@ def test_predictions_are_bounded_by_what_they_expand_to(tmp_path):
     assert bomb.stat().st_size < 1 << 20
     started = time.perf_counter()
     with pytest.raises(BadFile, match=r"more than the 16 MiB of \.npy arrays"):
-        compare.load(bomb)
+        compare.read_predictions(bomb)
     assert time.perf_counter() - started < 5
 
     declared = tmp_path / "declared.npz"  # a header promising 10^13 bytes in a small record
@@ -164,12 +164,12 @@ def test_predictions_are_bounded_by_what_they_expand_to(tmp_path):
             np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (10 ** 12,)})
             f.write(bytes(64))
     with pytest.raises(BadFile, match=r"its header declares \(1000000000000,\), more than the record holds"):
-        compare.load(declared)
+        compare.read_predictions(declared)
 
     structured = _npz(tmp_path / "structured.npz", {**_splits(), "val_label": np.zeros(50, dtype=[("a", "i4")])})
     with pytest.raises(BadFile, match=r"an array of .*, not plain integers or text"):
-        compare.load(structured)
-    assert len(compare.load(_npz(tmp_path / "good.npz", _splits())).splits["val"][1]) == 50
+        compare.read_predictions(structured)
+    assert len(compare.read_predictions(_npz(tmp_path / "good.npz", _splits())).splits["val"][1]) == 50
 
 
 def test_control_characters_in_a_record_are_printed_escaped(tmp_path, capsys):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_arch import layers
+from mnist_arch.commands import layers
 from mnist_arch import summary
 from mnist_arch.results import layer_table
 from tests.conftest import default_budget

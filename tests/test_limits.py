@@ -169,7 +169,7 @@ def test_one_cycle_takes_any_number_of_batches(make_cfg, batches, pct_start):
 
 
 def test_predict_given_only_refused_files_exits_2_and_some_refused_exits_1(tmp_path, capsys):
-    from mnist_arch import predict
+    from mnist_arch.commands import predict
 
     ckpt = tmp_path / "tiny.ckpt"
     torch.save({"net_spec": TINY, "state_dict": {f"net.{k}": v for k, v in build_net(TINY).state_dict().items()}},

@@ -64,7 +64,7 @@ def test_a_study_a_race_and_a_confirm_on_postgres_with_two_workers(mnist_root, t
     """Two workers, one study in the database: exactly n_trials trained, none twice; then a race of candidates
     and its confirm, claimed in the database (no claim.json), with the same standings as on SQLite; the
     password appears in no file the search wrote."""
-    from mnist_arch.search import command as search
+    from mnist_arch.commands import search
 
     name = fresh("pg")
     password_url = URL.replace("mnist@", f"mnist:{os.environ['PGPASSWORD']}@")
@@ -225,7 +225,7 @@ def test_the_database_restarted_mid_study_is_waited_for_and_gone_for_good_is_one
 
 
 def test_optuna_dashboard_opens_a_study_in_postgres(mnist_root, tmp_path, monkeypatch):
-    from mnist_arch.search import command as search
+    from mnist_arch.commands import search
 
     name = fresh("dash")
     assert hydra_command(search.main, small(mnist_root, tmp_path / "study", "search.n_trials=1",

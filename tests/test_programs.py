@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mnist_arch import evaluate, export, predict
+from mnist_arch.commands import evaluate, export, predict
 from mnist_arch.errors import BadFile
-from mnist_arch.inference import export as programs
-from mnist_arch.inference.export import read_pt2, sha256
+from mnist_arch.inference import formats as programs
+from mnist_arch.inference.formats import read_pt2, sha256
 from mnist_arch.models import build_net
 from tests.conftest import synthetic_split
 
@@ -93,7 +93,7 @@ def test_an_untrusted_pt2_is_one_line_before_torch_opens_it(exported, tmp_path, 
     _, pt2, _, digits = exported
     never_loaded(monkeypatch)
     if command == "serve":
-        from mnist_arch.inference.serve import load_nets
+        from mnist_arch.inference.server import load_nets
         from mnist_arch.inference.trained import Trust
 
         with pytest.raises(BadFile) as error:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_arch import run
+from mnist_arch.commands import run
 from mnist_arch.results.record import RunRecord
 from mnist_arch.train import job as training
 from tests.conftest import ctrl_c_at, datamodule, fast_overrides, hydra_command
@@ -368,7 +368,7 @@ def test_bf16_mixed_trains_on_the_cpu_and_its_checkpoint_stays_fp32(make_cfg, mn
     under autocast, the checkpoint holds fp32 weights (what evaluate and export read), and evaluating them in
     fp32 lands within a few images of the run's own bf16 test."""
     from mnist_arch.config.schema import validate
-    from mnist_arch.inference import evaluate, trained
+    from mnist_arch.inference import scoring, trained
 
     overrides = fast_overrides(mnist_root) + ["trainer.precision=bf16-mixed", "data.verify=false"]
     record = training.train(make_cfg(overrides), tmp_path / "run")
@@ -376,8 +376,8 @@ def test_bf16_mixed_trains_on_the_cpu_and_its_checkpoint_stays_fp32(make_cfg, mn
     assert RunRecord.read(tmp_path / "run").precision == "bf16-mixed"  # the record says what ran
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float32}
-    net = trained.load(str(tmp_path / "run"))
-    scored = evaluate.score(net, validate(make_cfg(overrides)).data)
+    net = trained.trained_net(str(tmp_path / "run"))
+    scored = scoring.score(net, validate(make_cfg(overrides)).data)
     assert abs(scored["accuracy"] - record.test_acc) <= 3 / scored["images"]
 
 

@@ -14,10 +14,11 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from mnist_arch import report
+from mnist_arch.commands import report
 from mnist_arch.config import space
 from mnist_arch.config.schema import SearchConf
-from mnist_arch.search import command as search, objective
+from mnist_arch.commands import search
+from mnist_arch.search import objective
 from mnist_arch.search import study as studies
 from mnist_arch.train import job as training
 from tests.conftest import fast_overrides, hydra_command

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_arch import report
+from mnist_arch.commands import report
 from mnist_arch.config.schema import validate
 from mnist_arch.data.datamodule import stratified_fold
 from mnist_arch.errors import ConfigError
@@ -153,7 +153,7 @@ def test_the_board_folds_a_settings_folds_into_one_out_of_fold_row_with_a_ci(tmp
             predicted[: 5 * (i + seed)] += 1  # fold i of seed s misses 5(i+s) images
             kept = compare.Predictions(seed, {"val": ("train", index, labels[index], predicted % 10)})
             write_run(tmp_path / f"s{seed}f{i}", seed, kept, folds=4, fold=i, overrides=[f"data.fold={i}"])
-    _, rows, failed = leaderboard.leaderboard(leaderboard.load(tmp_path))
+    _, rows, failed = leaderboard.leaderboard(leaderboard.read_records(tmp_path))
     assert not failed and len(rows) == 1
     row = rows[0]
     missed = {seed: sum(5 * (i + seed) for i in range(4)) for seed in (1, 2)}  # 50 and 70 of 1,000
@@ -161,7 +161,7 @@ def test_the_board_folds_a_settings_folds_into_one_out_of_fold_row_with_a_ci(tmp
     assert row["final"][0] == pytest.approx(1 - (missed[1] + missed[2]) / 2_000)
     low, high = row["final_ci"]
     assert low < row["final"][0] < high
-    text = leaderboard.markdown(*leaderboard.leaderboard(leaderboard.load(tmp_path)))
+    text = leaderboard.markdown(*leaderboard.leaderboard(leaderboard.read_records(tmp_path)))
     assert "1,2 × 4 folds" in text
 
 
@@ -171,7 +171,7 @@ def test_the_board_folds_a_settings_folds_into_one_out_of_fold_row_with_a_ci(tmp
 def test_a_run_keeps_its_final_predictions_on_every_val_and_test_image(make_cfg, mnist_root, tmp_path):
     overrides = fast_overrides(mnist_root) + ["data.val=fold", "data.folds=4", "data.fold=1"]
     record = training.train(make_cfg(overrides), tmp_path / "run")
-    kept = compare.load(tmp_path / "run" / record.predictions, record.seed)
+    kept = compare.read_predictions(tmp_path / "run" / record.predictions, record.seed)
     assert (tmp_path / "run" / "predictions.npz").stat().st_size < 4_000 and (record.folds, record.fold) == (4, 1)
     source, index, labels, predicted = kept.splits["val"]
     train_labels = synthetic_split(N_TRAIN, 0)[1]
@@ -198,7 +198,7 @@ def test_a_race_drops_the_design_worse_by_construction_and_resumes_running_nothi
     """A net that learns against one that predicts class 0 whatever it sees: dropped after round 2 (the first
     round that may drop), the race over; then a run lost mid-round (its record gone, its last.ckpt kept) is
     resumed from that checkpoint and nothing else runs again. The test set is never scored."""
-    from mnist_arch.search import command as search
+    from mnist_arch.commands import search
     from tests.conftest import hydra_command
 
     candidates = tmp_path / "finalists.yaml"
@@ -231,7 +231,7 @@ def test_a_confirm_shares_its_runs_between_workers_and_resumes_one_cut_short(mni
     """After the race, search.confirm with two worker processes: each seed of the survivor trained once (the
     claims under the lock), the test set scored; a confirm run lost mid-way (its record gone,
     its last.ckpt kept) is resumed from that checkpoint on the next call, the other seed left as it was."""
-    from mnist_arch.search import command as search
+    from mnist_arch.commands import search
     from tests.conftest import hydra_command
 
     candidates = tmp_path / "finalists.yaml"
@@ -263,7 +263,7 @@ def test_a_confirm_shares_its_runs_between_workers_and_resumes_one_cut_short(mni
 
 
 def test_a_race_of_equals_separates_nothing_and_says_so(mnist_root, tmp_path, monkeypatch):
-    from mnist_arch.search import command as search
+    from mnist_arch.commands import search
     from tests.conftest import hydra_command
 
     candidates = tmp_path / "finalists.yaml"
@@ -329,6 +329,6 @@ def test_a_comparison_on_the_images_that_chose_the_stopping_epoch_is_refused(tmp
     report.main(["--compare", str(tmp_path / "a_full"), str(tmp_path / "b_full"), "--json"])
     said = json.loads(capsys.readouterr().out)["protocol"]
     assert said["A"] == "val split (test-set images), final-epoch weights, validated on test-set"
-    board = leaderboard.markdown(*leaderboard.leaderboard(leaderboard.load(tmp_path / "a_full"))[:2], [])
+    board = leaderboard.markdown(*leaderboard.leaderboard(leaderboard.read_records(tmp_path / "a_full"))[:2], [])
     assert "best-epoch test-set acc (ranked by)" in board and "**val = the 10k test set in 1 of 1 row(s)**" in board
 

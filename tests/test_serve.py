@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from mnist_arch import predict
-from mnist_arch import serve as serve_command
-from mnist_arch.inference import serve
+from mnist_arch.commands import predict
+from mnist_arch.commands import serve as serve_command
+from mnist_arch.inference import server as serve
 from mnist_arch.inference.trained import Trust
 from mnist_arch.train import job as training
 

@@ -82,7 +82,7 @@ def test_two_task_ddp_under_srun(cluster, mnist_root, tmp_path):
     assert len(headlines) == 1 and headlines[0].startswith("0: ")  # srun -l labels it: rank 0's
     assert [p.name for p in run_dir.glob("*.json")] == ["summary.json"]
 
-    from mnist_arch import evaluate
+    from mnist_arch.commands import evaluate
 
     evaluate.main([str(run_dir)])
     alone = json.loads((run_dir / "evaluate.json").read_text())

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_arch import report
-from mnist_arch import run
+from mnist_arch.commands import report
+from mnist_arch.commands import run
 from mnist_arch.errors import ConfigError
 from mnist_arch.results import leaderboard
 from mnist_arch.results.record import RunRecord
@@ -74,7 +74,7 @@ def test_leaderboard_numbers_from_known_summaries(tmp_path, capsys):
     RunRecord(status="over_budget", model="s6", seed=1, error="19,866 > 18,000",
               overrides=["optimizer.lr=0.05", "seed=1", "trainer.max_epochs=10"]).write(tmp_path / "sweep" / "4")
 
-    differing, rows, failed = leaderboard.leaderboard(leaderboard.load(tmp_path / "sweep"))
+    differing, rows, failed = leaderboard.leaderboard(leaderboard.read_records(tmp_path / "sweep"))
     assert differing == ["optimizer.lr"]  # seed is averaged over; max_epochs is the same everywhere
     assert [(r["model"], r["setting"]) for r in rows] == [("s4", {"optimizer.lr": "0.05"}),
                                                           ("s4", {"optimizer.lr": "0.01"})]
@@ -106,7 +106,7 @@ def test_pareto_plot_of_known_summaries(tmp_path):
             ("mid", 9_000, 1, 0.9920, 0.1), ("mid", 9_000, 1, 0.9910, 0.2)]):
         RunRecord(status="completed", model=model, params=params, budget=budget, seed=seed, val_acc=[acc],
                   test_acc=acc, overrides=[f"seed={seed}", f"optimizer.lr={lr}"]).write(tmp_path / "runs" / str(i))
-    differing, rows, _ = leaderboard.leaderboard(leaderboard.load(tmp_path / "runs"))
+    differing, rows, _ = leaderboard.leaderboard(leaderboard.read_records(tmp_path / "runs"))
     ax = leaderboard.pareto(rows, differing).axes[0]
     points = sorted((c.lines[0].get_xdata()[0], round(c.lines[0].get_ydata()[0], 4)) for c in ax.containers)
     assert points == [(3_762, 99.35), (9_000, 99.1), (9_000, 99.2), (19_000, 99.5)]  # small: its two seeds' mean
@@ -139,7 +139,7 @@ def test_pareto_labels_repeated_models_by_the_folder_their_seeds_share(tmp_path)
                           tmp_path / "heldout" / design / f"seed{seed}")
     RunRecord(status="completed", model="speedrun", params=18_482, seed=6, val_acc=[0.994], test_acc=0.994,
               overrides=["seed=6"]).write(tmp_path / "heldout" / "speedrun" / "seed6")
-    differing, rows, _ = leaderboard.leaderboard(leaderboard.load(tmp_path / "heldout"))
+    differing, rows, _ = leaderboard.leaderboard(leaderboard.read_records(tmp_path / "heldout"))
     ax = leaderboard.pareto(rows, differing).axes[0]
     assert sorted(t.get_text() for t in ax.texts if "(n=" in t.get_text()) == [
         "convnet frontier_4k (n=2)", "convnet trial23 (n=2)", "speedrun (n=1)"]
@@ -152,7 +152,7 @@ def test_a_crowded_pareto_plot_labels_only_its_front(tmp_path):
         acc = 0.990 + 0.0002 * i if i % 2 == 0 else 0.980
         RunRecord(status="completed", model=f"t{i}", params=1_000 * (i + 1), seed=1, val_acc=[acc], test_acc=acc,
                   overrides=["seed=1"]).write(tmp_path / "runs" / str(i))
-    differing, rows, _ = leaderboard.leaderboard(leaderboard.load(tmp_path / "runs"))
+    differing, rows, _ = leaderboard.leaderboard(leaderboard.read_records(tmp_path / "runs"))
     ax = leaderboard.pareto(rows, differing).axes[0]
     assert len(ax.containers) == n
     assert sorted(t.get_text() for t in ax.texts if "(n=" in t.get_text()) == sorted(
@@ -191,10 +191,10 @@ def test_ddp_cpu_two_processes_end_to_end(mnist_root, tmp_path):
     assert summary.epochs_run == 2 and len(headlines) == 1  # rank 0's; the other rank reports nothing
     # The test acc is reduced over both ranks' shards: it equals one process scoring every test image with
     # the final weights
-    from mnist_arch import evaluate
-    from mnist_arch.inference.trained import load
+    from mnist_arch.inference.scoring import data_settings, score
+    from mnist_arch.inference.trained import trained_net
 
-    assert summary.test_acc == pytest.approx(evaluate.score(load(run_dir), evaluate.data_settings(
+    assert summary.test_acc == pytest.approx(score(trained_net(run_dir), data_settings(
         None, [f"data.root={mnist_root}", "data.download=false", "data.verify=false"]))["accuracy"], abs=1e-6)
 
 

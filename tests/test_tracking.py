@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_arch import run
+from mnist_arch.commands import run
 from mnist_arch.errors import ConfigError
 from mnist_arch.train import job as training
 from tests.conftest import fast_overrides, hydra_command

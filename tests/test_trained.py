@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mnist_arch import evaluate
-from mnist_arch import export
-from mnist_arch import predict
+from mnist_arch.commands import evaluate
+from mnist_arch.commands import export
+from mnist_arch.commands import predict
 from mnist_arch.data.digits import prepare
-from mnist_arch.inference import export as export_formats
+from mnist_arch.inference import formats as export_formats
 from mnist_arch.results.record import RunRecord
 from mnist_arch.train import job as training
 from tests.conftest import N_TEST, fast_overrides, synthetic_split
@@ -80,7 +80,7 @@ def test_mnist_images_saved_as_png_predict_as_the_run_does(trained_run, tmp_path
     for i, image in enumerate(images[:12]):
         paths.append(tmp_path / f"digit_{i}.png")
         Image.fromarray(image).save(paths[-1])
-    net = trained_nets.load(tmp / "run")
+    net = trained_nets.trained_net(tmp / "run")
     expected = net.probabilities(torch.from_numpy(images[:12]).unsqueeze(1).float() / 255).argmax(1).tolist()
     with pytest.raises(SystemExit) as done:
         predict.main([str(tmp / "run"), *map(str, paths), "--json"])
@@ -186,7 +186,7 @@ def test_a_pt2_export_matches_the_net_and_evaluate_and_predict_read_it(trained_r
     an untrusted or hostile one)."""
     import numpy as np
 
-    from mnist_arch import predict
+    from mnist_arch.commands import predict
 
     tmp, record = trained_run
     with pytest.raises(SystemExit) as done:

@@ -28,7 +28,7 @@ def test_a_run_with_tta_records_it_beside_the_plain_scores(make_cfg, mnist_root,
     assert record.val_acc == plain.val_acc and record.test_acc == plain.test_acc  # the plain scores are untouched
     assert plain.val_acc_tta == [] and plain.test_acc_tta is None
     assert f"with TTA {record.test_acc_tta:.2%}" in RunRecord.read(tmp_path / "tta").headline()
-    board = leaderboard.markdown(*leaderboard.leaderboard(leaderboard.load(tmp_path))[:2], [])
+    board = leaderboard.markdown(*leaderboard.leaderboard(leaderboard.read_records(tmp_path))[:2], [])
     assert "final-epoch test-set acc, TTA" in board and "test acc, TTA" in board
 
 

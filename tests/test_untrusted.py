@@ -9,10 +9,10 @@ import subprocess  # noqa: F401  (named by the crafted specs; never called by th
 import pytest
 import torch
 
-from mnist_arch import evaluate
-from mnist_arch import export
-from mnist_arch import predict
-from mnist_arch import run
+from mnist_arch.commands import evaluate
+from mnist_arch.commands import export
+from mnist_arch.commands import predict
+from mnist_arch.commands import run
 from mnist_arch.errors import BadFile
 from mnist_arch.models import TRUST_ENV, build_net, net_from_checkpoint
 from tests.conftest import fast_overrides, hydra_command
@@ -279,7 +279,7 @@ def test_a_run_dirs_config_is_data(tmp_path, capsys, config, message):
 
 def test_a_foreign_run_dir_cannot_choose_where_data_is_fetched(tmp_path, monkeypatch):
     """Its data.root and data.download are not taken: evaluate resolves this machine's defaults."""
-    from mnist_arch.inference.evaluate import data_settings
+    from mnist_arch.inference.scoring import data_settings
 
     monkeypatch.setenv("MNIST_ARCH_DATA", str(tmp_path / "mine"))
     (tmp_path / "run").mkdir()
@@ -291,7 +291,7 @@ def test_a_foreign_run_dir_cannot_choose_where_data_is_fetched(tmp_path, monkeyp
 
 
 def test_the_report_reads_every_good_summary_and_names_each_bad_one(tmp_path, capsys):
-    from mnist_arch import report
+    from mnist_arch.commands import report
     from mnist_arch.results.record import RunRecord
 
     for i in range(2):

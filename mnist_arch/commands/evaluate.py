@@ -28,7 +28,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.val=holdout")
     trained_nets.add_trust_option(parser)
     args = parser.parse_args(argv)
-    trained = trained_nets.load(args.run, trained_nets.trust_of(args))
+    trained = trained_nets.trained_net(args.run, trained_nets.trust_of(args))
     result = score(trained, data_settings(trained.run_dir, args.overrides))
     out = trained.out_dir / "evaluate.json"
     write_atomic(out, json.dumps(result, indent=2) + "\n")  # a link planted at evaluate.json is replaced, not followed

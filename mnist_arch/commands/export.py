@@ -35,7 +35,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     trained_nets.add_trust_option(parser)
     args = parser.parse_args(argv)
     suffix, export, run = FORMATS[args.format]
-    trained = trained_nets.load(args.run, trained_nets.trust_of(args))
+    trained = trained_nets.trained_net(args.run, trained_nets.trust_of(args))
     out = args.out or trained.out_dir / f"{trained.name}{suffix}"
     torch.manual_seed(0)
     check = torch.randn(CHECK_BATCH, 1, 28, 28)  # normalised inputs span about the same range

@@ -13,11 +13,10 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mnist_arch.cli import command
+from mnist_arch.cli import hydra_command
 from mnist_arch.config.compose import register_schema
 from mnist_arch.errors import RunError
 from mnist_arch.files import replacing, write_atomic
@@ -54,9 +53,7 @@ def find(cfg: DictConfig, run_dir: Path) -> float:
     return suggestion
 
 
-@command  # Hydra's own errors (an unknown option, an override it cannot parse), before the job
-@hydra.main(version_base="1.3", config_path="pkg://mnist_arch.conf", config_name="config")
-@command  # the job's errors, inside Hydra's job runner, which would otherwise add a line of its own
+@hydra_command("config")  # the run's config: the same overrides as a run
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     suggestion = find(cfg, run_dir)

@@ -29,7 +29,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON list on stdout instead of lines")
     trained_nets.add_trust_option(parser)
     args = parser.parse_args(argv)
-    trained = trained_nets.load(args.run, trained_nets.trust_of(args))
+    trained = trained_nets.trained_net(args.run, trained_nets.trust_of(args))
 
     failed = read = 0
     if args.json:  # one JSON list, written as it goes: 100,000 digits' results are never all held at once

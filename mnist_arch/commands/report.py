@@ -21,7 +21,7 @@ from typing import List, Optional
 
 from mnist_arch.cli import Parser, command
 from mnist_arch.errors import ConfigError, printable
-from mnist_arch.results.leaderboard import METRICS, X_AXES, leaderboard, load, protocol, write
+from mnist_arch.results.leaderboard import METRICS, X_AXES, leaderboard, protocol, read_records, write
 from mnist_arch.results.record import FILE_NAME, RunRecord
 
 
@@ -52,7 +52,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         raise ConfigError("a folder is needed: python -m mnist_arch.report <folder> (or --compare A B)")
     if not args.root.is_dir():
         raise ConfigError(f"{args.root}: not a folder")
-    records = load(args.root)
+    records = read_records(args.root)
     if not records:
         raise ConfigError(f"{args.root}: no {FILE_NAME} beneath it")
     text, _ = write(args.root, args.csv, args.plot, args.metric, args.ymin, args.x)
@@ -70,7 +70,7 @@ def design(given: str) -> List[RunRecord]:
     path = Path(folder)
     if not path.is_dir():
         raise ConfigError(f"{given}: not a folder")
-    records = [r for r in load(path) if r.status == "completed"]
+    records = [r for r in read_records(path) if r.status == "completed"]
     if not records:
         raise ConfigError(f"{given}: no completed run ({FILE_NAME}) beneath it")
     differing, rows, _ = leaderboard(records)

@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_arch.cli import command
+from mnist_arch.cli import hydra_command
 from mnist_arch.config.compose import register_schema
 from mnist_arch.errors import RunError, printable
 from mnist_arch.results import provenance
@@ -27,9 +26,7 @@ log = logging.getLogger("mnist_arch")
 register_schema()
 
 
-@command  # Hydra's own errors (an unknown option, an override it cannot parse), before the job
-@hydra.main(version_base="1.3", config_path="pkg://mnist_arch.conf", config_name="config")
-@command  # the job's errors, inside Hydra's job runner, which would otherwise add a line of its own
+@hydra_command("config")  # conf/config.yaml; every error, Hydra's or the job's, one line (mnist_arch/cli.py)
 def main(cfg: DictConfig) -> Optional[float]:
     """One run, or one job of a sweep. Returns the best val acc, None when the job failed. A single run that fails ends as one line (mnist_arch/cli.py). A
     failing job of a sweep records its summary.json (status, error) and lets the sweep go on; the

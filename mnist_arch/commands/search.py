@@ -24,11 +24,10 @@ from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_arch.cli import command
+from mnist_arch.cli import hydra_command
 from mnist_arch.config import space as search_space
 from mnist_arch.config.compose import load, override_pairs, register_schema
 from mnist_arch.config.schema import Config, ConfigError, SearchConf
@@ -41,15 +40,6 @@ from mnist_arch.search.study import (Job, counts, fail_stale, front, front_table
 from mnist_arch.train.job import threads_each
 
 register_schema()
-
-
-@command
-def main() -> None:
-    """The command: `--help` says what a search takes; anything else is the study (Hydra reads sys.argv)."""
-    if {"--help", "-h"} & set(sys.argv[1:]):
-        print(search_help())
-        return
-    study()
 
 
 def spaces() -> list:
@@ -85,10 +75,8 @@ def search_help() -> str:
     ])
 
 
-@command  # Hydra's own errors, before the job
-@hydra.main(version_base="1.3", config_path="pkg://mnist_arch.conf", config_name="study")
-@command  # the job's errors, inside Hydra's job runner
-def study(cfg: DictConfig) -> None:
+@hydra_command("study", help=search_help)  # conf/study.yaml: the run's config and the study's run dir
+def main(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "search") is None:
         raise ConfigError(f"pick a search space: search=<name> (conf/search/: {', '.join(spaces())})")
     optuna_module()
@@ -182,7 +170,7 @@ def _plot(study_dir: Path, search: SearchConf) -> None:
     """front.png: every trained trial's val acc against the second objective (params by default)."""
     from mnist_arch.results import leaderboard
 
-    records = leaderboard.load(study_dir / "trials")
+    records = leaderboard.read_records(study_dir / "trials")
     if not any(r.status == "completed" for r in records):
         return
     x = search.objectives[1] if len(search.objectives) > 1 else "params"

@@ -1,10 +1,12 @@
 """MNIST as a LightningDataModule: verified files in, normalised (and augmented) batches out.
 
-Two pipelines give the same normalised values for the same image:
+Two pipelines give the same normalised values for the same image, and augment with the same code
+(`device_loader.augment_batch`):
 - `tensor` (default): the whole split lives as one uint8 tensor on the training device; batches are
   sliced from a seeded permutation and augmented there, vectorised (`device_loader.py`);
-- `torchvision`: the usual `datasets.MNIST` + transforms + `DataLoader`, for comparison and for your
-  own PIL-level transforms.
+- `torchvision`: the usual `datasets.MNIST` + `ToTensor` + `DataLoader` (worker processes, your own
+  per-image transforms), each batch then augmented and normalised as it leaves the loader; kept as the
+  benchmarks' "usual" pipeline (BENCHMARKS.md).
 
 Validation follows the references by default (`val="test"`: the official 10k test set is the
 validation set). `val="holdout"` carves `holdout_size` images out of the 60k training set with a fixed
@@ -24,7 +26,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from mnist_arch.config.schema import fold_problem, holdout_problem
-from mnist_arch.data.device_loader import MEAN, STD, Augment, DeviceLoader
+from mnist_arch.data.device_loader import Augment, AugmentedBatches, DeviceLoader
 from mnist_arch.data.fetch import DataError, default_root, ensure_mnist
 from mnist_arch.errors import ConfigError
 from mnist_arch.rules import PROBE_BATCH, bad_output, output_shape
@@ -129,38 +131,23 @@ class MNISTDataModule(pl.LightningDataModule):
                            "val": (images[holdout_idx], labels[holdout_idx]), "test": test_split}
 
     def _torchvision_splits(self, train, test, train_idx: torch.Tensor, holdout_idx: torch.Tensor) -> dict:
-        a = self.augment
-        normalise = [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
-        # The same augmentations as the tensor pipeline, as PIL transforms: one affine warp (rotation, shift,
-        # zoom) or, with rotation_p < 1, a rotation applied with that probability and then shift and zoom;
-        # then the brightness/contrast jitter with probability jitter_p; random erasing after normalising.
-        translate = (a.translate, a.translate) if a.translate else None
-        zoom = (1 - a.scale, 1 + a.scale) if a.scale else None
-        warp = [transforms.RandomAffine(a.rotation, translate=translate, scale=zoom, fill=0)] if a.warps else []
-        if a.warps and a.rotation_p < 1:
-            warp = [transforms.RandomApply([transforms.RandomRotation(a.rotation, fill=0)], p=a.rotation_p),
-                    transforms.RandomAffine(0, translate=translate, scale=zoom, fill=0)]
-        jitter = [transforms.RandomApply([transforms.ColorJitter(brightness=a.brightness, contrast=a.contrast)],
-                                         p=a.jitter_p)] if a.jitters else []
-        erase = [transforms.RandomErasing(p=a.erasing, value=0)] if a.erasing > 0 else []
-        train_tf = transforms.Compose(warp + jitter + normalise + erase)
-        eval_tf = transforms.Compose(normalise)
-        # Views of the datasets setup() already read, each with its own transform: the files are read once.
-        train, holdout_view, test = (_with_transform(train, train_tf), _with_transform(train, eval_tf),
-                                     _with_transform(test, eval_tf))
+        # Views of the datasets setup() already read, with ToTensor: [0, 1] pixels, augmented and normalised by
+        # the batch (AugmentedBatches): the files are read once, the augmentation written once.
+        train, test = _with_transform(train, transforms.ToTensor()), _with_transform(test, transforms.ToTensor())
         if self.val == "test":
             return {"train": (train, None), "val": (test, None), "test": (test, None)}
         return {"train": (Subset(train, train_idx.tolist()), None),
-                "val": (Subset(holdout_view, holdout_idx.tolist()), None), "test": (test, None)}
+                "val": (Subset(train, holdout_idx.tolist()), None), "test": (test, None)}
 
     def _loader(self, split: str):
         train = split == "train"
         batch_size = self.batch_size if train else self.eval_batch_size
         if self.pipeline == "torchvision":
-            return DataLoader(self.splits[split][0], batch_size=batch_size, shuffle=train,
-                              drop_last=self.drop_last and train,
-                              generator=torch.Generator().manual_seed(self.seed) if train else None,
-                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+            loader = DataLoader(self.splits[split][0], batch_size=batch_size, shuffle=train,
+                                drop_last=self.drop_last and train,
+                                generator=torch.Generator().manual_seed(self.seed) if train else None,
+                                num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+            return AugmentedBatches(loader, self.augment if train else Augment.off(), self.seed)
         images, labels = self.splits[split]
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         # overfit_batches trains on the same first batches every epoch: no shuffling (Lightning turns it

@@ -100,6 +100,28 @@ def random_erase(x: torch.Tensor, probability: float, generator: torch.Generator
     return x.masked_fill(erase.unsqueeze(1), 0.0)
 
 
+def augment_batch(x: torch.Tensor, augment: Augment, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """A batch of [0, 1] pixels (N, 1, H, W) augmented and normalised: warp, jitter, normalise, erase. The one
+    augmentation of both pipelines (the tensor pipeline's batches on the device; the torchvision pipeline's as its
+    DataLoader gives them); `generator` draws every random number (None: no random augmentation)."""
+    if augment.warps:
+        x = affine_warp(x, augment, generator)
+    if augment.jitters:
+        x = color_jitter(x, augment, generator)
+    x = x.sub(MEAN).div(STD)
+    if augment.erasing > 0:
+        x = random_erase(x, augment.erasing, generator)
+    return x
+
+
+def epoch_generator(augment: Augment, seed: int, epoch: int, device) -> Optional[torch.Generator]:
+    """The augmentation's random stream for one epoch: the same seed and epoch give the same augmentations (on the
+    same device type); None without random augmentation."""
+    if not augment.random:
+        return None
+    return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch + 1)
+
+
 class _EpochSeed:
     """Lightning calls `set_epoch` on a loader's `.sampler` every epoch (resume included)."""
 
@@ -108,6 +130,24 @@ class _EpochSeed:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+
+class AugmentedBatches:
+    """The torchvision pipeline's loader: a DataLoader of [0, 1] pixels (ToTensor), each batch augmented and
+    normalised as it leaves, by the tensor pipeline's own functions (`augment_batch`), with the epoch's stream."""
+
+    def __init__(self, loader, augment: Augment, seed: int):
+        self.loader, self.augment, self.seed = loader, augment, seed
+        self.sampler = _EpochSeed()
+        self.batch_sampler = None  # Lightning inspects loaders that have a `sampler` for this too
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        generator = epoch_generator(self.augment, self.seed, self.sampler.epoch, "cpu")
+        for x, y in self.loader:
+            yield augment_batch(x, self.augment, generator), y
 
 
 class DeviceLoader:
@@ -162,18 +202,8 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, ...]]:
         device = self.images.device
         order = self.indices().to(device)
-        generator = None
-        if self.augment.random:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(self.seed * 100_003 + self.sampler.epoch + 1)
+        generator = epoch_generator(self.augment, self.seed, self.sampler.epoch, device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
-            x = self.images[idx].unsqueeze(1).float().div(255)
-            if self.augment.warps:
-                x = affine_warp(x, self.augment, generator)
-            if self.augment.jitters:
-                x = color_jitter(x, self.augment, generator)
-            x = x.sub(MEAN).div(STD)
-            if self.augment.erasing > 0:
-                x = random_erase(x, self.augment.erasing, generator)
+            x = augment_batch(self.images[idx].unsqueeze(1).float().div(255), self.augment, generator)
             yield (x, self.labels[idx]) if self.targets is None else (x, self.labels[idx], self.targets[idx])

@@ -83,11 +83,11 @@ NPY_MAGIC = b"\x93NUMPY"
 def read(path: Path, max_digits: int = MAX_DIGITS) -> List[Tuple[str, torch.Tensor]]:
     """(name, prepared 28x28 image) for each digit in the file: one for a picture, N for an .npy stack or
     an IDX file (.gz or not). BadFile, starting with the path, when the file is not one this reads."""
-    stack = load(path, max_digits)
+    stack = read_digits(path, max_digits)
     return [(name, prepared(path, name, image)) for name, image in zip(digit_names(path, len(stack)), stack)]
 
 
-def load(path: Path, max_digits: int = MAX_DIGITS) -> np.ndarray:
+def read_digits(path: Path, max_digits: int = MAX_DIGITS) -> np.ndarray:
     """The file's images as they are, (N, H, W), N from 1 to `max_digits`; their count and size are judged
     from the file's header, before its body is read or decoded."""
     path = Path(path)

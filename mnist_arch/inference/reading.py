@@ -15,9 +15,9 @@ CHUNK = 2048  # digits prepared and scored at a time: ~6 MB of prepared images, 
 def probabilities(trained, path: Path):
     """(the file's digit names, their (N, 10) probabilities); BadFile when the file or one digit in it
     cannot be read. Prepared a chunk at a time, so memory holds the file's raw images once."""
-    from mnist_arch.data.digits import digit_names, load, prepared
+    from mnist_arch.data.digits import digit_names, prepared, read_digits
 
-    stack = load(path)
+    stack = read_digits(path)
     names = digit_names(path, len(stack))
     scored = torch.empty(len(stack), 10)
     for start in range(0, len(stack), CHUNK):

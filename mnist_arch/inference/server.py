@@ -63,7 +63,7 @@ def load_nets(paths: List[str], trust) -> List[Net]:
 
     nets = []
     for path in paths:
-        trained = trained_nets.load(path, trust)
+        trained = trained_nets.trained_net(path, trust)
         convs = [row for row in layer_table(trained.net) if row.kind in ("Conv2d", "Conv1d", "Conv3d")
                  and isinstance(trained.net.get_submodule(row.name), nn.modules.conv._ConvNd)]
         where = trained.run_dir.name if trained.run_dir else trained.path.name  # short: columns sit side by side

@@ -87,7 +87,7 @@ def checkpoint_of(path: Union[str, Path]) -> Path:
     return found
 
 
-def load(path: Union[str, Path], trust: Trust = Trust()) -> Trained:
+def trained_net(path: Union[str, Path], trust: Trust = Trust()) -> Trained:
     """The trained net of a run dir, .ckpt or .pt2 file; `trust`: what the user allows to run (see Trust)."""
     if Path(path).suffix == ".pt2" and not Path(path).is_dir():
         if not Path(path).exists():
@@ -107,7 +107,7 @@ def load_teachers(paths: Collection[str], data) -> Tuple[List[nn.Module], Dict[s
     test set). `data`: the student's DataConf. (the nets, in eval mode; what the student's record says of them)."""
     nets, named = [], []
     for given in paths:
-        trained = load(given)  # read as data, as every checkpoint: a custom class only if trusted by name
+        trained = trained_net(given)  # read as data, as every checkpoint: a custom class only if trusted by name
         if trained.run_dir is None or not (trained.run_dir / FILE_NAME).is_file():
             raise ConfigError(f"distill.teacher={given}: a teacher is a run dir (or a checkpoint in one): its "
                               f"{FILE_NAME} says which images it trained on")

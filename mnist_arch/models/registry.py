@@ -41,15 +41,15 @@ def presets() -> Dict[str, Dict[str, Any]]:
 
     folder = resources.files("mnist_arch.conf").joinpath("model")
 
-    def load(name: str):
+    def config_of(name: str):
         own = OmegaConf.create(folder.joinpath(f"{name}.yaml").read_text())
         bases = [entry for entry in own.get("defaults", []) if entry != "_self_"]
-        return OmegaConf.merge(*[load(base) for base in bases], {k: v for k, v in own.items() if k != "defaults"})
+        return OmegaConf.merge(*[config_of(base) for base in bases], {k: v for k, v in own.items() if k != "defaults"})
 
     found: Dict[str, Dict[str, Any]] = {}
     for entry in folder.iterdir():
         if entry.name.endswith(".yaml"):
-            spec = OmegaConf.to_container(load(entry.name[: -len(".yaml")]), resolve=True)
+            spec = OmegaConf.to_container(config_of(entry.name[: -len(".yaml")]), resolve=True)
             if spec.get("arch"):
                 found[spec["name"]] = {"name": spec["name"], "arch": spec["arch"], "net": dict(spec.get("net") or {})}
     return found

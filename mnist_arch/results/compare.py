@@ -67,7 +67,7 @@ def save(path: Path, splits: Dict[str, Tuple[str, np.ndarray, np.ndarray, np.nda
     return path
 
 
-def load(path: Path, seed: Optional[int] = None) -> Predictions:
+def read_predictions(path: Path, seed: Optional[int] = None) -> Predictions:
     """A run's predictions.npz, read as data: every split's four arrays, of one length. What it expands to is
     judged before it is read (the zip's records and each array's header: MAX_PREDICTIONS_EXPANDED in all, plain
     numbers and one string per split, never a pickled or structured array)."""
@@ -359,7 +359,7 @@ def pooled_and_separate(records, partial_folds: bool = False) \
             problems.append(f"{record.run_dir}: no {FILE_NAME} (a run before this version, or under DDP)")
             continue
         try:
-            kept = load(Path(record.run_dir) / record.predictions, record.seed)
+            kept = read_predictions(Path(record.run_dir) / record.predictions, record.seed)
         except (BadFile, ConfigError) as e:
             problems.append(str(e))
             continue

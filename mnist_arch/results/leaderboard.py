@@ -1,6 +1,6 @@
 """The leaderboard: every `summary.json` beneath a folder, grouped by setting, seeds averaged; and the
 Pareto picture. Printed by `python -m mnist_arch.report` (mnist_arch/commands/report.py), written when a sweep
-ends (the `Leaderboard` Hydra callback), drawn by a search (mnist_arch/commands/search.py).
+ends (the `Leaderboard` Hydra callback, mnist_arch/train/hydra_callbacks.py), drawn by a search (mnist_arch/commands/search.py).
 
 Jobs that differ only in `seed` form one row: model, params, the overrides that differ between jobs,
 the seeds, best-epoch and final-epoch val acc as mean ± std over the seeds, how many reached the target
@@ -13,15 +13,12 @@ a Hydra callback set in `conf/config.yaml`, which also makes the sweep exit non-
 import csv
 import io
 import statistics
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from hydra.experimental.callback import Callback
 
 from mnist_arch.config.compose import override_pairs
-from mnist_arch.errors import printable
 from mnist_arch.files import replacing, write_atomic
 from mnist_arch.results import compare
 from mnist_arch.results.record import FILE_NAME, RunRecord
@@ -32,7 +29,7 @@ NOT_SHOWN = {"seed", "data.fold"}  # averaged (seeds) or pooled (folds) over, no
 HOW_IT_RAN = {"threads", "trainer.enable_progress_bar", "callbacks.progress", "callbacks.progress_refresh"}
 
 
-def load(root: Path) -> List[RunRecord]:
+def read_records(root: Path) -> List[RunRecord]:
     """Every run record beneath `root` (a sweep, or a whole outputs/ tree), in path order."""
     return [RunRecord.read(path) for path in sorted(Path(root).rglob(FILE_NAME))]
 
@@ -209,7 +206,7 @@ def write(root: Path, csv_path: Optional[Path] = None, plot_path: Optional[Path]
           metric: str = "test", ymin: Optional[float] = None, x: str = "params") -> Tuple[str, List[Dict[str, Any]]]:
     """Build the leaderboard of `root`, write its CSV (default: <root>/leaderboard.csv) and markdown, and
     the Pareto plot when `plot_path` is given."""
-    differing, rows, failed = leaderboard(load(root))
+    differing, rows, failed = leaderboard(read_records(root))
     text = markdown(differing, rows, failed)
     # by a rename: a sweep dir from elsewhere may hold links where these go (mnist_arch/files.py)
     write_atomic(csv_path or root / "leaderboard.csv", csv_text(differing, rows, failed))
@@ -301,21 +298,3 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
     ax.set_title(f"{METRICS[metric]} against {x_label.split(' (')[0]} ({len(points)} settings"
                  f"{'; the front labelled' if crowded else ''})", fontsize=9)
     return figure
-
-
-class Leaderboard(Callback):
-    """Hydra callback: when a sweep ends, write its leaderboard into the sweep dir and print it; exit
-    non-zero if any job did not complete. (It also makes the sweep dir when the sweep starts, so that a
-    sweeper plugin can keep its state there.)"""
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
-            return
-        text, failed = write(sweep_dir)
-        print(f"\nleaderboard ({sweep_dir / 'leaderboard.md'}):\n{printable(text)}")
-        if failed:
-            sys.exit(f"{len(failed)} job(s) of the sweep did not complete (see the leaderboard)")

@@ -1,4 +1,5 @@
 """`python -m mnist_arch.search`: the command is mnist_arch/commands/search.py."""
 from mnist_arch.commands.search import main
 
-main()
+if __name__ == "__main__":
+    main()
