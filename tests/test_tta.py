@@ -37,3 +37,20 @@ def test_an_unknown_tta_is_one_line(make_cfg):
 
     with pytest.raises(ConfigError, match="tta='flips' is not one of: none, shifts"):
         validate(make_cfg(["tta=flips"]))
+
+
+def test_evaluate_scores_tta_as_the_run_did(make_cfg, mnist_root, tmp_path, capsys):
+    """`evaluate --tta shifts` (a run trained without it, scored on its holdout afterwards) gives the run's own
+    tta=shifts test score for the same weights, beside the plain one."""
+    from mnist_arch.commands import evaluate
+
+    overrides = fast_overrides(mnist_root) + ["tta=shifts", "data.verify=false"]
+    record = training.train(make_cfg(overrides), tmp_path / "tta")
+    evaluate.main([str(tmp_path / "tta"), f"data.root={mnist_root}", "data.download=false", "data.verify=false",
+                   "--tta", "shifts"])
+    import json
+
+    result = json.loads((tmp_path / "tta" / "evaluate.json").read_text())
+    assert result["accuracy"] == pytest.approx(record.test_acc, abs=1e-6)
+    assert result["accuracy_tta"] == pytest.approx(record.test_acc_tta, abs=1e-6)
+    assert f"with TTA (shifts) {result['accuracy_tta']:.2%}" in capsys.readouterr().out

@@ -26,10 +26,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = Parser(prog="python -m mnist_arch.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run dir (its tested checkpoint) or a .ckpt file")
     parser.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.val=holdout")
+    parser.add_argument("--tta", choices=["none", "shifts"], default="none",
+                        help="also score with test-time augmentation (shifts: the image and its four one-pixel "
+                             "shifts, averaged), beside the plain score")
     trained_nets.add_trust_option(parser)
     args = parser.parse_args(argv)
     trained = trained_nets.trained_net(args.run, trained_nets.trust_of(args))
-    result = score(trained, data_settings(trained.run_dir, args.overrides))
+    result = score(trained, data_settings(trained.run_dir, args.overrides), args.tta)
     out = trained.out_dir / "evaluate.json"
     write_atomic(out, json.dumps(result, indent=2) + "\n")  # a link planted at evaluate.json is replaced, not followed
     print(f"{report(result)}\nwritten: {out}")

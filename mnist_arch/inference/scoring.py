@@ -47,9 +47,10 @@ SPLIT_NAMES = {"test": lambda data: "10k test", "holdout": lambda data: "holdout
                "fold": lambda data: f"fold {data.fold} of {data.folds}"}
 
 
-def score(trained, data) -> Dict[str, Any]:
+def score(trained, data, tta: str = "none") -> Dict[str, Any]:
     """Predictions over the split `data.val` names (test: the 10k test set; holdout: the held-out part of the 60k;
-    fold: that fold of the 60k)."""
+    fold: that fold of the 60k). tta="shifts": also `accuracy_tta`, the same images scored on the image and its
+    four one-pixel shifts, their probabilities averaged (as a run's tta=shifts does), beside the plain score."""
     from mnist_arch.data import MNISTDataModule
 
     # The resident-tensor pipeline whatever the run trained with: without augmentation both pipelines give
@@ -57,19 +58,35 @@ def score(trained, data) -> Dict[str, Any]:
     datamodule = MNISTDataModule(**{**asdict(data), "pipeline": "tensor"}, seed=0)  # the seed shuffles nothing here
     datamodule.setup("test")
     images, labels = datamodule.splits["test" if data.val == "test" else "val"]
-    predicted = trained.probabilities(images.unsqueeze(1).float() / 255, data.eval_batch_size).argmax(dim=1)
+    pixels = images.unsqueeze(1).float() / 255
+    predicted = trained.probabilities(pixels, data.eval_batch_size).argmax(dim=1)
     confusion = multiclass_confusion_matrix(predicted, labels, num_classes=10)  # [true, predicted], as in training
     per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
     return {"version": EVALUATE_VERSION, "checkpoint": str(trained.path), "model": trained.name,
             "net_spec": trained.checkpoint["net_spec"], "split": SPLIT_NAMES[data.val](data),
             "images": int(confusion.sum()), "correct": int(confusion.diag().sum()),
             "accuracy": round(confusion.diag().sum().item() / max(1, confusion.sum().item()), 6),
-            "per_class": [round(a, 6) for a in per_class], "confusion": confusion.tolist()}
+            "per_class": [round(a, 6) for a in per_class], "confusion": confusion.tolist(),
+            **({"tta": tta, "accuracy_tta": _tta_accuracy(trained, pixels, labels, data.eval_batch_size)}
+               if tta != "none" else {})}
+
+
+def _tta_accuracy(trained, pixels, labels, batch_size: int) -> float:
+    """Accuracy of the mean probabilities over TTA_SHIFTS (a roll of the [0, 1] pixels: the border it wraps is
+    background on MNIST)."""
+    import torch
+
+    from mnist_arch.train.module import TTA_SHIFTS
+
+    mean = torch.stack([trained.probabilities(torch.roll(pixels, shifts=shift, dims=(2, 3)), batch_size)
+                        for shift in TTA_SHIFTS]).mean(dim=0)
+    return round((mean.argmax(dim=1) == labels).float().mean().item(), 6)
 
 
 def report(result: Dict[str, Any]) -> str:
+    tta = f" · with TTA ({result['tta']}) {result['accuracy_tta']:.2%}" if "accuracy_tta" in result else ""
     lines = [f"{result['model']} · {result['checkpoint']} · {result['split']}: {result['accuracy']:.2%} "
-             f"({result['correct']:,}/{result['images']:,})",
+             f"({result['correct']:,}/{result['images']:,}){tta}",
              "per class: " + " · ".join(f"{k} {a:.1%}" for k, a in enumerate(result["per_class"])),
              "confusion (rows: true digit, columns: predicted):",
              "     " + "".join(f"{p:>6}" for p in range(10))]
