@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, List, NoReturn, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, NoReturn, Optional, Sequence, Tuple
 
 from mnist_arch.errors import ConfigError, RunError, did_you_mean, from_tracker, printable, redact
 
@@ -145,12 +145,14 @@ def command(main: Callable) -> Callable:
     return entry
 
 
-def hydra_command(config_name: str, help: Optional[Callable[[], str]] = None) -> Callable[[Callable], Callable]:
+def hydra_command(config_name: str, help: Optional[Callable[[], str]] = None,
+                  check: Optional[Callable[[List[str]], None]] = None) -> Callable[[Callable], Callable]:
     """`@hydra_command("config")` on a task function taking the composed config: the Hydra command of the project's
     configs (`@hydra.main` on conf/<config_name>.yaml), whose every error ends as one line (`command`): Hydra's own
     (an unknown option, an override it cannot parse) and the job's, which `JobEnded` carries past Hydra's job
     runner; a key of a group still unchosen on the command line is refused before Hydra composes. `help`: the
-    command's own --help text, in place of Hydra's."""
+    command's own --help text, in place of Hydra's; `check`: the command's own check of the command line's
+    override keys, before Hydra composes."""
     import hydra
 
     def decorate(task: Callable) -> Callable:
@@ -171,7 +173,10 @@ def hydra_command(config_name: str, help: Optional[Callable[[], str]] = None) ->
             if help is not None and {"--help", "-h"} & set(sys.argv[1:]):
                 print(help())
                 return None
-            check_groups_chosen(arg for arg in sys.argv[1:] if not arg.startswith("-"))
+            keys = override_keys(arg for arg in sys.argv[1:] if not arg.startswith("-"))
+            check_groups_chosen(keys)
+            if check is not None:
+                check(keys)
             return composed()
 
         return command(main)
@@ -179,9 +184,9 @@ def hydra_command(config_name: str, help: Optional[Callable[[], str]] = None) ->
     return decorate
 
 
-def check_groups_chosen(overrides: Sequence[str]) -> None:
-    """A key of a group whose default is null (NULL_GROUPS: `search`) set while the group is not chosen is refused
-    in one line: OmegaConf would fail on the empty node with an assertion that names no key."""
+def override_keys(overrides: Iterable[str]) -> List[str]:
+    """The keys (or groups) of command-line overrides, as Hydra's own parser reads them; one it cannot parse is left
+    out (Hydra says what is wrong with it, in its turn)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -189,8 +194,14 @@ def check_groups_chosen(overrides: Sequence[str]) -> None:
     for given in overrides:
         try:
             keys += [o.key_or_group for o in OverridesParser.create().parse_overrides([given])]
-        except (HydraException, ValueError):  # Hydra says what is wrong with it, in its turn
+        except (HydraException, ValueError):
             continue
+    return keys
+
+
+def check_groups_chosen(keys: Sequence[str]) -> None:
+    """A key of a group whose default is null (NULL_GROUPS: `search`) set while the group is not chosen is refused
+    in one line: OmegaConf would fail on the empty node with an assertion that names no key. `keys`: override_keys."""
     for group in NULL_GROUPS:
         key = next((key for key in keys if key.startswith(f"{group}.")), None)
         if key and group not in keys:

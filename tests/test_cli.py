@@ -171,9 +171,10 @@ def test_a_broken_config_file_of_your_own_is_one_line(tmp_path, monkeypatch, cap
     # a search key before its space is chosen: `search` is still null in the config
     (["search.n_trials=3"], "error: search.n_trials: `search` is empty until its group is chosen; choose one first "
                             "(search=<name>)\n"),
-    (["search=4k", "search.space=${oc.env:HOME}"], "error: Error merging override search.space="),
-    (["search=4k", "search.start=[1]"], "error: Error merging override search.start=[1]: Cannot assign int to "
-                                        "Dict[str, Any]\n"),
+    (["search=4k", "search.space=${oc.env:HOME}"], "error: search.space: Cannot assign str to Dict[str, Any]\n"),
+    (["search=4k", "search.start=[1]"], "error: search.start: Cannot assign int to Dict[str, Any]\n"),
+    (["search=4k", "search.n_trial=3"], "error: search.n_trial is not a key of the search group; did you mean "
+                                        "search.n_trials?\n"),
 ])
 def test_search_overrides_that_hydra_takes_but_cannot_mean_are_one_line(tmp_path, monkeypatch, capsys, argv,
                                                                         expected):

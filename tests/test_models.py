@@ -161,7 +161,7 @@ def test_separable_convs_cost_9c_plus_c_squared_and_the_layer_table_counts_them(
 def test_a_search_space_samples_separable_convs_per_stage():
     import optuna
 
-    from mnist_arch.config import space
+    from mnist_arch.search import space
 
     spec = {"convnet": {"stages": 2, "convs": 1, "width": 8, "conv": {"choices": ["full", "separable"]}}}
     study = optuna.create_study()

@@ -15,8 +15,8 @@ import optuna
 import pytest
 
 from mnist_arch.commands import report
-from mnist_arch.config import space
-from mnist_arch.config.schema import SearchConf
+from mnist_arch.search import space
+from mnist_arch.search.schema import SearchConf
 from mnist_arch.commands import search
 from mnist_arch.search import objective
 from mnist_arch.search import study as studies
@@ -389,7 +389,7 @@ def test_search_help_shows_the_searchs_own_keys_and_spaces(monkeypatch, capsys):
     """`search --help` is the search's: every key of its schema, every space, no internal option, no config dump."""
     import dataclasses
 
-    from mnist_arch.config.schema import SearchConf
+    from mnist_arch.search.schema import SearchConf
 
     assert search_main(["--help"], monkeypatch) == 0
     out = capsys.readouterr().out

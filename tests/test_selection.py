@@ -307,8 +307,10 @@ def test_bad_race_candidates_are_one_line(tmp_path, text, message):
 
 
 def test_a_confirm_may_not_reuse_the_races_seeds(make_cfg):
+    from mnist_arch.search.schema import search_conf  # the search's settings are checked by the search
+
     with pytest.raises(ConfigError, match=r"search.confirm_seeds share seed\(s\) \[1, 2\] with the race"):
-        validate(make_cfg(["search=8k", "search.race=3", "search.confirm_seeds=[1,2,6]"]))
+        search_conf(validate(make_cfg(["search=8k", "search.race=3", "search.confirm_seeds=[1,2,6]"])).search)
 
 
 def test_a_comparison_on_the_images_that_chose_the_stopping_epoch_is_refused(tmp_path, capsys):

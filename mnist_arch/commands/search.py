@@ -28,9 +28,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_arch.cli import hydra_command
-from mnist_arch.config import space as search_space
+from mnist_arch.search import space as search_space
 from mnist_arch.config.compose import load, override_pairs, register_schema
-from mnist_arch.config.schema import Config, ConfigError, SearchConf
+from mnist_arch.config.schema import Config, ConfigError
+from mnist_arch.search.schema import SearchConf, check_search_keys, search_conf
 from mnist_arch.errors import printable, redact
 from mnist_arch.files import write_atomic
 from mnist_arch.search import race
@@ -75,7 +76,7 @@ def search_help() -> str:
     ])
 
 
-@hydra_command("study", help=search_help)  # conf/study.yaml: the run's config and the study's run dir
+@hydra_command("study", help=search_help, check=check_search_keys)  # conf/study.yaml: the run's config and the study's run dir
 def main(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "search") is None:
         raise ConfigError(f"pick a search space: search=<name> (conf/search/: {', '.join(spaces())})")
@@ -83,7 +84,7 @@ def main(cfg: DictConfig) -> None:
     study_dir = Path(HydraConfig.get().runtime.output_dir)
     _mask_passwords(study_dir / ".hydra")  # Hydra wrote the command line there: a storage URL's password goes
     conf: Config = load(HydraConfig.get().overrides.task)  # the search group, checked
-    search = conf.search
+    search = search_conf(conf.search)  # the search's own schema (mnist_arch/search/schema.py)
     overrides = base_overrides(search, HydraConfig.get().overrides.task)
     given = override_pairs(overrides)
     fixed = {k: v for k, v in search_space.specs(search.space).items() if k not in given}  # given: fixed

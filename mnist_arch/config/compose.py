@@ -42,9 +42,9 @@ def load(overrides=()) -> Config:
     """The validated config `python -m mnist_arch.run <overrides>` would train with, composed outside a Hydra
     job (the layer table, evaluate). Anything Hydra cannot parse or merge is a ConfigError in one line, as is
     any value the schema refuses."""
-    from mnist_arch.cli import check_groups_chosen, hydra_error
+    from mnist_arch.cli import check_groups_chosen, hydra_error, override_keys
 
-    check_groups_chosen(overrides)
+    check_groups_chosen(override_keys(overrides))
     try:
         return validate(compose(overrides))
     except (RunError, KeyboardInterrupt):

@@ -12,7 +12,6 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from mnist_arch.config import space
 from mnist_arch.config.recipe import OPTIMIZER_BASE, SCHEDULER_BASE, class_arguments, piecewise_problem
 from mnist_arch.errors import ConfigError, did_you_mean
 from mnist_arch.locate import check_arguments, locate
@@ -27,7 +26,7 @@ TTA = ("none", "shifts")
 MNIST_TRAIN_SIZE = 60_000
 
 
-def _check(ok: bool, message: str) -> None:
+def check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
 
@@ -50,13 +49,13 @@ def fold_problem(folds: int, fold: int, train_size: int) -> Optional[str]:
     return None
 
 
-def _mapping(key: str, value) -> None:
+def check_mapping(key: str, value) -> None:
     # OmegaConf types a scalar but not a mapping behind an interpolation: model.net=${oc.env:HOME} arrives a str
-    _check(isinstance(value, dict), f"{key} must be a mapping (name: value, ...), not {value!r}")
+    check(isinstance(value, dict), f"{key} must be a mapping (name: value, ...), not {value!r}")
 
 
-def _one_of(key: str, value: str, allowed) -> None:
-    _check(value in allowed, f"{key}={value!r} is not one of: {', '.join(allowed)}")
+def one_of(key: str, value: str, allowed) -> None:
+    check(value in allowed, f"{key}={value!r} is not one of: {', '.join(allowed)}")
 
 
 @dataclass
@@ -67,16 +66,16 @@ class ModelConf:
 
     def __post_init__(self):
         if self.arch is not None:
-            _check(self.arch in list_architectures(), f"model.arch: {self.arch!r} is not a registered architecture; "
+            check(self.arch in list_architectures(), f"model.arch: {self.arch!r} is not a registered architecture; "
                    f"available: {', '.join(list_architectures())}")
         else:
-            _check(self.name in [*list_models(), CUSTOM], f"model.name: {unknown_model(self.name, CUSTOM)}")
-        _mapping("model.net", self.net)
+            check(self.name in [*list_models(), CUSTOM], f"model.name: {unknown_model(self.name, CUSTOM)}")
+        check_mapping("model.net", self.net)
         target = self.net.get("_target_")
         if self.name == CUSTOM:
-            _check(bool(target), "model=custom needs the net's class: model.net._target_=package.module.Class")
+            check(bool(target), "model=custom needs the net's class: model.net._target_=package.module.Class")
         else:
-            _check(target is None, f"model.net._target_ is only for model=custom (model.name={self.name!r})")
+            check(target is None, f"model.net._target_ is only for model=custom (model.name={self.name!r})")
 
 
 @dataclass
@@ -108,27 +107,27 @@ class DataConf:
     fetch_timeout_s: float = MISSING
 
     def __post_init__(self):
-        _one_of("data.pipeline", self.pipeline, PIPELINES)
-        _one_of("data.val", self.val, VAL_SPLITS)
+        one_of("data.pipeline", self.pipeline, PIPELINES)
+        one_of("data.val", self.val, VAL_SPLITS)
         problem = holdout_problem(self.holdout_size, MNIST_TRAIN_SIZE)
-        _check(problem is None, problem)
+        check(problem is None, problem)
         problem = fold_problem(self.folds, self.fold, MNIST_TRAIN_SIZE)
-        _check(problem is None, problem)
-        _check(self.batch_size > 0, f"data.batch_size={self.batch_size} must be > 0")
-        _check(self.eval_batch_size > 0, f"data.eval_batch_size={self.eval_batch_size} must be > 0")
-        _check(0 <= self.rotation <= 180, f"data.rotation={self.rotation} must be in [0, 180] degrees")
-        _check(0 <= self.translate <= 0.5, f"data.translate={self.translate} must be in [0, 0.5] (image fraction)")
-        _check(0 <= self.scale < 1, f"data.scale={self.scale} must be in [0, 1)")
-        _check(0 <= self.erasing <= 1, f"data.erasing={self.erasing} must be a probability in [0, 1]")
+        check(problem is None, problem)
+        check(self.batch_size > 0, f"data.batch_size={self.batch_size} must be > 0")
+        check(self.eval_batch_size > 0, f"data.eval_batch_size={self.eval_batch_size} must be > 0")
+        check(0 <= self.rotation <= 180, f"data.rotation={self.rotation} must be in [0, 180] degrees")
+        check(0 <= self.translate <= 0.5, f"data.translate={self.translate} must be in [0, 0.5] (image fraction)")
+        check(0 <= self.scale < 1, f"data.scale={self.scale} must be in [0, 1)")
+        check(0 <= self.erasing <= 1, f"data.erasing={self.erasing} must be a probability in [0, 1]")
         for key in ("rotation_p", "jitter_p"):
-            _check(0 <= getattr(self, key) <= 1, f"data.{key}={getattr(self, key)} must be a probability in [0, 1]")
+            check(0 <= getattr(self, key) <= 1, f"data.{key}={getattr(self, key)} must be a probability in [0, 1]")
         for key in ("brightness", "contrast"):
-            _check(0 <= getattr(self, key) < 1, f"data.{key}={getattr(self, key)} must be in [0, 1)")
-        _check(8 <= self.progressive_size <= 56,
+            check(0 <= getattr(self, key) < 1, f"data.{key}={getattr(self, key)} must be in [0, 1)")
+        check(8 <= self.progressive_size <= 56,
                f"data.progressive_size={self.progressive_size} must be in [8, 56] pixels")
-        _check(self.progressive_epochs >= 0, f"data.progressive_epochs={self.progressive_epochs} must be >= 0")
-        _check(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
-        _check(self.fetch_timeout_s > 0, f"data.fetch_timeout_s={self.fetch_timeout_s} must be > 0")
+        check(self.progressive_epochs >= 0, f"data.progressive_epochs={self.progressive_epochs} must be >= 0")
+        check(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
+        check(self.fetch_timeout_s > 0, f"data.fetch_timeout_s={self.fetch_timeout_s} must be > 0")
 
 
 @dataclass
@@ -145,11 +144,11 @@ class OptimizerConf:
     betas: Optional[List[float]] = None  # adam, adamw
 
     def __post_init__(self):
-        _check(self.lr > 0, f"optimizer.lr={self.lr} must be > 0")
-        _check(self.weight_decay >= 0, f"optimizer.weight_decay={self.weight_decay} must be >= 0")
-        _check(self.momentum is None or 0 <= self.momentum < 1,
+        check(self.lr > 0, f"optimizer.lr={self.lr} must be > 0")
+        check(self.weight_decay >= 0, f"optimizer.weight_decay={self.weight_decay} must be >= 0")
+        check(self.momentum is None or 0 <= self.momentum < 1,
                f"optimizer.momentum={self.momentum} must be in [0, 1)")
-        _check(self.betas is None or (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
+        check(self.betas is None or (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
                f"optimizer.betas={self.betas and list(self.betas)} must be two numbers in [0, 1)")
         cls = locate(self._target_, "optimizer._target_", OPTIMIZER_BASE)
         check_arguments("optimizer.", cls, class_arguments(dataclasses.asdict(self)),
@@ -180,25 +179,25 @@ class SchedulerConf:
     factors: Optional[List[float]] = None  # piecewise
 
     def __post_init__(self):
-        _one_of("scheduler.interval", self.interval, INTERVALS)
+        one_of("scheduler.interval", self.interval, INTERVALS)
         positive = {"step_size": 1, "patience": 0, "div_factor": 1e-12, "final_div_factor": 1e-12, "T_max": 1}
         for key, low in positive.items():
             value = getattr(self, key)
-            _check(value is None or value >= low, f"scheduler.{key}={value} must be >= {low:g}")
+            check(value is None or value >= low, f"scheduler.{key}={value} must be >= {low:g}")
         for key in ("gamma", "factor", "pct_start"):
             value = getattr(self, key)
-            _check(value is None or 0 < value <= 1, f"scheduler.{key}={value} must be in (0, 1]")
-        _check(self.eta_min is None or self.eta_min >= 0, f"scheduler.eta_min={self.eta_min} must be >= 0")
+            check(value is None or 0 < value <= 1, f"scheduler.{key}={value} must be in (0, 1]")
+        check(self.eta_min is None or self.eta_min >= 0, f"scheduler.eta_min={self.eta_min} must be >= 0")
         if self.milestones is not None or self.factors is not None:
             problem = piecewise_problem(self.milestones or [], self.factors or [])
-            _check(problem is None, problem)
+            check(problem is None, problem)
         if self._target_:
             cls = locate(self._target_, "scheduler._target_", SCHEDULER_BASE)
             check_arguments("scheduler.", cls, class_arguments(dataclasses.asdict(self)),
                             f"{self._target_} (scheduler={self.name})", supplied=["optimizer"])
         else:
             given = class_arguments(dataclasses.asdict(self))
-            _check(not given, f"scheduler.{next(iter(given), '')} does nothing with scheduler={self.name} "
+            check(not given, f"scheduler.{next(iter(given), '')} does nothing with scheduler={self.name} "
                               "(a constant lr)")
 
 
@@ -235,12 +234,12 @@ class TrainerConf:
     extra: Dict[str, Any] = field(default_factory=dict)  # other pl.Trainer arguments (+trainer.<name>)
 
     def __post_init__(self):
-        _mapping("trainer.extra", self.extra)
-        _one_of("trainer.precision", str(self.precision), PRECISIONS)
-        _check(self.max_epochs >= 1, f"trainer.max_epochs={self.max_epochs} must be >= 1")
-        _check(self.profiler in (None, "simple", "advanced", "pytorch"),
+        check_mapping("trainer.extra", self.extra)
+        one_of("trainer.precision", str(self.precision), PRECISIONS)
+        check(self.max_epochs >= 1, f"trainer.max_epochs={self.max_epochs} must be >= 1")
+        check(self.profiler in (None, "simple", "advanced", "pytorch"),
                f"trainer.profiler={self.profiler!r} is not one of: simple, advanced, pytorch")
-        _check(self.log_every_n_steps >= 1, f"trainer.log_every_n_steps={self.log_every_n_steps} must be >= 1")
+        check(self.log_every_n_steps >= 1, f"trainer.log_every_n_steps={self.log_every_n_steps} must be >= 1")
 
 
 @dataclass
@@ -255,9 +254,9 @@ class CallbacksConf:
     ema: float = MISSING
 
     def __post_init__(self):
-        _one_of("callbacks.progress", self.progress, PROGRESS)
-        _check(0 <= self.ema < 1, f"callbacks.ema={self.ema} must be in [0, 1) (0: off; e.g. 0.99)")
-        _check(self.progress_refresh >= 1, f"callbacks.progress_refresh={self.progress_refresh} must be >= 1")
+        one_of("callbacks.progress", self.progress, PROGRESS)
+        check(0 <= self.ema < 1, f"callbacks.ema={self.ema} must be in [0, 1) (0: off; e.g. 0.99)")
+        check(self.progress_refresh >= 1, f"callbacks.progress_refresh={self.progress_refresh} must be >= 1")
 
 
 @dataclass
@@ -288,78 +287,6 @@ class Budget:
                               f"to play with a larger budget, also set budget.max_epochs={max_epochs}")
 
 
-OBJECTIVES = ("val_acc", "params", "macs", "train_seconds")  # val_acc is maximised, the others minimised
-SAMPLERS = ("tpe", "nsga2", "random")
-PRUNERS = ("auto", "median", "percentile", "hyperband", "none")
-
-
-@dataclass
-class SearchConf:
-    """`python -m mnist_arch.search search=<space>`: a study of the space (mnist_arch/commands/search.py). The values
-    live in conf/search/; a run ignores this group."""
-
-    study_name: str = MISSING  # the study, and its folder outputs/search/<study_name>
-    experiment: Optional[str] = MISSING  # the recipe every trial starts from (an experiment= option)
-    space: Dict[str, Any] = MISSING  # what is sampled (mnist_arch/config/space.py)
-    objectives: List[str] = MISSING  # [val_acc], or [val_acc, params | macs | train_seconds]
-    n_trials: int = MISSING  # trained trials (complete or pruned) the study should hold; infeasible ones do not count
-    workers: int = MISSING  # processes on this machine, the CPU threads split between them
-    storage: Optional[str] = MISSING  # an Optuna storage URL; null: SQLite in the study folder
-    sampler: str = MISSING
-    pruner: str = MISSING
-    pruner_warmup_epochs: int = MISSING  # epochs every trial trains before the pruner may stop it
-    pruner_percentile: float = MISSING  # pruner=percentile: the top share kept each epoch (75: bottom quarter stopped)
-    seed: int = MISSING  # the sampler's
-    confirm: int = MISSING  # afterwards, retrain the top K (two objectives: up to K of the front) on the 60k
-    confirm_seeds: List[int] = MISSING
-    start: List[Dict[str, Any]] = MISSING  # trials a new study runs first (Optuna's enqueue_trial): known designs
-    race: int = MISSING  # afterwards: race the study's N best trials on the validation side (search/race.py)
-    race_candidates: Optional[str] = MISSING  # or race these designs (a YAML list of {name, overrides}), no study run
-    race_rounds: int = MISSING  # at most this many rounds: each survivor gets one more seed (or fold) a round
-    race_val: str = MISSING  # holdout (round r: seed r) | fold (round r: fold r-1 of race_folds)
-    race_folds: int = MISSING
-    race_min_rounds: int = MISSING  # rounds before the first drop
-    race_alpha: float = MISSING  # a design is dropped when the leader beats it at this level (Holm-adjusted)
-
-    def __post_init__(self):
-        _check(bool(self.objectives) and self.objectives[0] == "val_acc" and len(self.objectives) <= 2
-               and all(o in OBJECTIVES for o in self.objectives),
-               f"search.objectives={list(self.objectives)}: [val_acc], or val_acc and one of "
-               f"{', '.join(OBJECTIVES[1:])}")
-        _one_of("search.sampler", self.sampler, SAMPLERS)
-        _one_of("search.pruner", self.pruner, PRUNERS)
-        _check(len(self.objectives) == 1 or self.pruner in ("auto", "none"),
-               f"search.pruner={self.pruner} needs one objective: Optuna's pruners judge one value per epoch "
-               "(Trial.report is single-objective); use search.pruner=none with two")
-        for key in ("n_trials", "workers"):
-            _check(getattr(self, key) >= 1, f"search.{key}={getattr(self, key)} must be >= 1")
-        _check(self.pruner_warmup_epochs >= 0, f"search.pruner_warmup_epochs={self.pruner_warmup_epochs} must be >= 0")
-        _check(0 < self.pruner_percentile < 100,
-               f"search.pruner_percentile={self.pruner_percentile} must be in (0, 100)")
-        _check(self.confirm >= 0 and bool(self.confirm_seeds),
-               f"search.confirm={self.confirm} must be >= 0 and search.confirm_seeds a non-empty list")
-        _check(self.race >= 0, f"search.race={self.race} must be >= 0 (0: no race)")
-        _check(self.race != 1, "search.race=1 races one design against nobody: give 2 or more")
-        _one_of("search.race_val", self.race_val, ("holdout", "fold"))
-        _check(2 <= self.race_min_rounds <= self.race_rounds,
-               f"search.race_min_rounds={self.race_min_rounds} must be at least 2 (one seed says nothing of seed "
-               f"noise) and at most search.race_rounds={self.race_rounds}")
-        _check(self.race_val != "fold" or self.race_rounds <= self.race_folds,
-               f"search.race_rounds={self.race_rounds}: a fold race has one round per fold, "
-               f"search.race_folds={self.race_folds}")
-        _check(0 < self.race_alpha < 1, f"search.race_alpha={self.race_alpha} must be in (0, 1)")
-        if self.race or self.race_candidates:  # a confirm must be held out: no seed the race selected with
-            used = set(range(1, self.race_rounds + 1)) if self.race_val == "holdout" else {1}
-            shared = sorted(used & set(self.confirm_seeds))
-            _check(not shared, f"search.confirm_seeds share seed(s) {shared} with the race (seeds "
-                               f"{sorted(used)}): a confirm on them is not held out; e.g. search.confirm_seeds=[6,7,8,9,10]")
-        _mapping("search.space", self.space)
-        _check(isinstance(self.start, list), f"search.start must be a list of trials, not {self.start!r}")
-        for i, trial in enumerate(self.start):
-            _mapping(f"search.start[{i}]", trial)
-        space.check(self.space)
-
-
 @dataclass
 class DistillConf:
     """Knowledge distillation (Hinton et al. 2015, "Distilling the knowledge in a neural network"): the student's
@@ -374,11 +301,11 @@ class DistillConf:
     def __post_init__(self):
         if isinstance(self.teacher, str):
             self.teacher = [self.teacher]
-        _check(self.teacher is None or (isinstance(self.teacher, list) and self.teacher and
+        check(self.teacher is None or (isinstance(self.teacher, list) and self.teacher and
                                         all(isinstance(t, str) and t for t in self.teacher)),
                f"distill.teacher={self.teacher!r} must be a run dir, a list of them, or null")
-        _check(0 < self.alpha <= 1, f"distill.alpha={self.alpha} must be in (0, 1]")
-        _check(self.temperature > 0, f"distill.temperature={self.temperature} must be > 0")
+        check(0 < self.alpha <= 1, f"distill.alpha={self.alpha} must be in (0, 1]")
+        check(self.temperature > 0, f"distill.temperature={self.temperature} must be > 0")
 
 
 @dataclass
@@ -400,22 +327,24 @@ class Config:
     ckpt_path: Optional[str] = None  # resume: "last" (<run dir>/checkpoints/last.ckpt) or a checkpoint file
     test_weights: str = MISSING
     save: bool = MISSING  # false: no files but the log (debug=fdr)
-    search: Optional[SearchConf] = None  # python -m mnist_arch.search search=<space>; a run ignores it
+    # python -m mnist_arch.search search=<space>: typed and checked by the search (mnist_arch/search/schema.py); a
+    # run ignores it
+    search: Optional[Dict[str, Any]] = None
     distill: DistillConf = MISSING
 
     def __post_init__(self):
-        _one_of("test_weights", self.test_weights, TEST_WEIGHTS)
-        _check(self.save or not (self.callbacks.checkpoint or self.callbacks.plots or self.callbacks.lr_monitor),
+        one_of("test_weights", self.test_weights, TEST_WEIGHTS)
+        check(self.save or not (self.callbacks.checkpoint or self.callbacks.plots or self.callbacks.lr_monitor),
                "save=false writes no files: also set callbacks.checkpoint=false callbacks.plots=false "
                "callbacks.lr_monitor=false (debug=fdr does)")
         # Picking the best epoch by test accuracy and then reporting that test accuracy is tuning on it.
-        _check(self.test_weights != "best" or self.data.val != "test",
+        check(self.test_weights != "best" or self.data.val != "test",
                "test_weights=best needs data.val=holdout or fold: with val=test the best epoch is chosen on the test set")
-        _check(0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing} must be in [0, 1)")
-        _one_of("tta", self.tta, TTA)
-        _check(self.threads is None or self.threads >= 1, f"threads={self.threads} must be >= 1 (or null)")
+        check(0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        one_of("tta", self.tta, TTA)
+        check(self.threads is None or self.threads >= 1, f"threads={self.threads} must be >= 1 (or null)")
         self.budget.check_epochs(self.trainer.max_epochs)
-        _check(self.data.progressive_epochs < self.trainer.max_epochs,
+        check(self.data.progressive_epochs < self.trainer.max_epochs,
                f"data.progressive_epochs={self.data.progressive_epochs} would resize every epoch of "
                f"trainer.max_epochs={self.trainer.max_epochs}: the net must see 28x28 images before it is scored")
 
@@ -441,16 +370,16 @@ def _refuse_unread_keys(cfg: DictConfig) -> None:
     """`+key=value` or `+group.key=value` adds a key the schema does not have; OmegaConf would drop it
     unread. (trainer: see _trainer_extra; model.net: the net's constructor checks its arguments.)"""
     top = [f.name for f in dataclasses.fields(Config)]
-    _refuse_unknown("", [k for k in cfg if k != "hydra"], top, "the config")
+    refuse_unknown("", [k for k in cfg if k != "hydra"], top, "the config")
     for node in dataclasses.fields(Config):
         group = cfg.get(node.name)
-        if isinstance(group, DictConfig) and node.name not in ("trainer", "logger"):  # logger: checked as built
-            schema = SearchConf if node.name == "search" else node.type  # the one Optional group
-            known = [f.name for f in dataclasses.fields(schema)]
-            _refuse_unknown(f"{node.name}.", group, known, f"the {node.name} group")
+        # logger: checked as built; search: by the search's own schema (mnist_arch/search/schema.py)
+        if isinstance(group, DictConfig) and node.name not in ("trainer", "logger", "search"):
+            known = [f.name for f in dataclasses.fields(node.type)]
+            refuse_unknown(f"{node.name}.", group, known, f"the {node.name} group")
 
 
-def _refuse_unknown(prefix: str, keys, known, where: str) -> None:
+def refuse_unknown(prefix: str, keys, known, where: str) -> None:
     for key in keys:
         if key not in known:
             raise ConfigError(f"{prefix}{key} is not a key of {where}; {did_you_mean(key, known, prefix, 'its keys')}")
@@ -458,7 +387,7 @@ def _refuse_unknown(prefix: str, keys, known, where: str) -> None:
 
 def _trainer_extra(cfg: DictConfig) -> Dict[str, Any]:
     """The keys of `trainer` beyond the typed ones: each must be an argument of pl.Trainer."""
-    _check(not cfg.trainer.get("extra"), "trainer.extra is filled by the run: give any other pl.Trainer argument "
+    check(not cfg.trainer.get("extra"), "trainer.extra is filled by the run: give any other pl.Trainer argument "
                                          "as +trainer.<name>=<value>")
     typed = {f.name for f in dataclasses.fields(TrainerConf)}
     extra = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
@@ -468,6 +397,6 @@ def _trainer_extra(cfg: DictConfig) -> Dict[str, Any]:
     import pytorch_lightning as pl  # only now: the import costs seconds
 
     for key in extra:
-        _check(key not in SET_BY_THE_RUN, f"trainer.{key} is set by {SET_BY_THE_RUN.get(key)}, not here")
+        check(key not in SET_BY_THE_RUN, f"trainer.{key} is set by {SET_BY_THE_RUN.get(key)}, not here")
     check_arguments("trainer.", pl.Trainer, extra, "pl.Trainer")
     return extra

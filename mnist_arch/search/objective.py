@@ -12,10 +12,11 @@ from typing import List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
-from mnist_arch.config import space as search_space
+from mnist_arch.search import space as search_space
 from mnist_arch.config.foreign import check_foreign
 from mnist_arch.config.compose import compose, load, register_schema
-from mnist_arch.config.schema import ConfigError, SearchConf
+from mnist_arch.config.schema import ConfigError
+from mnist_arch.search.schema import SearchConf
 from mnist_arch.errors import Pruned, RunError
 from mnist_arch.results.record import RunRecord
 from mnist_arch.search.race import train_claimed

@@ -28,7 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from mnist_arch.config.foreign import check_foreign
 from mnist_arch.config.compose import override_pairs
-from mnist_arch.config.schema import ConfigError, SearchConf
+from mnist_arch.config.schema import ConfigError
+from mnist_arch.search.schema import SearchConf
 from mnist_arch.errors import BadFile
 from mnist_arch.files import SAFE_NAME, check_file
 from mnist_arch.results.record import RunRecord

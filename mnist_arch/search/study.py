@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from mnist_arch.config.foreign import check_foreign
 from mnist_arch.config.compose import override_pairs
-from mnist_arch.config.schema import SearchConf
+from mnist_arch.search.schema import SearchConf
 from mnist_arch.errors import ConfigError, printable, redact
 from mnist_arch.results.record import RunRecord
 from mnist_arch.search.claims import Claims, StorageAway, alive, missing_driver, patient
