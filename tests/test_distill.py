@@ -128,3 +128,23 @@ def test_a_teacher_must_be_a_run_dir_and_its_values_are_checked(make_cfg, tmp_pa
     with pytest.raises(ConfigError, match="no such run dir or checkpoint file"):
         training.setup(make_cfg([f"distill.teacher={tmp_path / 'nowhere'}", "data.download=false",
                                  f"data.root={tmp_path}"]))
+
+
+def test_the_distilled_4k_preset_is_the_design_raced_and_confirmed():
+    """experiment=frontier_4k_distilled composes to the race's trial23_kd (benchmarks/race_4k_distill.yaml, the
+    design RESULTS.md confirmed on seeds 11-20): the same net, recipe, data and teachers."""
+    from dataclasses import asdict
+
+    import yaml
+
+    from pathlib import Path
+
+    from mnist_arch.config.compose import load
+
+    candidates = Path(__file__).resolve().parents[1] / "benchmarks" / "race_4k_distill.yaml"
+    raced = {d["name"]: d["overrides"] for d in yaml.safe_load(candidates.read_text())}
+    preset, design = load(["experiment=frontier_4k_distilled"]), load(raced["trial23_kd"])
+    assert preset.model.net == design.model.net and preset.model.name == "frontier_4k_sep"
+    for group in ("optimizer", "scheduler", "data", "distill", "budget", "trainer"):
+        assert asdict(getattr(preset, group)) == asdict(getattr(design, group)), group
+    assert preset.label_smoothing == design.label_smoothing and preset.test_weights == design.test_weights
