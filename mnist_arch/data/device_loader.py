@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from mnist_arch.data.fetch import DataError
 
 MEAN, STD = 0.1307, 0.3081  # of the 60k training images, pixels scaled to [0, 1]
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (rows, columns): tta=shifts's five views of an image
 
 
 @dataclass(frozen=True)

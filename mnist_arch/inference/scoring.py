@@ -76,7 +76,7 @@ def _tta_accuracy(trained, pixels, labels, batch_size: int) -> float:
     background on MNIST)."""
     import torch
 
-    from mnist_arch.train.module import TTA_SHIFTS
+    from mnist_arch.data.device_loader import TTA_SHIFTS
 
     mean = torch.stack([trained.probabilities(torch.roll(pixels, shifts=shift, dims=(2, 3)), batch_size)
                         for shift in TTA_SHIFTS]).mean(dim=0)

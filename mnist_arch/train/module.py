@@ -9,10 +9,10 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mnist_arch.config.recipe import build_optimizer, build_scheduler
+from mnist_arch.data.device_loader import TTA_SHIFTS
 from mnist_arch.errors import ConfigError, NonFiniteLoss
 
 
-TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (rows, columns): tta=shifts's five views
 
 
 class Classifier(pl.LightningModule):
