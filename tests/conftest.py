@@ -155,3 +155,10 @@ def fast_overrides(root: Path) -> List[str]:
         "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
     ]
+
+
+def every_model() -> str:
+    """What an unknown model name's message lists: conf/model's options (the architectures and the presets), sorted,
+    then custom; read from the folder, so a new preset needs no test edited."""
+    folder = Path(__file__).resolve().parents[1] / "conf" / "model"
+    return ", ".join([*sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "custom"), "custom"])

@@ -9,6 +9,7 @@ import pytest
 
 from mnist_arch.config.schema import ConfigError, validate
 from mnist_arch.models import list_models
+from tests.conftest import every_model
 
 
 def options(group: str):
@@ -57,8 +58,7 @@ def test_the_write_ups_recipes_do_not_follow_the_default_one(make_cfg, experimen
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.name=resnet", "model.name: unknown model 'resnet'; available: convnet, frontier_20k, frontier_4k, "
-                              "frontier_8k, public_3762, public_7918, public_9994, s4, s6, speedrun, custom"),
+        ("model.name=resnet", f"model.name: unknown model 'resnet'; available: {every_model()}"),
         ("scheduler=piecewise scheduler.milestones=[0,5,2]", "scheduler.milestones=[0.0, 5.0, 2.0] must rise and pair "
                                                              "up with scheduler.factors=[0.5, 1.0, 0.1, 0.05, 0.0] "
                                                              "(two points at least)"),

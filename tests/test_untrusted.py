@@ -15,7 +15,7 @@ from mnist_arch.commands import predict
 from mnist_arch.commands import run
 from mnist_arch.errors import BadFile
 from mnist_arch.models import TRUST_ENV, build_net, net_from_checkpoint
-from tests.conftest import fast_overrides, hydra_command
+from tests.conftest import every_model, fast_overrides, hydra_command
 
 
 class Payload:
@@ -72,8 +72,7 @@ REFUSALS = {
     "traversal": "its model name '../../escaped' is not a plain name (letters, digits, _ . -)",
     "tensor_argument": "its net_spec is not a model spec (a name, an optional arch, and the net's arguments as plain "
                        "values)",
-    "unregistered": "unknown model 'resnet9000'; available: convnet, frontier_20k, frontier_4k, frontier_8k, "
-                    "public_3762, public_7918, public_9994, s4, s6, speedrun, custom",
+    "unregistered": f"unknown model 'resnet9000'; available: {every_model()}",
 }
 
 
