@@ -178,6 +178,18 @@ def test_joblib_runs_two_jobs_in_parallel_with_shared_cores(mnist_root, tmp_path
     assert all(j["data_verified"] is False for j in jobs) and (sweep / "leaderboard.md").is_file()
 
 
+def test_a_sweep_started_as_its_own_process_runs_every_job(mnist_root, tmp_path):
+    """`python -m mnist_arch.run -m ...` as typed: the command's fast exit (cli.leave) comes after the sweep, not
+    after its first job (a command wrapped twice once ended the process there, exit 0, the other jobs never run)."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "mnist_arch.run", "-m", *fast_overrides(mnist_root), "data.verify=false",
+           "callbacks.plots=false", "trainer.max_epochs=1", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [RunRecord.read(sweep / job).seed for job in ("0", "1")] == [1, 2]
+    assert (sweep / "leaderboard.md").is_file() and "leaderboard (" in done.stdout
+
+
 def test_ddp_cpu_two_processes_end_to_end(mnist_root, tmp_path):
     run_dir = tmp_path / "ddp"
     overrides = [o for o in fast_overrides(mnist_root) if o != "trainer=cpu"]
