@@ -8,7 +8,8 @@ from mnist_arch.errors import ConfigError
 from mnist_arch.results import leaderboard
 from mnist_arch.results.record import RunRecord
 from mnist_arch.train import job as training
-from mnist_arch.train.module import TTA_SHIFTS, Classifier
+from mnist_arch.data.device_loader import TTA_SHIFTS
+from mnist_arch.train.module import Classifier
 from tests.conftest import fast_overrides
 
 

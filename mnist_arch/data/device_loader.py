@@ -18,6 +18,12 @@ MEAN, STD = 0.1307, 0.3081  # of the 60k training images, pixels scaled to [0, 1
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (rows, columns): tta=shifts's five views of an image
 
 
+def tta_mean(probabilities, x: torch.Tensor) -> torch.Tensor:
+    """The mean of `probabilities` (images -> (N, 10)) over TTA_SHIFTS: the image and its four one-pixel shifts. A
+    roll wraps pixels round the border, which on MNIST is background only (each digit sits in the middle 20x20)."""
+    return torch.stack([probabilities(torch.roll(x, shifts=shift, dims=(2, 3))) for shift in TTA_SHIFTS]).mean(dim=0)
+
+
 @dataclass(frozen=True)
 class Augment:
     """Strengths of the on-device augmentation (the data group's keys of the same names; their defaults

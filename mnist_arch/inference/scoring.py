@@ -72,14 +72,10 @@ def score(trained, data, tta: str = "none") -> Dict[str, Any]:
 
 
 def _tta_accuracy(trained, pixels, labels, batch_size: int) -> float:
-    """Accuracy of the mean probabilities over TTA_SHIFTS (a roll of the [0, 1] pixels: the border it wraps is
-    background on MNIST)."""
-    import torch
+    """Accuracy of the mean probabilities over TTA_SHIFTS, as a run's tta=shifts scores (tta_mean)."""
+    from mnist_arch.data.device_loader import tta_mean
 
-    from mnist_arch.data.device_loader import TTA_SHIFTS
-
-    mean = torch.stack([trained.probabilities(torch.roll(pixels, shifts=shift, dims=(2, 3)), batch_size)
-                        for shift in TTA_SHIFTS]).mean(dim=0)
+    mean = tta_mean(lambda view: trained.probabilities(view, batch_size), pixels)
     return round((mean.argmax(dim=1) == labels).float().mean().item(), 6)
 
 

@@ -9,7 +9,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mnist_arch.config.recipe import build_optimizer, build_scheduler
-from mnist_arch.data.device_loader import TTA_SHIFTS
+from mnist_arch.data.device_loader import tta_mean
 from mnist_arch.errors import ConfigError, NonFiniteLoss
 
 
@@ -156,10 +156,8 @@ class Classifier(pl.LightningModule):
 
     @torch.no_grad()
     def tta_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """The mean class probabilities over TTA_SHIFTS: the image and its four one-pixel shifts. A roll wraps
-        pixels round the border, which on MNIST is background only (each digit sits in the middle 20x20)."""
-        return torch.stack([F.softmax(self(torch.roll(x, shifts=shift, dims=(2, 3))), dim=1)
-                            for shift in TTA_SHIFTS]).mean(dim=0)
+        """The mean class probabilities over TTA_SHIFTS (data/device_loader.py, tta_mean)."""
+        return tta_mean(lambda view: F.softmax(self(view), dim=1), x)
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         _, logits = self._step(batch, self.val_loss, self.val_acc)
