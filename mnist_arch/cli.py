@@ -32,6 +32,12 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterable, List, NoReturn, Optional, Sequence, Tuple
 
+import hydra
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
 from mnist_arch.errors import ConfigError, RunError, did_you_mean, from_tracker, printable, redact
 
 FAILED, USAGE, INTERRUPTED = 1, 2, 130
@@ -153,8 +159,6 @@ def hydra_command(config_name: str, help: Optional[Callable[[], str]] = None,
     runner; a key of a group still unchosen on the command line is refused before Hydra composes. `help`: the
     command's own --help text, in place of Hydra's; `check`: the command's own check of the command line's
     override keys, before Hydra composes."""
-    import hydra
-
     def decorate(task: Callable) -> Callable:
         @functools.wraps(task)
         def job(cfg):
@@ -187,9 +191,6 @@ def hydra_command(config_name: str, help: Optional[Callable[[], str]] = None,
 def override_keys(overrides: Iterable[str]) -> List[str]:
     """The keys (or groups) of command-line overrides, as Hydra's own parser reads them; one it cannot parse is left
     out (Hydra says what is wrong with it, in its turn)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     keys: List[str] = []
     for given in overrides:
         try:
@@ -263,9 +264,6 @@ def explain(e: Exception, command: str = "mnist_arch") -> Tuple[int, str]:
 def _ours_within(e: Exception) -> Optional[RunError]:
     """Our own error (a RunError) that OmegaConf or Hydra raised another exception around, found by type along
     the chain of exceptions each was raised while handling; None when there is none, or `e` is not theirs."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     seen = set()
     while isinstance(e, (HydraException, OmegaConfBaseException)) and id(e) not in seen:
         seen.add(id(e))
@@ -280,10 +278,6 @@ def one_line(text: str) -> str:
 def hydra_error(e: Exception) -> Optional[str]:
     """One line for Hydra's and OmegaConf's errors (an unknown option or key, an override it cannot parse or
     merge); None for any other exception."""
-    import yaml
-    from hydra.errors import HydraException, MissingConfigException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
-
     if isinstance(e, yaml.YAMLError):  # a config file of yours that is not YAML
         return f"a config file is not valid YAML: {one_line(str(e))}"
     if not isinstance(e, (HydraException, OmegaConfBaseException)):

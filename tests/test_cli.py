@@ -258,8 +258,8 @@ def test_a_value_outside_an_options_choices_gets_a_did_you_mean(argv, line, caps
 
 
 def test_a_refused_override_imports_no_lightning():
-    """A typo is answered before Lightning is imported (the deferred imports of mnist_arch/train/job.py; torch is
-    imported, by the schema's check of optimizer classes): `python -X importtime` lists every module imported."""
+    """A typo is answered before Lightning is imported (the run command imports mnist_arch/train/job.py once the
+    config is valid; torch is imported, by the schema's check of optimizer classes): `python -X importtime` lists every module imported."""
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "mnist_arch.run", "model=s5"],
                           capture_output=True, text=True, timeout=120)
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
@@ -272,12 +272,13 @@ def test_an_error_inside_a_hydra_job_is_one_line_and_keeps_its_type(tmp_path, mo
     the one decorator of a Hydra command (cli.hydra_command) carries it past, by type: the console has our one
     line, and with MNIST_ARCH_DEBUG=1 the job's own exception comes out, its traceback whole."""
     from mnist_arch.commands import run
+    from mnist_arch.train import job
     from tests.conftest import hydra_command
 
     def crash(cfg, run_dir):
         raise ZeroDivisionError("inside the job")
 
-    monkeypatch.setattr(run, "train", crash)
+    monkeypatch.setattr(job, "train", crash)
     monkeypatch.chdir(tmp_path)
     argv = [f"hydra.run.dir={tmp_path / 'run'}"]
     assert hydra_command(run.main, argv, monkeypatch) == 1

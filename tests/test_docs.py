@@ -143,6 +143,29 @@ def test_the_layouts_tiers_are_the_imports():
                     assert target <= own, f"{name} (line {own}) imports {module} (line {target}) from above it"
 
 
+def test_every_import_inside_a_function_says_why():
+    """Imports sit at the top of each module; one inside a function is a deferral a measured start-up cost (or an
+    optional dependency) justifies, and says so: a comment with "deferred" on its line or just above its block
+    (BENCHMARKS.md, "Start-up", has the measurements)."""
+    import ast
+
+    unexplained = []
+    for path in sorted((REPO / "mnist_arch").rglob("*.py")):
+        lines = path.read_text().splitlines()
+        functions = [n for n in ast.walk(ast.parse("\n".join(lines))) if isinstance(n, ast.FunctionDef)]
+        for node in {i for f in functions for i in ast.walk(f) if isinstance(i, (ast.Import, ast.ImportFrom))}:
+            at = node.lineno - 2  # walk up over the block's other imports and blank lines to the comment above
+            while at >= 0 and (not lines[at].strip() or lines[at].lstrip().startswith(("import ", "from "))):
+                at -= 1
+            said = [lines[node.lineno - 1]]
+            while at >= 0 and "#" in lines[at]:  # the comment lines above (or a `try:  # ...`)
+                said.append(lines[at])
+                at = at - 1 if lines[at].lstrip().startswith("#") else -1
+            if not any("deferred" in line.split("#", 1)[-1].lower() for line in said if "#" in line):
+                unexplained.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not unexplained, f"imports inside functions with no reason given: {sorted(unexplained)}"
+
+
 @pytest.mark.parametrize("script", sorted((REPO / "benchmarks").glob("*.py")), ids=lambda p: p.name)
 def test_every_benchmark_script_still_imports_and_parses_its_arguments(script):
     """The benchmarks are not run by the suite (they take minutes on real MNIST), but what BENCHMARKS.md's

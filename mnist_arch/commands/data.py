@@ -3,6 +3,7 @@ import logging
 import sys
 
 from mnist_arch.cli import Parser, command
+from mnist_arch.config.compose import load
 from mnist_arch.data.fetch import default_root, ensure_mnist
 
 
@@ -15,7 +16,6 @@ def main(argv=None) -> int:
                         help="network time-out per request, seconds (default: data.fetch_timeout_s)")
     args = parser.parse_args(argv)
     if args.timeout is None:  # the one default, in conf/data/mnist.yaml
-        from mnist_arch.config.compose import load
 
         args.timeout = load([]).data.fetch_timeout_s
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

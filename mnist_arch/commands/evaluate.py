@@ -16,13 +16,12 @@ from typing import List, Optional
 
 from mnist_arch.cli import Parser, command
 from mnist_arch.files import write_atomic
+from mnist_arch.inference import trained as trained_nets
 from mnist_arch.inference.scoring import data_settings, report, score
 
 
 @command
 def main(argv: Optional[List[str]] = None) -> None:
-    from mnist_arch.inference import trained as trained_nets
-
     parser = Parser(prog="python -m mnist_arch.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run dir (its tested checkpoint) or a .ckpt file")
     parser.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.val=holdout")

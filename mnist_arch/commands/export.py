@@ -21,13 +21,12 @@ import torch
 from mnist_arch.cli import Parser, command
 from mnist_arch.errors import RunError
 from mnist_arch.files import replacing
+from mnist_arch.inference import trained as trained_nets
 from mnist_arch.inference.formats import CHECK_BATCH, FORMATS, TOLERANCE, TRUST_OPTION, sha256, why_not_exported
 
 
 @command
 def main(argv: Optional[List[str]] = None) -> None:
-    from mnist_arch.inference import trained as trained_nets
-
     parser = Parser(prog="python -m mnist_arch.export", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run dir (its tested checkpoint) or a .ckpt file")
     parser.add_argument("--format", choices=list(FORMATS), required=True)

@@ -17,6 +17,7 @@ from mnist_arch.cli import Parser, command
 
 @command
 def main(argv: Optional[List[str]] = None) -> None:
+    # Deferred: the config and the nets import torch (1.2 s), which `--help` and a bad argument need not pay
     from mnist_arch.config.compose import load
     from mnist_arch.models import build_net
     from mnist_arch.results.layer_table import describe

@@ -27,6 +27,8 @@ register_schema()
 
 
 def find(cfg: DictConfig, run_dir: Path) -> float:
+    # Deferred: Lightning (2.8 s past this module's imports; BENCHMARKS.md, "Start-up") once Hydra has composed
+    # the config, so that a refused override is one line without it
     import pytorch_lightning as pl
     from pytorch_lightning.tuner import Tuner
 

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import List, Optional
 
 from mnist_arch.cli import Parser, command
+from mnist_arch.inference import trained as trained_nets
 from mnist_arch.inference.reading import results
 
 
 @command
 def main(argv: Optional[List[str]] = None) -> None:
-    from mnist_arch.inference import trained as trained_nets
-
     parser = Parser(prog="python -m mnist_arch.predict", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run dir (its tested checkpoint) or a .ckpt file")
     parser.add_argument("files", nargs="+", type=Path, help="PNG/JPEG/... pictures, .npy arrays, IDX image files")

@@ -21,6 +21,7 @@ from typing import List, Optional
 
 from mnist_arch.cli import Parser, command
 from mnist_arch.errors import ConfigError, printable
+from mnist_arch.results import compare
 from mnist_arch.results.leaderboard import METRICS, X_AXES, leaderboard, protocol, read_records, write
 from mnist_arch.results.record import FILE_NAME, RunRecord
 
@@ -89,8 +90,6 @@ def design(given: str) -> List[RunRecord]:
 def compare_command(a: str, b: str, split: str, as_json: bool) -> str:
     """The comparison's sentence (or JSON), after each side's protocol is checked: a side whose compared images
     chose its stopping epoch or its weights is refused in one line (leaderboard.protocol)."""
-    from mnist_arch.results import compare
-
     sides, said = [], {}
     for name, given in (("A", a), ("B", b)):
         records = design(given)

@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Optional
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_arch.cli import hydra_command
 from mnist_arch.config.compose import register_schema
+from mnist_arch.config.schema import validate
 from mnist_arch.errors import RunError, printable
 from mnist_arch.results import provenance
 from mnist_arch.results.record import RunRecord
-from mnist_arch.train.job import train
 
 log = logging.getLogger("mnist_arch")
 register_schema()
@@ -28,14 +29,18 @@ register_schema()
 
 @hydra_command("config")  # conf/config.yaml; every error, Hydra's or the job's, one line (mnist_arch/cli.py)
 def main(cfg: DictConfig) -> Optional[float]:
-    """One run, or one job of a sweep. Returns the best val acc, None when the job failed. A single run that fails ends as one line (mnist_arch/cli.py). A
-    failing job of a sweep records its summary.json (status, error) and lets the sweep go on; the
-    leaderboard callback (mnist_arch/results/leaderboard.py) lists it and makes the sweep exit non-zero."""
-    from hydra.types import RunMode
-
+    """One run, or one job of a sweep. Returns the best val acc, None when the job failed. A single run that
+    fails ends as one line (mnist_arch/cli.py). A failing job of a sweep records its summary.json (status,
+    error) and lets the sweep go on; the leaderboard callback (mnist_arch/results/leaderboard.py) lists it and
+    makes the sweep exit non-zero."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        validate(cfg)  # a bad value is one line here, before the import below
+        # Deferred: the run's module imports Lightning, 2.6 s past torch's 1.3 s (BENCHMARKS.md, "Start-up"),
+        # which a refused value or a sweep's refused job need not pay.
+        from mnist_arch.train.job import train
+
         record = train(cfg, run_dir)
     except RunError as e:
         if not in_sweep:

@@ -38,7 +38,7 @@ from mnist_arch.search import race
 from mnist_arch.search.objective import base_overrides, confirm, confirm_designs, objective
 from mnist_arch.search.study import (Job, counts, fail_stale, front, front_table, open_study, optuna_module, pruner_name,
                                      run_overrides, run_workers, summarize)
-from mnist_arch.train.job import threads_each
+from mnist_arch.train.cpu import threads_each
 
 register_schema()
 
@@ -169,6 +169,7 @@ def _race(designs, study_dir: Path, search: SearchConf, overrides, threads, job:
 
 def _plot(study_dir: Path, search: SearchConf) -> None:
     """front.png: every trained trial's val acc against the second objective (params by default)."""
+    # Deferred: the leaderboard imports scipy (0.6 s), needed only once a trial has trained
     from mnist_arch.results import leaderboard
 
     records = leaderboard.read_records(study_dir / "trials")

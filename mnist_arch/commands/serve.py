@@ -21,13 +21,12 @@ import sys
 from typing import List, Optional
 
 from mnist_arch.cli import Parser, command
+from mnist_arch.inference import trained as trained_nets
 from mnist_arch.inference.server import PageServer, is_loopback, load_nets
 
 
 @command
 def main(argv: Optional[List[str]] = None) -> None:
-    from mnist_arch.inference import trained as trained_nets
-
     parser = Parser(prog="python -m mnist_arch.serve", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run dirs (their tested checkpoint) or .ckpt files: one column each")
     parser.add_argument("--host", default="127.0.0.1",

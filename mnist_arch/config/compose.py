@@ -1,11 +1,17 @@
 """Composing the run's config outside a Hydra job, and what Hydra's configs call: the schema registered as
 the first default of conf/config.yaml, the run dir's resolvers (`${run_stamp:}`, `${folder_name:<key>}`).
 The schema itself, and its one gate (validate), are mnist_arch/config/schema.py."""
+import os
+from datetime import datetime
 from typing import Dict, Optional, Sequence
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_arch.cli import check_groups_chosen, hydra_error, override_keys
 from mnist_arch.config.schema import Config, validate
 from mnist_arch.errors import ConfigError, RunError
 from mnist_arch.files import folder_name
@@ -14,9 +20,6 @@ from mnist_arch.files import folder_name
 def run_stamp() -> str:
     """The run dir's time stamp (HH-MM-SS), or `slurm-<job id>` inside a Slurm job: the tasks of one
     multi-task job (srun -n 2, DDP) start at slightly different times and must share one run dir."""
-    import os
-    from datetime import datetime
-
     job = os.environ.get("SLURM_JOB_ID")
     return f"slurm-{job}" if job else datetime.now().strftime("%H-%M-%S")
 
@@ -42,8 +45,6 @@ def load(overrides=()) -> Config:
     """The validated config `python -m mnist_arch.run <overrides>` would train with, composed outside a Hydra
     job (the layer table, evaluate). Anything Hydra cannot parse or merge is a ConfigError in one line, as is
     any value the schema refuses."""
-    from mnist_arch.cli import check_groups_chosen, hydra_error, override_keys
-
     check_groups_chosen(override_keys(overrides))
     try:
         return validate(compose(overrides))
@@ -69,10 +70,6 @@ def override_pairs(overrides: Sequence[str]) -> Dict[str, Optional[str]]:
 def compose(overrides=(), with_hydra: bool = False) -> DictConfig:
     """The config `python -m mnist_arch.run <overrides>` would see, composed outside a Hydra job (the
     layer table, benchmarks, tests). `with_hydra` keeps the `hydra` node (launcher, sweeper, callbacks)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
     register_schema()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="mnist_arch.conf", version_base="1.3"):

@@ -12,6 +12,9 @@ validated by the schema like any override (types, ranges, names), before any run
 """
 from typing import Any, Iterable, List
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+
 from mnist_arch.errors import ConfigError
 from mnist_arch.models.build import TRUST_ENV, names_code, trusted_targets
 
@@ -22,9 +25,6 @@ MAX_OVERRIDE_CHARS = 2000  # a design's longest override (a convnet's stages) is
 def check_foreign(overrides: Iterable[Any], source: str) -> List[str]:
     """`overrides` (from `source`, e.g. "race.yaml, design trial2") as a list of strings that set values
     only; ConfigError, one line, for the first that would do more."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     parser = OverridesParser.create()
     checked = []
     for given in overrides:

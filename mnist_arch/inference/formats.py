@@ -32,6 +32,7 @@ import torch
 
 from mnist_arch.errors import BadFile, RunError
 from mnist_arch.files import MAX_CHECKPOINT_BYTES, check_file
+from mnist_arch.models.checkpoint import check_records
 
 TOLERANCE = 1e-4  # max |exported - pytorch| on logits, float32
 CHECK_BATCH = 64
@@ -42,8 +43,8 @@ ONNX_OPSET = 20  # what torch 2.14's exporter targets by default; onnxruntime 1.
 
 def export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
     """Through torch's current exporter (torch.export, then onnxscript: dynamo=True), the batch size free."""
-    try:
-        import onnxscript  # noqa: F401 - the exporter needs it; say so before it fails inside torch
+    try:  # deferred: an optional dependency (the export extra); the exporter needs it, said before torch fails
+        import onnxscript  # noqa: F401
     except ImportError as e:
         raise RunError("ONNX export needs onnxscript: pip install 'mnist-arch[export]'") from e
     batch = torch.export.Dim("batch", min=1, max=65_536)
@@ -53,7 +54,7 @@ def export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
 
 
 def run_onnx(path: Path, x: torch.Tensor, digest: str) -> torch.Tensor:
-    try:
+    try:  # deferred: an optional dependency (the export extra)
         import onnxruntime
     except ImportError as e:
         raise RunError("checking an ONNX file needs onnxruntime: pip install 'mnist-arch[export]'") from e
@@ -127,7 +128,6 @@ def read_pt2(path: Path, trust: Collection[str] = ()) -> torch.nn.Module:
     data = trusted_bytes(path, trust, "torch.export program (.pt2)",
                          f"a .pt2 is a program (torch.export runs the code it holds), read only when you trust it: "
                          f"add {TRUST_OPTION} {path} if you made it or trust who did")
-    from mnist_arch.models.checkpoint import check_records
 
     check_records(io.BytesIO(data), path)
     try:

@@ -7,6 +7,7 @@ from typing import Any, Dict, Iterator, List
 
 import torch
 
+from mnist_arch.data.digits import digit_names, prepared, read_digits
 from mnist_arch.errors import BadFile
 
 CHUNK = 2048  # digits prepared and scored at a time: ~6 MB of prepared images, whatever the file holds
@@ -15,8 +16,6 @@ CHUNK = 2048  # digits prepared and scored at a time: ~6 MB of prepared images, 
 def probabilities(trained, path: Path):
     """(the file's digit names, their (N, 10) probabilities); BadFile when the file or one digit in it
     cannot be read. Prepared a chunk at a time, so memory holds the file's raw images once."""
-    from mnist_arch.data.digits import digit_names, prepared, read_digits
-
     stack = read_digits(path)
     names = digit_names(path, len(stack))
     scored = torch.empty(len(stack), 10)

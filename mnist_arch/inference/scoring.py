@@ -8,6 +8,11 @@ from typing import Any, Dict, List, Optional
 
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+from mnist_arch.config.compose import load, override_pairs
+from mnist_arch.config.schema import VAL_SPLITS
+from mnist_arch.data import MNISTDataModule
+from mnist_arch.data.device_loader import tta_mean
+from mnist_arch.data.fetch import MD5, raw_folder
 from mnist_arch.errors import BadFile, ConfigError
 from mnist_arch.inference.trained import run_data_config
 
@@ -17,10 +22,6 @@ FROM_THE_RUN = ("val", "holdout_size", "folds", "fold")  # data settings a run d
 
 def data_settings(run_dir: Optional[Path], overrides: List[str]):
     """This machine's data group with the overrides, and the run's split where the overrides leave it."""
-    from mnist_arch.config.compose import load, override_pairs
-    from mnist_arch.config.schema import VAL_SPLITS
-    from mnist_arch.data.fetch import MD5, raw_folder
-
     bad = [o for o in overrides if not o.startswith("data.")]
     if bad:
         raise ConfigError(f"{bad[0]}: evaluate takes data.* overrides only (e.g. data.val=holdout)")
@@ -51,8 +52,6 @@ def score(trained, data, tta: str = "none") -> Dict[str, Any]:
     """Predictions over the split `data.val` names (test: the 10k test set; holdout: the held-out part of the 60k;
     fold: that fold of the 60k). tta="shifts": also `accuracy_tta`, the same images scored on the image and its
     four one-pixel shifts, their probabilities averaged (as a run's tta=shifts does), beside the plain score."""
-    from mnist_arch.data import MNISTDataModule
-
     # The resident-tensor pipeline whatever the run trained with: without augmentation both pipelines give
     # the same normalised images, and its splits are plain tensors.
     datamodule = MNISTDataModule(**{**asdict(data), "pipeline": "tensor"}, seed=0)  # the seed shuffles nothing here
@@ -73,8 +72,6 @@ def score(trained, data, tta: str = "none") -> Dict[str, Any]:
 
 def _tta_accuracy(trained, pixels, labels, batch_size: int) -> float:
     """Accuracy of the mean probabilities over TTA_SHIFTS, as a run's tta=shifts scores (tta_mean)."""
-    from mnist_arch.data.device_loader import tta_mean
-
     mean = tta_mean(lambda view: trained.probabilities(view, batch_size), pixels)
     return round((mean.argmax(dim=1) == labels).float().mean().item(), 6)
 

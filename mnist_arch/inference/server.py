@@ -21,8 +21,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
+import torch
+import waitress
+from torch import nn
+from waitress import wasyncore
+
+from mnist_arch.data.digits import read
 from mnist_arch.errors import BadFile, ConfigError
 from mnist_arch.files import MAX_PICTURE_BYTES
+from mnist_arch.inference import trained as trained_nets
+from mnist_arch.results.layer_table import layer_table
+from mnist_arch.rules import count_params
 
 MAX_UPLOAD_BYTES = MAX_PICTURE_BYTES  # a picture sent by the page (a phone photo fits); waitress answers 413 past it
 PAGE = "serve.html"  # mnist_arch/web/
@@ -56,11 +65,6 @@ class Net:
 def load_nets(paths: List[str], trust) -> List[Net]:
     """Each run dir or checkpoint's net, with its conv layers' rows of the layer table; BadFile (one line)
     for one that cannot be used. `trust`: mnist_arch.inference.trained.Trust."""
-    from torch import nn
-
-    from mnist_arch.inference import trained as trained_nets
-    from mnist_arch.results.layer_table import layer_table
-
     nets = []
     for path in paths:
         trained = trained_nets.trained_net(path, trust)
@@ -73,8 +77,6 @@ def load_nets(paths: List[str], trust) -> List[Net]:
 
 def describe(nets: List[Net]) -> List[Dict[str, Any]]:
     """What the page lays out before anything is drawn: each net and its conv layers' table rows."""
-    from mnist_arch.rules import count_params
-
     return [{"label": net.label, "model": net.trained.name, "params": count_params(net.trained.net),
              "convs": [{"name": r.name, "kind": r.kind, "geometry": r.geometry, "shape": list(r.shape),
                         "params": r.params, "rf": r.rf} for r in net.convs]} for net in nets]
@@ -83,10 +85,6 @@ def describe(nets: List[Net]) -> List[Dict[str, Any]]:
 def answer(nets: List[Net], picture: bytes, name: str = "the picture") -> Dict[str, Any]:
     """The page's answer for one picture: the input as the nets see it, and per net the ten probabilities
     and each conv layer's maps (0-255 per channel). {"error": ...} when it is not one readable digit."""
-    import torch
-
-    from mnist_arch.data.digits import read
-
     with tempfile.TemporaryDirectory() as folder:  # read() takes a file: predict's own path, limits included
         path = Path(folder) / "picture"
         path.write_bytes(picture)
@@ -204,8 +202,6 @@ class PageServer:
     """The page's server (waitress), not yet serving; port 0 takes a free one (`address` says which)."""
 
     def __init__(self, nets: List[Net], host: str = "127.0.0.1", port: int = 0):
-        import waitress
-
         _allow_open_files(CONNECTION_LIMIT + 64)
         self.app = App(nets)
         self.thread: Optional[threading.Thread] = None  # start()'s, when it serves from a thread of this process
@@ -237,8 +233,6 @@ class PageServer:
         and one still inside a prediction (torch, which has let go of the GIL) when the interpreter exits is
         ended mid-call: the process aborts ('terminate called without an active exception', exit 134) after
         everything else succeeded. So every worker finishes its request first, however long that takes."""
-        from waitress import wasyncore
-
         dispatcher = self.server.task_dispatcher
         while dispatcher.threads:  # shutdown() gives up (with a warning) after its timeout: wait on
             dispatcher.shutdown(cancel_pending=True, timeout=STOP_WAIT_S)
@@ -250,7 +244,7 @@ class PageServer:
 def _allow_open_files(needed: int) -> None:
     """Raise this process's soft limit on open files towards `needed` (each connection is one), within the
     hard limit the system sets."""
-    import resource
+    import resource  # deferred: a Unix-only module (none on Windows), imported by the one call that needs it
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, Collection, Dict, List, Optional, Tuple, Union
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from mnist_arch.data.device_loader import MEAN, STD
 from mnist_arch.errors import BadFile, ConfigError
+from mnist_arch.files import MAX_CONFIG_BYTES, check_file
 from mnist_arch.inference.formats import TRUST_OPTION, read_pt2
 from mnist_arch.models import TRUST_ENV, net_from_checkpoint
 from mnist_arch.results.record import FILE_NAME, RunRecord
@@ -133,10 +135,6 @@ def load_teachers(paths: Collection[str], data) -> Tuple[List[nn.Module], Dict[s
 def run_data_config(run_dir: Path) -> Optional[Dict[str, Any]]:
     """The data group of a run dir's config.yaml as written (an interpolation in a file from elsewhere is not
     resolved), within the run config's size limit; None when it has none; BadFile for one that is no config."""
-    from omegaconf import OmegaConf
-
-    from mnist_arch.files import MAX_CONFIG_BYTES, check_file
-
     saved = Path(run_dir) / "config.yaml"
     if not saved.exists():
         return None

@@ -5,6 +5,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Callable, Dict, List
 
+from omegaconf import OmegaConf
 from torch import nn
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {}
@@ -37,8 +38,6 @@ def presets() -> Dict[str, Dict[str, Any]]:
     """name -> model spec ({"name", "arch", "net"}) of every conf/model/<name>.yaml that comes to an `arch`: the
     files its defaults list names merged under it, as Hydra merges them (`defaults: [frontier_20k, _self_]`).
     The config files are the one place a preset is written; this reads them, it does not repeat them."""
-    from omegaconf import OmegaConf
-
     folder = resources.files("mnist_arch.conf").joinpath("model")
 
     def config_of(name: str):

@@ -169,6 +169,7 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 def torch_macs(net: nn.Module, input_shape: Sequence[int] = INPUT_SHAPE) -> Optional[int]:
     """Multiply-accumulates of one image as torch's FlopCounterMode counts them (its FLOPs / 2), as a
     cross-check of the table's own count; None when the net cannot be run under it."""
+    # Deferred: the counter imports triton, 0.1 s that `search --help` and `layers --help` need not pay
     from torch.utils.flop_counter import FlopCounterMode
 
     try:

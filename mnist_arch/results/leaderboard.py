@@ -236,6 +236,7 @@ def pareto(rows: List[Dict[str, Any]], differing: List[str], metric: str = "test
     cuts the axis so that one failed seed does not flatten the rest; a point under it is drawn on the bottom
     edge as a down-pointing triangle, its mean ± std written in its label, never left out. `label` names a
     point (default: its model, and its settings where the model appears more than once)."""
+    # Deferred: matplotlib costs 0.4 s past the report command's imports, paid only when a plot is drawn
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
 

@@ -9,10 +9,16 @@ import os
 import platform
 import re
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
 from mnist_arch.errors import redact
+from mnist_arch.files import write_atomic
 
 PACKAGES = ["mnist-arch", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core"]
 DIFF_FILE = "git.diff"  # in the run dir, when the checkout had uncommitted changes
@@ -39,7 +45,6 @@ def git_state(run_dir: Optional[Path] = None, repo: Path = HERE) -> Tuple[Option
         return commit, None
     if run_dir is None:
         return commit + "-dirty", None
-    from mnist_arch.files import write_atomic
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / DIFF_FILE, diff)
@@ -47,8 +52,6 @@ def git_state(run_dir: Optional[Path] = None, repo: Path = HERE) -> Tuple[Option
 
 
 def versions() -> Dict[str, Optional[str]]:
-    from importlib.metadata import PackageNotFoundError, version
-
     found: Dict[str, Optional[str]] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -70,8 +73,6 @@ def process_age_s() -> Optional[float]:
 
 
 def device_name(device) -> str:
-    import torch
-
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
@@ -80,9 +81,6 @@ def device_name(device) -> str:
 def overrides() -> List[str]:
     """The command line's overrides of this Hydra job as written (unresolved, passwords masked); [] outside
     Hydra (tests, notebooks)."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
     if not HydraConfig.initialized():
         return []
     return [redact(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]
@@ -96,8 +94,6 @@ def recorded(cfg) -> Dict[str, Any]:
     """The config as a record keeps it (config.yaml, a tracker's params): resolved, but a value whose
     interpolation calls a resolver, itself or through the keys it refers to, is kept as written, and every
     URL's password is masked."""
-    from omegaconf import OmegaConf
-
     raw = dict(_leaves(OmegaConf.to_container(cfg, resolve=False)))
 
     def as_written(key: str, depth: int = 0) -> bool:

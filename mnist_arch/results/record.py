@@ -18,6 +18,7 @@ from typing_extensions import Annotated
 from mnist_arch.config.schema import Budget
 from mnist_arch.errors import RunError
 from mnist_arch.files import MAX_RECORD_BYTES, check_file, write_atomic
+from mnist_arch.results import provenance
 from mnist_arch.rules import Verdict, best_epoch, judge
 
 RECORD_VERSION = 5  # 4: stopped_at_target; 5: phases_s, logits_after_relu
@@ -146,8 +147,6 @@ class RunRecord(Provenance, Result, Budgeted, Net, Run):
     def refused(cls, status: str, error: str, run_dir: Path, **known: Any) -> "RunRecord":
         """The record of a job refused before it trained (a bad config in a sweep, a search's infeasible net):
         why, what is known of it (`known`: model, seed, overrides, params, ...), and the code's commit."""
-        from mnist_arch.results import provenance
-
         return cls(status=status, error=error, run_dir=str(run_dir), git_commit=provenance.git_state()[0], **known)
 
     # --- what follows from the fields above --------------------------------------------------------

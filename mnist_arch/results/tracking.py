@@ -24,6 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
+
 from mnist_arch.errors import ConfigError, redact
 
 LOCAL_STORE = Path("outputs") / "mlflow.db"
@@ -81,8 +83,6 @@ def check_reachable(uri: str) -> None:
 def check_artifact_store(logger) -> None:
     """A remote MLflow server names where the run's artifacts go; a `file:` (or bare path) location would have
     this machine write into its own filesystem wherever the server says: refused."""
-    from pytorch_lightning.loggers import MLFlowLogger
-
     if not isinstance(logger, MLFlowLogger) or not str(logger._tracking_uri).startswith(("http://", "https://")):
         return
     where = logger.experiment.get_run(logger.run_id).info.artifact_uri or ""
@@ -102,8 +102,6 @@ def log_config(logger, recorded: Dict[str, Any], group: Dict[str, str]) -> None:
             else:
                 yield f"{prefix}{key}", value
 
-    from pytorch_lightning.loggers import WandbLogger
-
     params = dict(flat(recorded))
     if isinstance(logger, WandbLogger):
         params.update({f"group.{key}": value for key, value in group.items()})
@@ -112,8 +110,6 @@ def log_config(logger, recorded: Dict[str, Any], group: Dict[str, str]) -> None:
 
 def finish(logger, record, run_dir: Path, final_checkpoint: Optional[Path]) -> None:
     """Tags from the record and the run's files as artifacts."""
-    from pytorch_lightning.loggers import WandbLogger
-
     verdict = record.verdict
     tags = {"model": record.model, "params": record.params, "macs": record.macs_per_image,
             "status": record.status, "commit": record.git_commit,

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from filelock import FileLock
+
 from mnist_arch.errors import ConfigError, RunError, redact
 from mnist_arch.files import write_atomic
 
@@ -41,6 +43,7 @@ class StorageAway(RunError):
 def patient(call, storage: Optional[str], patience_s: Optional[float] = None):
     """call(), retried while the study's database does not answer, for STORAGE_PATIENCE_S at most (a restart
     takes seconds); then one line: the work done is kept and the same command goes on from it."""
+    # Deferred: optional dependencies (the optuna extra brings both); a race of a designs file runs without them
     import sqlalchemy
     from optuna.exceptions import StorageInternalError  # Optuna's wrapping of a failed commit
 
@@ -121,8 +124,6 @@ class FileClaims(Claims):
 
     @contextmanager
     def locked(self, name: str) -> Iterator[None]:
-        from filelock import FileLock
-
         self.study_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.study_dir / name)):
             yield
@@ -165,7 +166,7 @@ class DatabaseClaims(Claims):
 
     def __init__(self, storage: str, study_dir: Path):
         super().__init__(study_dir)
-        import sqlalchemy
+        import sqlalchemy  # deferred: an optional dependency (the optuna and postgres extras)
 
         self.url, self.sql, self.started = storage, sqlalchemy, False
         try:

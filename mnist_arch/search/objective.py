@@ -12,17 +12,30 @@ from typing import List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
-from mnist_arch.search import space as search_space
-from mnist_arch.config.foreign import check_foreign
 from mnist_arch.config.compose import compose, load, register_schema
+from mnist_arch.config.foreign import check_foreign
 from mnist_arch.config.schema import ConfigError
-from mnist_arch.search.schema import SearchConf
 from mnist_arch.errors import Pruned, RunError
+from mnist_arch.models import build_net
+from mnist_arch.results.layer_table import layer_table, totals_of
 from mnist_arch.results.record import RunRecord
-from mnist_arch.search.race import train_claimed
+from mnist_arch.rules import judge_net
+from mnist_arch.search import space as search_space
 from mnist_arch.search.claims import Claims, patient
-from mnist_arch.search.study import (PRUNER_STARTUP, QUIET_OVERRIDES, Job, counts, front, in_processes,
-                                     optuna_module, quiet_worker, run_overrides, set_attrs)
+from mnist_arch.search.race import train_claimed
+from mnist_arch.search.schema import SearchConf
+from mnist_arch.search.study import (
+    PRUNER_STARTUP,
+    QUIET_OVERRIDES,
+    Job,
+    counts,
+    front,
+    in_processes,
+    optuna_module,
+    quiet_worker,
+    run_overrides,
+    set_attrs,
+)
 
 register_schema()
 CONFIRM_LOCK = ".confirm.lock"  # in the study's confirm/ folder: held to claim a confirm run
@@ -30,9 +43,8 @@ CONFIRM_LOCK = ".confirm.lock"  # in the study's confirm/ folder: held to claim 
 
 def objective(trial, job: Job) -> Sequence[float]:
     """Sample, judge, train, score: the values of the study's objectives for one trial."""
-    from mnist_arch.models import build_net
-    from mnist_arch.results.layer_table import layer_table, totals_of
-    from mnist_arch.rules import judge_net
+    # Deferred: training imports Lightning (2.8 s past the search command's imports), paid by the workers that
+    # train, not by `search --help` or a refused option
     from mnist_arch.train.callbacks import Pruning
     from mnist_arch.train.job import train
 
@@ -116,7 +128,7 @@ def confirm_designs(designs: Sequence[Tuple[str, str, Sequence[str]]], job: Job,
     search.confirm_seeds, the 10k test scored with the final weights, by search.workers processes that claim
     the runs under a lock like the race's; resumable: a finished seed is not run again, one cut short resumes
     from its last epoch. The table of confirm.md."""
-    from mnist_arch.results.leaderboard import mean_std
+    from mnist_arch.results.leaderboard import mean_std  # deferred: scipy (0.6 s), only when a confirm runs
 
     units = [(_confirm_dir(job.study_dir, folder, seed), _confirm_overrides(overrides), seed)
              for _, folder, overrides in designs for seed in job.search.confirm_seeds]

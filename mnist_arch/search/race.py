@@ -26,14 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import yaml
+
+from mnist_arch.config.compose import compose, override_pairs
 from mnist_arch.config.foreign import check_foreign
-from mnist_arch.config.compose import override_pairs
 from mnist_arch.config.schema import ConfigError
-from mnist_arch.search.schema import SearchConf
 from mnist_arch.errors import BadFile
 from mnist_arch.files import SAFE_NAME, check_file
 from mnist_arch.results.record import RunRecord
 from mnist_arch.search.claims import Claims, patient
+from mnist_arch.search.schema import SearchConf
 from mnist_arch.search.study import in_processes, quiet_worker
 
 LOCK = ".race.lock"
@@ -49,8 +51,6 @@ class Design:
 def designs_from_file(path: str) -> List[Design]:
     """A YAML list of {name, overrides: [...]}: designs that need not be trials of one study. The file is data:
     its overrides set values only (mnist_arch/config/foreign.py)."""
-    import yaml
-
     file = Path(path).expanduser()
     check_file(file, "race candidates file", 1 << 20)
     try:
@@ -124,7 +124,7 @@ def _judge(alive: List[Standing], round_: int, search: SearchConf, designs: int)
     """Means and CIs; from race_min_rounds on, drop those the leader beats: each comparison at the level that keeps
     a race of `designs` equal designs from dropping one in more than search.race_alpha of races, over its looks
     and its data-chosen leader (compare.race_level), Holm over the round's comparisons."""
-    from mnist_arch.results import compare
+    from mnist_arch.results import compare  # deferred: scipy (0.6 s), only once a race judges
 
     tested = {}
     for s in alive:
@@ -169,7 +169,7 @@ def train_claimed(path: Path, overrides: Sequence[str], threads: Optional[int], 
     """Train the run dir this process claimed (resuming a run cut short from its last epoch), its claim kept
     fresh while it trains and let go after; (its record, seconds). One that does not complete is a
     ConfigError naming `what` and the dir. `here`: overrides for this process only, not recorded."""
-    from mnist_arch.config.compose import compose
+    # Deferred: Lightning (2.8 s past the search command's imports), paid by the processes that train
     from mnist_arch.train.job import train
 
     resume = ["ckpt_path=last"] if (path / "checkpoints" / "last.ckpt").exists() else []
@@ -229,7 +229,7 @@ def run(designs: Sequence[Design], race_dir: Path, search: SearchConf, base: Seq
 
 
 def _level(standings_: List[Standing], search: SearchConf) -> float:
-    from mnist_arch.results import compare
+    from mnist_arch.results import compare  # deferred: scipy (0.6 s), only once a race judges
 
     return compare.race_level(len(standings_), search.race_rounds, search.race_min_rounds, search.race_alpha)
 

@@ -14,6 +14,7 @@ cannot keep the guarantee above: MaxTrialsCallback stops a worker after its tria
 overshoot the count by up to N - 1. The journal storage has no heartbeats at all.
 """
 import logging
+import multiprocessing
 import os
 import re
 import socket
@@ -23,12 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from mnist_arch.config.foreign import check_foreign
+import torch
+
+from mnist_arch.cli import NOT_ACTIONABLE
 from mnist_arch.config.compose import override_pairs
-from mnist_arch.search.schema import SearchConf
+from mnist_arch.config.foreign import check_foreign
 from mnist_arch.errors import ConfigError, printable, redact
 from mnist_arch.results.record import RunRecord
 from mnist_arch.search.claims import Claims, StorageAway, alive, missing_driver, patient
+from mnist_arch.search.schema import SearchConf
 
 STALE_AFTER_S = 3600  # a RUNNING trial whose worker is gone, or silent for this long, is failed and retried
 QUIET = ("mnist_arch", "pytorch_lightning", "lightning.pytorch", "lightning_fabric", "optuna")
@@ -49,7 +53,7 @@ class Job:
 
 
 def optuna_module():
-    try:
+    try:  # deferred: an optional dependency (the optuna extra), said in one line where it is missing
         import optuna
     except ImportError:
         raise ConfigError("the search needs Optuna 5: pip install 'mnist-arch[optuna]'") from None
@@ -157,9 +161,8 @@ def _retry(study, trial) -> None:
 def quiet_worker() -> None:
     """A worker's console is the study's (or race's) progress lines; each run keeps its own files. A spawned
     worker has no Hydra logging: the library messages nobody can act on (mnist_arch/cli.py) are dropped here."""
-    import pytorch_lightning  # noqa: F401 - first: importing it sets its loggers' levels
-
-    from mnist_arch.cli import NOT_ACTIONABLE
+    # Deferred to here, and first: importing Lightning sets its loggers' levels, which the lines below then lower
+    import pytorch_lightning  # noqa: F401
 
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -174,8 +177,6 @@ def work(job: Job, objective: Callable, threads: Optional[int] = None, worker: i
     optuna = optuna_module()
     claims = Claims.of(job.storage, job.study_dir)
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
     if quiet:
         quiet_worker()
@@ -257,8 +258,6 @@ def in_processes(target: Callable, per_process: Sequence[tuple], stagger_s: floa
     """target(*args) in one spawned process per entry of `per_process` (a fresh interpreter each: no forked
     torch state), all waited for; how many failed. `target`: a module-level function (a spawned process
     imports it)."""
-    import multiprocessing
-
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_call, args=((target, args),)) for args in per_process]
     for p in processes:

@@ -20,9 +20,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_arch.config.schema import Budget
 from mnist_arch.errors import BudgetError, Pruned
+from mnist_arch.results.layer_table import layer_table, totals_of
+from mnist_arch.rules import judge_net, reached
 from mnist_arch.train.history import FinalPredictions, History
 from mnist_arch.train.plots import RunPlots
-from mnist_arch.rules import judge_net, reached
 
 
 class RulesCheck(pl.Callback):
@@ -34,7 +35,6 @@ class RulesCheck(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         macs = None
         if self.budget.max_macs is not None:  # counted only when limited: a pass of one image
-            from mnist_arch.results.layer_table import layer_table, totals_of
 
             macs = totals_of(layer_table(pl_module.net))["macs_per_image"]
         broken = judge_net(pl_module.net, self.budget, macs=macs).failure()

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
+from mnist_arch.results.layer_table import scores_clipped_at_zero
 from mnist_arch.results.record import SCALARS
 
 log = logging.getLogger("mnist_arch")
@@ -60,7 +61,6 @@ class History(pl.Callback):
         self.epochs["unpredicted"].append([k for k in range(10) if self.confusion[:, k].sum() == 0])
         if self.epochs["unpredicted"][-1]:
             if self.relu_logits is None:  # asked once, and only of a net that left a class out
-                from mnist_arch.results.layer_table import scores_clipped_at_zero
 
                 self.relu_logits = scores_clipped_at_zero(pl_module.net)
             log.warning("epoch %d: no validation image was predicted as class %s%s", pl_module.current_epoch + 1,

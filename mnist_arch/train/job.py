@@ -3,34 +3,40 @@
 `train` reads top to bottom: setup (config -> seed -> data -> net -> module) -> callbacks -> trainer ->
 fit -> test -> record. The commands that train (`python -m mnist_arch.run`, a search's trials) call it; they
 decide what to do when it fails.
-
-Lightning and the modules of ours that import it are imported inside the functions that use them, not at the
-top: the run command imports this module before Hydra reads the command line, and a refused override
-(`model=s5`) answers in ~3 s instead of ~10 s with Lightning imported first (2-core CPU, loaded, issue 49);
-tests/test_cli.py checks that such a refusal imports no Lightning.
 """
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
+from torch import nn
 
+from mnist_arch.cli import one_line
 from mnist_arch.config.schema import Config, ConfigError, TrainerConf, validate
+from mnist_arch.data import MNISTDataModule
 from mnist_arch.errors import BadFile, RunError, from_tracker, redact
 from mnist_arch.files import write_atomic
-from mnist_arch.results import provenance
+from mnist_arch.inference.trained import load_teachers
+from mnist_arch.locate import check_arguments, locate
+from mnist_arch.models import build_net, check_weights, read_checkpoint
+from mnist_arch.models.build import is_plain, names_code
+from mnist_arch.results import compare, provenance, tracking
+from mnist_arch.results import tensorboard as tensorboard_tabs
+from mnist_arch.results.layer_table import describe
 from mnist_arch.results.record import RunRecord
 from mnist_arch.rules import Verdict
-
-if TYPE_CHECKING:  # the types only: importing them would import Lightning before a typo is reported (setup)
-    from torch import nn
-
-    from mnist_arch.data import MNISTDataModule
-    from mnist_arch.train.module import Classifier
+from mnist_arch.train.callbacks import StopAtTarget, build_callbacks, find, interrupting_signal
+from mnist_arch.train.cpu import auto_precision, set_threads
+from mnist_arch.train.history import FinalPredictions, History
+from mnist_arch.train.module import Classifier
+from mnist_arch.train.plots import RunPlots
 
 log = logging.getLogger("mnist_arch")
 
@@ -40,13 +46,13 @@ class Setup:
     """What a run and the lr range test both start from."""
 
     conf: Config
-    datamodule: "MNISTDataModule"
+    datamodule: MNISTDataModule
     spec: Dict[str, Any]  # the model group: what every checkpoint stores as net_spec
-    net: "nn.Module"  # described before any compile
+    net: nn.Module  # described before any compile
     layers: str  # the layer table
     totals: Dict[str, Any]  # MACs and receptive field, for summary.json
     verdict: Verdict  # the rules' judgement of the net
-    model: "Classifier"
+    model: Classifier
     recorded: Dict[str, Any]  # the config as records keep it (provenance.recorded): config.yaml, trackers, checkpoints
     distilled_from: Optional[Dict[str, Any]] = None  # distill.teacher: which nets taught it (their record's words)
 
@@ -56,14 +62,8 @@ def setup(cfg: DictConfig, scheduler: Optional[Dict[str, Any]] = None) -> Setup:
     instead of the config's (the lr range test drives the lr itself)."""
     conf: Config = validate(cfg)  # every bad key or value fails here, before any data is fetched
     # Imported after validation so that a typo is reported in ~3 s, not after Lightning's ~6 s import.
-    import pytorch_lightning as pl
 
-    from mnist_arch.data import MNISTDataModule
-    from mnist_arch.models import build_net
-    from mnist_arch.results.layer_table import describe
-    from mnist_arch.train.module import Classifier
-
-    _set_threads(conf)
+    set_threads(conf)
     pl.seed_everything(conf.seed, workers=True)
     datamodule = MNISTDataModule(**asdict(conf.data), seed=conf.seed)
     spec = asdict(conf.model)
@@ -72,7 +72,6 @@ def setup(cfg: DictConfig, scheduler: Optional[Dict[str, Any]] = None) -> Setup:
     datamodule.check_net(net)  # a net that cannot take data.progressive_size is refused here, not mid-fit
     teachers, distilled_from = [], None
     if conf.distill.teacher:  # before training: a teacher that saw the student's validation images is refused
-        from mnist_arch.inference.trained import load_teachers
 
         teachers, distilled_from = load_teachers(conf.distill.teacher, conf.data)
     kept = provenance.recorded(cfg)  # once: config.yaml, every tracker and the checkpoints take this
@@ -93,10 +92,6 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Optional[List[str]] = None,
     clock = {"began": time.perf_counter(), "age": provenance.process_age_s()}
     run = setup(cfg)
     conf = run.conf
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    from mnist_arch.train.callbacks import build_callbacks, find
 
     resume = _resume_path(conf.ckpt_path, run_dir, run.net, run.spec["name"])
     callbacks = [*build_callbacks(conf, run_dir), *callbacks]
@@ -143,9 +138,6 @@ def phases(clock: Dict[str, Optional[float]], callbacks: Sequence) -> Dict[str, 
     """Where this process's time went until now, in order (the record's phases_s): a phase that did not happen
     (a fit that failed, no test) is left out. `clock`: train()'s stamps (perf_counter), and the process's age as
     train() began; the History callback timed the epochs' parts."""
-    from mnist_arch.train.history import History
-    from mnist_arch.train.callbacks import find
-
     history = find(callbacks, History)
     marks = [("start", clock["began"] - clock["age"] if clock.get("age") is not None else None),
              ("setup", clock["began"]), ("fit_start", clock.get("fit"))]
@@ -167,8 +159,6 @@ def _resume_path(ckpt_path: Optional[str], run_dir: Path, net, name: str) -> Opt
     """ckpt_path=last -> <run dir>/checkpoints/last.ckpt (the last completed epoch); or a file path. Read
     here as data and checked against the net, so a checkpoint that is damaged, holds pickled objects,
     is not a run's or does not fit is one line before training, whatever Lightning would make of it."""
-    from mnist_arch.models import check_weights, read_checkpoint
-
     if ckpt_path is None:
         return None
     path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path).expanduser()
@@ -203,38 +193,6 @@ def _record(run: Setup, trainer, run_dir: Path, resume: Optional[Path], override
                                                             "temperature": conf.distill.temperature})
 
 
-def _set_threads(conf: Config) -> None:
-    """Torch threads per process: `threads`, else the CPUs Slurm gave this task (SLURM_CPUS_PER_TASK: a
-    cluster without CPU binding still shows every core to every job), else the cores shared out between
-    the jobs a parallel launcher (hydra.launcher.n_jobs) and the CPU processes of DDP run at once; else
-    torch's default."""
-    import torch
-
-    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        torch.set_num_threads(conf.threads or int(os.environ["SLURM_CPUS_PER_TASK"]))
-        return
-    share = 1
-    n_jobs = HydraConfig.get().launcher.get("n_jobs") if HydraConfig.initialized() else None
-    if isinstance(n_jobs, int) and n_jobs != 1:
-        share = cpu_cores() if n_jobs < 0 else n_jobs
-    if conf.trainer.accelerator == "cpu" and isinstance(conf.trainer.devices, int):
-        share *= conf.trainer.devices
-    threads = conf.threads or threads_each(share)
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on (its affinity: a container's or taskset's share, not the machine's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def threads_each(processes: int) -> Optional[int]:
-    """Torch threads for each of `processes` sharing this machine's cores (at least one); None for a process alone
-    (torch's default). The one split: parallel jobs, DDP's CPU processes, a search's workers."""
-    return max(1, cpu_cores() // processes) if processes > 1 else None
-
-
 def trainer_arguments(trainer: TrainerConf, run_dir: Path) -> Dict[str, Any]:
     """What pl.Trainer gets (None values left to Lightning's defaults): a profiler named in the config writes its
     report into the run dir; precision=auto resolved for this machine, once the torch threads are set."""
@@ -242,26 +200,9 @@ def trainer_arguments(trainer: TrainerConf, run_dir: Path) -> Dict[str, Any]:
     if trainer.precision == "auto":
         typed["precision"] = auto_precision(trainer.accelerator)
     if trainer.profiler:
-        from pytorch_lightning.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
-
         kinds = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
         typed["profiler"] = kinds[trainer.profiler](dirpath=run_dir, filename="profile")
     return {**typed, **trainer.extra}
-
-
-def auto_precision(accelerator: str) -> str:
-    """trainer.precision=auto: bf16-mixed where it was measured to pay, else 32-true. It pays on a CPU that
-    computes bf16 natively (avx512_bf16 or AMX) in a process with one torch thread (a search or race worker's
-    share of the cores): the project's CPU steps 1.14-1.34x faster there, while with two threads bf16 is
-    0.87-1.12x (its kernels did not use the second thread; BENCHMARKS.md, "bf16 on the CPU"). Elsewhere
-    32-true: more threads, a CPU that would emulate bf16, a GPU (not measured)."""
-    import torch
-
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    cpu = getattr(torch, "cpu", None)
-    native = any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
-                                                                      "_is_amx_tile_supported"))
-    return "bf16-mixed" if on_cpu and native and torch.get_num_threads() == 1 else "32-true"
 
 
 def build_loggers(conf: Config, run_dir: Path, net, layers: str, recorded: Optional[Dict[str, Any]] = None,
@@ -272,14 +213,6 @@ def build_loggers(conf: Config, run_dir: Path, net, layers: str, recorded: Optio
     `graph` (ours: the net in the GRAPHS tab). An MLflow logger gets its store checked and the run's group
     (mnist_arch/results/tracking.py), and the `recorded` config (interpolations as written) as params. A
     tracker whose package is missing, or whose server refuses, is one line naming what to do."""
-    from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
-
-    from mnist_arch.cli import one_line
-    from mnist_arch.locate import check_arguments, locate
-    from mnist_arch.models.build import is_plain, names_code
-    from mnist_arch.results import tensorboard as tensorboard_tabs
-    from mnist_arch.results import tracking
-
     loggers, group = [], _group(run_dir, conf, overrides)
     for name, entry in conf.logger.items():
         if not isinstance(entry, dict) or "_target_" not in entry:
@@ -354,10 +287,6 @@ def _best_to_test(conf: Config, best_checkpoint) -> Optional[str]:
 
 def _finish(record: RunRecord, callbacks: Sequence, trainer, started: float) -> None:
     """What the run did, whatever ended it: the per-epoch history, the plots, the time, the device."""
-    from mnist_arch.train.history import History
-    from mnist_arch.train.plots import RunPlots
-    from mnist_arch.train.callbacks import StopAtTarget, find
-
     history = find(callbacks, History)
     if history:
         record.add_history(history.epochs)
@@ -375,10 +304,6 @@ def _finish(record: RunRecord, callbacks: Sequence, trainer, started: float) -> 
 def _keep_predictions(callbacks: Sequence, datamodule, run_dir: Path, trainer) -> Optional[str]:
     """predictions.npz (mnist_arch/results/compare.py): the final epoch's val predictions and the test's; its name,
     or None when there is nothing to keep. Under DDP each process saw a shard: not kept (said in the log)."""
-    from mnist_arch.results import compare
-    from mnist_arch.train.history import FinalPredictions
-    from mnist_arch.train.callbacks import find
-
     kept = find(callbacks, FinalPredictions)
     if kept is None:
         return None
@@ -396,8 +321,6 @@ def _outcome(e: BaseException) -> Tuple[str, Optional[str], Optional[str]]:
     """(status, error, signal) of a fit or test that raised. Lightning answers Ctrl-C with a graceful
     stop and sys.exit(1) raised while handling the KeyboardInterrupt, and SIGTERM with SIGTERMException
     after the current batch; the epochs completed so far (and their checkpoints) are kept."""
-    from mnist_arch.train.callbacks import interrupting_signal
-
     signal_name = interrupting_signal(e)
     if signal_name:
         return "interrupted", None, signal_name
@@ -407,10 +330,6 @@ def _outcome(e: BaseException) -> Tuple[str, Optional[str], Optional[str]]:
 
 
 def _tracking_finish(loggers: list, record: RunRecord, run_dir: Path) -> None:
-    from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
-
-    from mnist_arch.results import tracking
-
     for logger in loggers:
         if isinstance(logger, (MLFlowLogger, WandbLogger)):
             last = run_dir / "checkpoints" / "last.ckpt"
@@ -424,10 +343,6 @@ def _tracking_finish(loggers: list, record: RunRecord, run_dir: Path) -> None:
 
 
 def _tensorboard_hparams(loggers: list, recorded: Dict[str, Any], record: RunRecord) -> None:
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    from mnist_arch.results import tensorboard as tensorboard_tabs
-
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger) and record.epochs_run:
             tensorboard_tabs.add_hparams(logger, recorded, record)

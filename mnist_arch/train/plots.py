@@ -16,8 +16,13 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
 from mnist_arch.train.history import find_history
@@ -92,8 +97,6 @@ class RunPlots(pl.Callback):
 
 
 def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
     return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -115,8 +118,6 @@ def _grid(images: torch.Tensor, titles: List[str], title: str):
 
 
 def _curves(history: Dict[str, list], target_acc: float):
-    from matplotlib.ticker import MaxNLocator
-
     epochs = range(1, len(history["val_acc"]) + 1)
     figure = _figure(8, 3)
     loss, acc = figure.subplots(1, 2)
@@ -180,10 +181,6 @@ def _confusion(counts: torch.Tensor, where: str):
 
 
 def _log_image(trainer, tag: str, path: Path) -> None:
-    import numpy as np
-    from PIL import Image
-    from pytorch_lightning.loggers import TensorBoardLogger
-
     # PIL, not torchvision.io: torchvision 0.29 deprecates its image decoding
     with Image.open(path) as picture:
         pixels = np.asarray(picture.convert("RGB"))
