@@ -166,6 +166,17 @@ def test_every_import_inside_a_function_says_why():
     assert not unexplained, f"imports inside functions with no reason given: {sorted(unexplained)}"
 
 
+@pytest.mark.parametrize("designs", sorted((REPO / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_designs_file_is_one_the_race_takes_and_each_design_composes(designs):
+    """benchmarks/*.yaml are the designs RESULTS.md raced or confirmed: each is a file the race reads
+    (search.race_candidates) and each design's overrides compose to a valid config today."""
+    from mnist_arch.config.compose import load
+    from mnist_arch.search.race import designs_from_file
+
+    for design in designs_from_file(str(designs)):
+        assert load(list(design.overrides)).model.name, design.name
+
+
 @pytest.mark.parametrize("script", sorted((REPO / "benchmarks").glob("*.py")), ids=lambda p: p.name)
 def test_every_benchmark_script_still_imports_and_parses_its_arguments(script):
     """The benchmarks are not run by the suite (they take minutes on real MNIST), but what BENCHMARKS.md's
