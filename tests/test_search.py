@@ -267,6 +267,82 @@ def test_a_killed_workers_trial_is_failed_and_run_again(mnist_root, tmp_path):
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
 
 
+def _two_workers_training(mnist_root, study_dir):
+    """A two-worker study whose trials train for long enough to be signalled mid-run; returns the driver and,
+    once both workers train (a checkpoint written), their process ids and trials."""
+    argv = [a for a in small(mnist_root, study_dir, "search.n_trials=2", "search.workers=2",
+                             "trainer.limit_train_batches=10") if not a.startswith("budget.max_epochs")]
+    argv = [a if a != "trainer.max_epochs=2" else "trainer.max_epochs=30" for a in argv] + ["budget.max_epochs=30"]
+    driver = subprocess.Popen([sys.executable, "-m", "mnist_arch.search", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            running = [t for t in load(study_dir).trials if t.state.name == "RUNNING"
+                       and (study_dir / "trials" / f"{t.number:04d}" / "checkpoints").exists()]
+        except Exception:  # noqa: BLE001 - the study (or its folder) is not created yet
+            continue
+        if len(running) == 2:
+            return driver, {int(t.user_attrs["worker"].rpartition(":")[2]) for t in running}, running
+    driver.kill()
+    pytest.fail(f"two workers never trained together: {driver.communicate()[0]}")
+
+
+def _gone(pids, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not [pid for pid in pids if Path(f"/proc/{pid}").exists()]:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="reads /proc to see the workers end")
+def test_sigterm_to_the_search_stops_its_workers_and_keeps_their_runs(mnist_root, tmp_path):
+    """kill (or scancel) reaches the driver alone: it passes SIGTERM on, each worker stops after its batch and
+    records its run interrupted, the trials are queued again, and the command exits 143."""
+    study_dir = tmp_path / "study"
+    driver, workers, trials = _two_workers_training(mnist_root, study_dir)
+    try:
+        driver.send_signal(signal.SIGTERM)
+        out, _ = driver.communicate(timeout=90)
+    finally:
+        driver.kill()
+        for pid in workers:  # should the test fail, no worker outlives it
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+    assert driver.returncode == 143, out
+    assert "interrupted; the study is kept" in out
+    assert _gone(workers, 5), "a worker outlived its driver"
+    for t in trials:
+        record = json.loads((study_dir / "trials" / f"{t.number:04d}" / "summary.json").read_text())
+        assert record["status"] == "interrupted" and record["signal"] == "SIGTERM"
+    study = load(study_dir)
+    assert [study.trials[t.number].state.name for t in trials] == ["FAIL", "FAIL"]
+    assert sorted(t.user_attrs["retry_of"] for t in study.trials if "retry_of" in t.user_attrs) == \
+        sorted(t.number for t in trials)  # the same values run again next time
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="reads /proc to see the workers end")
+def test_workers_of_a_killed_search_stop_by_themselves(mnist_root, tmp_path):
+    """SIGKILL to the driver (nothing can be passed on): each worker sees its driver gone and stops the same
+    way, its run recorded interrupted, rather than training on unseen."""
+    study_dir = tmp_path / "study"
+    driver, workers, trials = _two_workers_training(mnist_root, study_dir)
+    driver.kill()
+    driver.communicate(timeout=30)
+    try:
+        assert _gone(workers, 60), "a worker trained on after its driver was killed"
+    finally:
+        for pid in workers:
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+    for t in trials:
+        record = json.loads((study_dir / "trials" / f"{t.number:04d}" / "summary.json").read_text())
+        assert record["status"] == "interrupted" and record["signal"] == "SIGTERM"
+
+
 def test_confirm_retrains_the_best_on_the_60k_and_scores_the_test_set(mnist_root, tmp_path, monkeypatch, capsys):
     study_dir = tmp_path / "study"
     assert search_main(small(mnist_root, study_dir, "search.n_trials=2", "search.confirm=1",

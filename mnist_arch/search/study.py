@@ -15,9 +15,12 @@ overshoot the count by up to N - 1. The journal storage has no heartbeats at all
 """
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
+import signal
 import socket
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -249,27 +252,63 @@ def run_workers(job: Job, objective: Callable, threads: Optional[int]) -> None:
     in_processes(work, [(job, objective, threads, i) for i in range(job.search.workers)], stagger_s=1.0)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the driver (kill, scancel, a session ending): its workers were told and have stopped."""
+
+
 def _call(target_and_args) -> None:  # a spawned process's entry
+    _end_with_driver()
     target, args = target_and_args
     target(*args)
+
+
+def _end_with_driver() -> None:
+    """A worker whose driver is gone (SIGKILL, a crash) would train on with nobody to read its lines: when
+    the driver's process ends, the worker sends itself SIGTERM, which Lightning turns into a stop after the
+    batch, the run recorded interrupted and resumable (between runs, SIGTERM simply ends the worker)."""
+    driver = multiprocessing.parent_process()
+
+    def watch():
+        multiprocessing.connection.wait([driver.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="end-with-driver", daemon=True).start()
 
 
 def in_processes(target: Callable, per_process: Sequence[tuple], stagger_s: float = 0.0) -> int:
     """target(*args) in one spawned process per entry of `per_process` (a fresh interpreter each: no forked
     torch state), all waited for; how many failed. `target`: a module-level function (a spawned process
-    imports it)."""
+    imports it). Ctrl-C reaches every process of the terminal's group; SIGTERM reaches the driver alone, so
+    the driver passes it on to each worker and waits for them to record their runs (raising Terminated)."""
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_call, args=((target, args),)) for args in per_process]
-    for p in processes:
-        p.start()
-        time.sleep(stagger_s)
+
+    told = []
+
+    def pass_on(signum, frame):
+        for p in processes:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signum)
+        if not told:  # once: a second SIGTERM is passed on without cutting short the wait for the workers
+            told.append(signum)
+            raise Terminated
+
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
+    previous = signal.signal(signal.SIGTERM, pass_on) if main else None
     try:
         for p in processes:
-            p.join()
-    except KeyboardInterrupt:  # Ctrl-C reached every process too: let each record its run, then stop
+            p.start()
+            time.sleep(stagger_s)
         for p in processes:
-            p.join(timeout=60)
+            p.join()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM passed on: let each process record its run, then stop
+        for p in processes:
+            if p.pid is not None:
+                p.join(timeout=60)
         raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     return sum(bool(p.exitcode) for p in processes)
 
 
