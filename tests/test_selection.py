@@ -226,6 +226,47 @@ def test_a_race_drops_the_design_worse_by_construction_and_resumes_running_nothi
     assert (study / "race.md").read_text() == board
 
 
+def test_a_race_stopped_by_sigterm_exits_143_and_resumes_the_run_it_cut(mnist_root, tmp_path, monkeypatch, capsys):
+    """One worker (the command's own process): SIGTERM mid-run stops the race after the batch, the run recorded
+    interrupted, the command says the race is kept and exits 143; the same command again resumes that run from
+    its last epoch and finishes the race."""
+    import os
+    import signal
+
+    from mnist_arch.commands import search
+    from mnist_arch.train.module import Classifier
+    from tests.conftest import hydra_command
+
+    candidates = tmp_path / "finalists.yaml"
+    monkeypatch.setenv("MNIST_ARCH_TRUST_TARGETS", "tests.nets.RowReader,tests.nets.ConstantScores")
+    candidates.write_text("- {name: learns, overrides: [model=custom, model.net._target_=tests.nets.RowReader]}\n"
+                          "- {name: constant, overrides: [model=custom, model.net._target_=tests.nets.ConstantScores]}\n")
+    real_step, sent = Classifier.training_step, []
+
+    def sigterm_in_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler turns it into a stop after this batch
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(Classifier, "training_step", sigterm_in_second_epoch)
+    study = tmp_path / "study"
+    previous = signal.signal(signal.SIGTERM, lambda *args: None)  # a safety net, should Lightning not hook it
+    try:
+        assert hydra_command(search.main, race_argv(mnist_root, study, candidates), monkeypatch) == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "interrupted; the race is kept: run the same command again" in capsys.readouterr().err
+    cut = [RunRecord.read(p.parent) for p in (study / "race").rglob("summary.json")]
+    assert [(r.status, r.signal, r.epochs_run) for r in cut] == [("interrupted", "SIGTERM", 1)]
+    assert not (study / "race.md").exists()
+
+    assert hydra_command(search.main, race_argv(mnist_root, study, candidates), monkeypatch) == 0
+    resumed = RunRecord.read(Path(cut[0].run_dir))
+    assert resumed.status == "completed" and resumed.resumed_from.endswith("last.ckpt")
+    assert "The race picked learns" in (study / "race.md").read_text()
+
+
 def test_a_confirm_shares_its_runs_between_workers_and_resumes_one_cut_short(mnist_root, tmp_path, monkeypatch,
                                                                              capfd):
     """After the race, search.confirm with two worker processes: each seed of the survivor trained once (the

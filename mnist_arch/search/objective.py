@@ -35,6 +35,7 @@ from mnist_arch.search.study import (
     quiet_worker,
     run_overrides,
     set_attrs,
+    stop_if_interrupted,
 )
 
 register_schema()
@@ -79,8 +80,7 @@ def objective(trial, job: Job) -> Sequence[float]:
     except Pruned as e:
         trial.set_user_attr("pruned", str(e))
         raise optuna_module().TrialPruned(str(e)) from None
-    if record.status == "interrupted":
-        raise KeyboardInterrupt
+    stop_if_interrupted(record)
     values = {"val_acc": record.final_val_acc, "params": record.params, "macs": record.macs_per_image,
               "train_seconds": round(sum(record.epoch_time_s), 2)}
     trial.set_user_attr("train_seconds", values["train_seconds"])

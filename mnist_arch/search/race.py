@@ -36,7 +36,7 @@ from mnist_arch.files import SAFE_NAME, check_file
 from mnist_arch.results.record import RunRecord
 from mnist_arch.search.claims import Claims, patient
 from mnist_arch.search.schema import SearchConf
-from mnist_arch.search.study import in_processes, quiet_worker
+from mnist_arch.search.study import in_processes, quiet_worker, stop_if_interrupted
 
 LOCK = ".race.lock"
 RACE_OVERRIDES = ["callbacks.stop_at_target=false", "trainer.enable_progress_bar=false"]  # every epoch is run
@@ -180,6 +180,7 @@ def train_claimed(path: Path, overrides: Sequence[str], threads: Optional[int], 
             record = train(cfg, path, list(overrides), test=test)
     finally:
         claims.release(path)
+    stop_if_interrupted(record)
     if record.status != "completed":
         raise ConfigError(f"{what} did not complete ({record.status}: {record.error}); its run dir: {path}")
     return record, time.perf_counter() - started

@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -253,13 +254,22 @@ def run_workers(job: Job, objective: Callable, threads: Optional[int]) -> None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM reached the driver (kill, scancel, a session ending): its workers were told and have stopped."""
+    """SIGTERM stopped the search (kill, scancel, a session ending): the command exits 143, not Ctrl-C's 130."""
+
+
+def stop_if_interrupted(record: RunRecord) -> None:
+    """A run Ctrl-C or SIGTERM cut short stops its worker the way the signal would have (its run kept)."""
+    if record.status == "interrupted":
+        raise Terminated if record.signal == "SIGTERM" else KeyboardInterrupt
 
 
 def _call(target_and_args) -> None:  # a spawned process's entry
     _end_with_driver()
     target, args = target_and_args
-    target(*args)
+    try:
+        target(*args)
+    except KeyboardInterrupt as e:  # its run is recorded; the driver says what to do next (no traceback per worker)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
 
 
 def _end_with_driver() -> None:
