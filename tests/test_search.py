@@ -236,6 +236,15 @@ def test_two_worker_processes_share_one_study_losing_and_repeating_nothing(mnist
         assert record["overrides"] == t.user_attrs["overrides"] and record["final_val_acc"] == t.values[0]
 
 
+def training_trials(study_dir: Path) -> list:
+    """The study's RUNNING trials that have trained an epoch (a checkpoint written); none before the study exists."""
+    try:
+        return [t for t in load(study_dir).trials if t.state.name == "RUNNING"
+                and (study_dir / "trials" / f"{t.number:04d}" / "checkpoints").exists()]
+    except Exception:  # noqa: BLE001 - the study (or its folder) is not created yet
+        return []
+
+
 def test_a_killed_workers_trial_is_failed_and_run_again(mnist_root, tmp_path):
     """SIGKILL one worker mid-trial: the other worker fails that trial and runs it again (same values)."""
     study_dir = tmp_path / "study"
@@ -248,11 +257,7 @@ def test_a_killed_workers_trial_is_failed_and_run_again(mnist_root, tmp_path):
     try:
         while killed is None and time.monotonic() < deadline:
             time.sleep(0.5)
-            try:
-                running = [t for t in load(study_dir).trials if t.state.name == "RUNNING"
-                           and (study_dir / "trials" / f"{t.number:04d}" / "checkpoints").exists()]
-            except Exception:  # noqa: BLE001 - the study (or its folder) is not created yet
-                continue
+            running = training_trials(study_dir)
             if running:
                 killed = running[0]
                 os.kill(int(killed.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
@@ -278,11 +283,7 @@ def _two_workers_training(mnist_root, study_dir):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        try:
-            running = [t for t in load(study_dir).trials if t.state.name == "RUNNING"
-                       and (study_dir / "trials" / f"{t.number:04d}" / "checkpoints").exists()]
-        except Exception:  # noqa: BLE001 - the study (or its folder) is not created yet
-            continue
+        running = training_trials(study_dir)
         if len(running) == 2:
             return driver, {int(t.user_attrs["worker"].rpartition(":")[2]) for t in running}, running
     driver.kill()
