@@ -130,9 +130,13 @@ def test_a_teacher_must_be_a_run_dir_and_its_values_are_checked(make_cfg, tmp_pa
                                  f"data.root={tmp_path}"]))
 
 
-def test_the_distilled_4k_preset_is_the_design_raced_and_confirmed():
-    """experiment=frontier_4k_distilled composes to the race's trial23_kd (benchmarks/race_4k_distill.yaml, the
-    design RESULTS.md confirmed on seeds 11-20): the same net, recipe, data and teachers."""
+@pytest.mark.parametrize("preset_name, designs, name, model", [
+    ("frontier_4k_distilled", "race_4k_distill.yaml", "trial23_kd", "frontier_4k_sep"),
+    ("frontier_8k_distilled", "race_8k_distill.yaml", "frontier_8k_kd_plain", "frontier_8k"),
+])
+def test_a_distilled_preset_is_the_design_raced_and_confirmed(preset_name, designs, name, model):
+    """experiment=frontier_<n>k_distilled composes to the race's design of that name (benchmarks/, the design
+    RESULTS.md confirmed on seeds 11-20): the same net, recipe, data and teachers."""
     from dataclasses import asdict
 
     import yaml
@@ -141,10 +145,11 @@ def test_the_distilled_4k_preset_is_the_design_raced_and_confirmed():
 
     from mnist_arch.config.compose import load
 
-    candidates = Path(__file__).resolve().parents[1] / "benchmarks" / "race_4k_distill.yaml"
+    candidates = Path(__file__).resolve().parents[1] / "benchmarks" / designs
     raced = {d["name"]: d["overrides"] for d in yaml.safe_load(candidates.read_text())}
-    preset, design = load(["experiment=frontier_4k_distilled"]), load(raced["trial23_kd"])
-    assert preset.model.net == design.model.net and preset.model.name == "frontier_4k_sep"
+    preset, design = load([f"experiment={preset_name}"]), load(raced[name])
+    assert preset.model.net == design.model.net and preset.model.name == model
+    assert preset.distill.teacher and len(preset.distill.teacher) == 3
     for group in ("optimizer", "scheduler", "data", "distill", "budget", "trainer"):
         assert asdict(getattr(preset, group)) == asdict(getattr(design, group)), group
     assert preset.label_smoothing == design.label_smoothing and preset.test_weights == design.test_weights
