@@ -1,5 +1,6 @@
 """Telling designs apart: the predictions every run keeps, the paired comparison, K-fold cross-validation."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -288,8 +289,10 @@ def test_a_confirm_shares_its_runs_between_workers_and_resumes_one_cut_short(mni
     assert all(r.status == "completed" and r.val_split == "test" and r.test_acc is not None and
                r.resumed_from is None for r in runs.values())
     assert [r.seed for r in runs.values()] == [6, 7]
-    said = [line.split(" completed")[0] for line in out.splitlines() if line.startswith("confirm: learns")]
-    assert sorted(said) == ["confirm: learns seed 6", "confirm: learns seed 7"]  # each seed once, by one worker
+    # each seed once, by one worker. Searched for anywhere in the output, not at line starts: two processes
+    # share the console, and another's unfinished line may run into a worker's
+    said = re.findall(r"confirm: learns seed \d+ completed", out)
+    assert sorted(said) == ["confirm: learns seed 6 completed", "confirm: learns seed 7 completed"], out
     table = (study / "confirm.md").read_text()
     assert "| learns | " in table and f"| 6,7 | {50 * (runs[6].test_acc + runs[7].test_acc):.2f}% ± " in table
     assert not list((study / "confirm").rglob("claim.json"))
