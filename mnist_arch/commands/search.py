@@ -36,7 +36,7 @@ from mnist_arch.errors import printable, redact
 from mnist_arch.files import write_atomic
 from mnist_arch.search import race
 from mnist_arch.search.objective import base_overrides, confirm, confirm_designs, objective
-from mnist_arch.search.study import (Job, Terminated, counts, fail_stale, front, front_table, open_study, optuna_module,
+from mnist_arch.search.study import (Job, counts, exit_code, fail_stale, front, front_table, open_study, optuna_module,
                                      pruner_name, run_overrides, run_workers, summarize)
 from mnist_arch.train.cpu import threads_each
 
@@ -110,7 +110,7 @@ def main(cfg: DictConfig) -> None:
         run_workers(job, objective, threads)
     except KeyboardInterrupt as e:
         print(f"interrupted; the study is kept: run the same command again to go on ({study_dir})", file=sys.stderr)
-        sys.exit(143 if isinstance(e, Terminated) else 130)  # 128 + the signal's number
+        sys.exit(exit_code(e))
     fail_stale(study)  # a worker killed meanwhile leaves its trial RUNNING: fail it (and queue it again) now
     summary = summarize(study, job)
     write_atomic(study_dir / "study.json", json.dumps(summary, indent=2) + "\n")
@@ -153,7 +153,7 @@ def _race(designs, study_dir: Path, search: SearchConf, overrides, threads, job:
         race.run(designs, race_dir, search, base, threads)
     except KeyboardInterrupt as e:
         print(f"interrupted; the race is kept: run the same command again to go on ({race_dir})", file=sys.stderr)
-        sys.exit(143 if isinstance(e, Terminated) else 130)  # 128 + the signal's number
+        sys.exit(exit_code(e))
     standings, pending = race.standings(designs, race_dir, search)
     text = race.table(standings, pending, search)
     write_atomic(study_dir / "race.md", text + "\n")

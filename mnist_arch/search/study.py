@@ -257,6 +257,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM stopped the search (kill, scancel, a session ending): the command exits 143, not Ctrl-C's 130."""
 
 
+def exit_code(stop: KeyboardInterrupt) -> int:
+    """The shell's code for a search stopped by a signal: 128 + its number (SIGTERM 15, SIGINT 2)."""
+    return 143 if isinstance(stop, Terminated) else 130
+
+
 def stop_if_interrupted(record: RunRecord) -> None:
     """A run Ctrl-C or SIGTERM cut short stops its worker the way the signal would have (its run kept)."""
     if record.status == "interrupted":
@@ -269,7 +274,7 @@ def _call(target_and_args) -> None:  # a spawned process's entry
     try:
         target(*args)
     except KeyboardInterrupt as e:  # its run is recorded; the driver says what to do next (no traceback per worker)
-        sys.exit(143 if isinstance(e, Terminated) else 130)
+        sys.exit(exit_code(e))
 
 
 def _end_with_driver() -> None:
